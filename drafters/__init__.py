@@ -1,0 +1,7 @@
+"""Drafters: everything that proposes tokens for the target to verify (METHOD.md section 2)."""
+
+from jetspec.drafters.draft_model import DraftModelDrafter
+from jetspec.drafters.ngram import NGramDrafter
+from jetspec.drafters.simple import OracleDrafter, RandomDrafter
+
+__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter"]

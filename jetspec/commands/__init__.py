@@ -1,0 +1,1 @@
+"""Sub-commands of the ``jetspec`` CLI: one module each, discovered by ``jetspec.cli``."""

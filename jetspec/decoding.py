@@ -1,0 +1,256 @@
+"""The speculative decoding loop and the plain autoregressive baseline.
+
+One round (METHOD.md section 1) is five named stages, each timed:
+
+    draft  ->  build tree  ->  verify (one target forward)  ->  accept  ->  commit
+
+The loop knows only the three interfaces (Drafter, TreeBuilder, Verifier) and the target
+wrapper; any drafter works with any builder and any verifier.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from jetspec.interfaces import Drafter, TreeBuilder, Verifier
+from jetspec.sampling import SamplingConfig, TorchRng, process_logits
+from jetspec.target import TargetModel, as_target
+from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+
+STAGES = ("draft", "tree", "verify", "accept")
+
+
+@dataclass
+class GenerationResult:
+    """What ``generate`` returns. tau is pooled: committed tokens / verify forwards."""
+
+    sequences: Int[Tensor, "1 T2"]  # prompt + generated tokens
+    accepted_lengths: list[int] = field(default_factory=list)  # tokens committed per round, bonus included
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill + the STAGES, summed
+    draft_forwards: list[int] = field(default_factory=list)  # drafter forwards per round
+    tree_sizes: list[int] = field(default_factory=list)  # drafted nodes per round (root excluded)
+    accepted_depths: list[int] = field(default_factory=list)  # accepted drafts per round (no bonus)
+    tree_depths: list[int] = field(default_factory=list)  # max depth of each round's tree
+
+    @property
+    def tau(self) -> float:
+        return sum(self.accepted_lengths) / max(1, len(self.accepted_lengths))
+
+    @property
+    def num_new_tokens(self) -> int:
+        return sum(self.accepted_lengths)
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum(self.timings.get(s, 0.0) for s in STAGES)
+
+    def depth_acceptance(self) -> list[float]:
+        """Per-depth acceptance rate: P(depth d accepted | the tree reached depth d)."""
+        max_d = max(self.tree_depths, default=0)
+        rates = []
+        for d in range(1, max_d + 1):
+            reached = sum(1 for td in self.tree_depths if td >= d)
+            acc = sum(1 for a, td in zip(self.accepted_depths, self.tree_depths) if td >= d and a >= d)
+            rates.append(acc / reached if reached else 0.0)
+        return rates
+
+
+def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig) -> Tensor:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError("input_ids must be a LongTensor of shape [1, T]")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [1, T], got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"batch size must be 1 for now, got input_ids with batch {input_ids.shape[0]}")
+    if input_ids.shape[1] < 1:
+        raise ValueError("input_ids is empty: the prompt needs at least one token")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    return input_ids
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Span()
+
+
+class SpeculativeDecoder:
+    """Lossless tree speculative decoding with a swappable drafter, tree builder and verifier.
+
+    Example::
+
+        dec = SpeculativeDecoder(model, NGramDrafter(), BestFirstBuilder(budget=32, width=4, depth=8))
+        res = dec.generate(input_ids, max_new_tokens=64)
+        res.sequences, res.tau
+    """
+
+    def __init__(self, target, drafter: Drafter, tree_builder: Optional[TreeBuilder] = None,
+                 verifier: Optional[Verifier] = None, attn_backend: Optional[str] = None) -> None:
+        from jetspec.trees import BestFirstBuilder
+
+        self.target: TargetModel = as_target(target, attn_backend)
+        if not isinstance(drafter, Drafter):
+            raise TypeError(f"drafter must be a jetspec Drafter, got {type(drafter).__name__}")
+        self.drafter = drafter
+        self.tree_builder = tree_builder if tree_builder is not None else BestFirstBuilder()
+        self.verifier = verifier
+        if drafter.vocab_size is not None and drafter.vocab_size != self.target.vocab_size:
+            raise ValueError(f"drafter vocabulary ({drafter.vocab_size}) differs from the target's "
+                             f"({self.target.vocab_size})")
+        if drafter.max_depth is not None and self.tree_builder.depth > drafter.max_depth:
+            raise ValueError(f"tree depth {self.tree_builder.depth} is larger than the drafter can "
+                             f"produce ({drafter.max_depth}); lower depth")
+
+    def _verifier_for(self, cfg: SamplingConfig) -> Verifier:
+        from jetspec.verifiers import GreedyVerifier, SamplingVerifier
+
+        if self.verifier is None:
+            return GreedyVerifier() if cfg.greedy else SamplingVerifier()
+        if self.verifier.greedy_only and not cfg.greedy:
+            raise ValueError(f"{type(self.verifier).__name__} cannot verify at temperature "
+                             f"{cfg.temperature}; pass SamplingVerifier() (never a silent greedy fallback)")
+        return self.verifier
+
+    # ------------------------------------------------------------------ the five stages
+    def draft(self, tokens: Tensor, taps, cfg, rng, round_index: int) -> DraftOutput:
+        b = self.tree_builder
+        return self.drafter.draft(DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
+                                             taps=taps, sampling=cfg, rng=rng, round_index=round_index))
+
+    def build_tree(self, proposal: DraftOutput, anchor: int) -> DraftTree:
+        return self.tree_builder.build(proposal, anchor)
+
+    def verify(self, tree: DraftTree):
+        return self.target.verify(tree)
+
+    def accept(self, verifier: Verifier, tree: DraftTree, logits: Tensor, cfg, rng) -> Acceptance:
+        return verifier.verify(VerifyInput(tree=tree, logits=logits, sampling=cfg, rng=rng))
+
+    def commit(self, tree: DraftTree, acc: Acceptance, node_taps):
+        """Compact the target cache; return the taps of the newly cached tokens (root + path)."""
+        keep = [0] + acc.accepted_nodes
+        self.target.commit(keep, tree.num_nodes)
+        return None if node_taps is None else node_taps[keep]
+
+    # ------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 eos_token_id: Optional[int | list[int]] = None,
+                 generator: Optional[torch.Generator] = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T]."""
+        cfg = SamplingConfig(temperature, top_k, top_p)
+        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+        verifier = self._verifier_for(cfg)
+        rng = TorchRng(generator)
+        eos = _eos_set(eos_token_id)
+        res = GenerationResult(sequences=input_ids)
+        timer = _Timer(res.timings)
+
+        self.target.set_taps(self.drafter.tap_layers)
+        tokens = input_ids[0].cpu()
+        with timer("prefill"):
+            taps = self.target.prefill(tokens)
+        out: list[int] = []
+        round_index = 0
+        while len(out) < max_new_tokens:
+            with timer("draft"):
+                proposal = self.draft(tokens, taps, cfg, rng, round_index)
+            with timer("tree"):
+                tree = self.build_tree(proposal, int(tokens[-1]))
+            with timer("verify"):
+                tout = self.verify(tree)
+            with timer("accept"):
+                acc = self.accept(verifier, tree, tout.logits, cfg, rng)
+                new_taps = self.commit(tree, acc, tout.taps)
+                new = _truncate(acc.tokens, max_new_tokens - len(out), eos)
+                out.extend(new)
+                tokens = torch.cat([tokens, torch.tensor(new, dtype=torch.long)])
+                if taps is not None and new_taps is not None:
+                    taps = torch.cat([taps, new_taps])
+            res.accepted_lengths.append(len(new))
+            res.draft_forwards.append(proposal.forwards)
+            res.tree_sizes.append(tree.budget)
+            res.accepted_depths.append(len(acc.accepted_nodes))
+            res.tree_depths.append(tree.max_depth)
+            round_index += 1
+            if eos and new and new[-1] in eos:
+                break
+        self.target.reset()
+        res.sequences = tokens[None]
+        return res
+
+
+def _eos_set(eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+
+
+def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:
+    """Cut a round's tokens at max_new_tokens and just after the first EOS."""
+    new = new[:room]
+    for i, t in enumerate(new):
+        if t in eos:
+            return new[: i + 1]
+    return new
+
+
+@torch.no_grad()
+def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
+                            top_k: Optional[int] = None, top_p: Optional[float] = None,
+                            eos_token_id: Optional[int | list[int]] = None,
+                            generator: Optional[torch.Generator] = None) -> GenerationResult:
+    """Plain decoding with a KV cache in the same harness: one target forward per token.
+
+    The baseline every speedup is measured against (METHOD.md section 6); tau is 1.0 by definition.
+    """
+    tgt = as_target(target)
+    cfg = SamplingConfig(temperature, top_k, top_p)
+    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+    rng = TorchRng(generator)
+    eos = _eos_set(eos_token_id)
+    res = GenerationResult(sequences=input_ids)
+    timer = _Timer(res.timings)
+    tgt.set_taps(())
+    tokens = input_ids[0].cpu().tolist()
+    with timer("prefill"):
+        tgt.prefill(input_ids[0].cpu())
+    anchor = torch.tensor([tokens[-1]])
+    for _ in range(max_new_tokens):
+        with timer("verify"):
+            logits = tgt.model(input_ids=anchor[None].to(tgt.device), cache=tgt.cache, use_cache=True).logits[0, -1]
+        with timer("accept"):
+            if cfg.greedy:
+                nxt = int(logits.argmax())
+            else:
+                nxt = rng.categorical(process_logits(logits, cfg))
+        tokens.append(nxt)
+        res.accepted_lengths.append(1)
+        res.draft_forwards.append(0)
+        anchor = torch.tensor([nxt])
+        if nxt in eos:
+            break
+    tgt.reset()
+    res.sequences = torch.tensor(tokens, dtype=torch.long)[None]
+    return res

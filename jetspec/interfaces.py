@@ -1,0 +1,99 @@
+"""The three swappable parts of a speculative round, and their registries.
+
+Each part is a small ABC with one typed input and one typed output (``jetspec.types``):
+
+    Drafter.draft(DraftInput) -> DraftOutput          (METHOD.md section 2)
+    TreeBuilder.build(DraftOutput) -> DraftTree       (METHOD.md section 3)
+    Verifier.verify(VerifyInput) -> Acceptance        (METHOD.md sections 1 and 4)
+
+The decoding loop knows only these interfaces. Implementations register themselves by name
+(``@register_drafter("ngram")``) so the CLI and configs can pick them with a string.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, TypeVar
+
+from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+
+
+class Drafter(ABC):
+    """Proposes continuations of the anchor token.
+
+    Attributes a drafter may override:
+      * ``vocab_size``: the token space it drafts in; checked against the target's.
+      * ``tap_layers``: target decoder layers whose outputs it wants as ``DraftInput.taps``.
+      * ``max_depth``: the deepest tree it can draft (None = unlimited).
+    """
+
+    vocab_size: int | None = None
+    tap_layers: tuple[int, ...] = ()
+    max_depth: int | None = None
+
+    @abstractmethod
+    def draft(self, inp: DraftInput) -> DraftOutput:
+        """Propose per-depth candidate tables or a candidate tree for ``inp.tokens[-1]``."""
+
+
+class TreeBuilder(ABC):
+    """Spends a budget of drafted nodes (root excluded) on a tree.
+
+    ``depth``, ``width`` and ``budget`` are told to the drafter through ``DraftInput`` so it
+    drafts just enough.
+    """
+
+    depth: int
+    width: int
+    budget: int
+
+    @abstractmethod
+    def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
+        """Turn a proposal into a flat parent-before-child tree rooted at ``anchor``."""
+
+
+class Verifier(ABC):
+    """Decides which drafted path the target accepts and which token follows it."""
+
+    #: True if the verifier's output is only correct at temperature 0.
+    greedy_only: bool = False
+
+    @abstractmethod
+    def verify(self, inp: VerifyInput) -> Acceptance:
+        """Return the accepted path (root excluded) and the bonus token."""
+
+
+T = TypeVar("T")
+
+
+class Registry(dict):
+    """name -> class, filled by a decorator; ``create(name, **kwargs)`` instantiates."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        def deco(cls: type[T]) -> type[T]:
+            if name in self and self[name] is not cls:
+                raise ValueError(f"{self.kind} '{name}' is already registered to {self[name].__name__}")
+            self[name] = cls
+            cls.registry_name = name
+            return cls
+
+        return deco
+
+    def create(self, name: str, **kwargs):
+        if name not in self:
+            known = ", ".join(sorted(self)) or "(none loaded)"
+            raise KeyError(f"unknown {self.kind} '{name}'; known: {known}")
+        return self[name](**kwargs)
+
+
+DRAFTERS = Registry("drafter")
+TREE_BUILDERS = Registry("tree builder")
+VERIFIERS = Registry("verifier")
+
+register_drafter = DRAFTERS.register
+register_tree_builder = TREE_BUILDERS.register
+register_verifier = VERIFIERS.register

@@ -1,0 +1,174 @@
+"""A thin wrapper that lets any Hugging Face causal LM verify draft trees (METHOD.md section 1).
+
+The wrapper owns the target's KV cache and keeps one invariant between rounds:
+
+    cache = K/V of the committed tokens x[0..t-1]; the anchor x[t] is NOT cached yet.
+
+A round then runs one forward over the N tree nodes (node 0 = the anchor), each at RoPE position
+P + depth with an additive float mask in which the cached prefix is visible and the tree part is
+the ancestor mask. Commit keeps the prefix plus the K/V rows of the accepted path, so the cache is
+an ordinary causal prefix again. Plain decoding is the same forward with a one-node tree.
+
+Tapped hidden states (outputs of chosen decoder layers, the features parallel and EAGLE heads
+read) are captured by forward hooks on those layers only, not by asking the model for every
+layer's hidden states.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformers import DynamicCache
+
+from jetspec.types import DraftTree
+
+
+@dataclass
+class TargetOutput:
+    logits: Float[Tensor, "N V"]  # next-token logits after each node's path
+    taps: Optional[Float[Tensor, "N F"]]  # tapped layer outputs, concatenated: F = k * H
+
+
+class TargetModel:
+    """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1)."""
+
+    def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None) -> None:
+        if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
+            raise TypeError("target must be a Hugging Face causal LM (a PreTrainedModel with an lm_head)")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.config = model.config
+        self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
+        self.hidden_size: int = self.config.hidden_size
+        self.num_layers: int = self.config.num_hidden_layers
+        self.attn_backend = attn_backend
+        self.tap_layers: tuple[int, ...] = ()
+        self.cache: Optional[DynamicCache] = None
+
+    # ----------------------------------------------------------------- plumbing
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def cache_length(self) -> int:
+        return 0 if self.cache is None else self.cache.get_seq_length()
+
+    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+        return self.model.get_decoder().layers
+
+    def set_taps(self, layers: Sequence[int]) -> None:
+        """Choose which decoder layers' outputs are captured (HF hidden_states[l + 1] = layer l)."""
+        layers = tuple(int(i) for i in layers)
+        for i in layers:
+            if not 0 <= i < self.num_layers:
+                raise ValueError(f"tap layer {i} is outside the target's {self.num_layers} layers")
+        self.tap_layers = layers
+
+    @contextmanager
+    def _capture_taps(self):
+        """Collect the outputs of the tapped layers during one forward."""
+        captured: dict[int, Tensor] = {}
+        handles = []
+        layers = self.decoder_layers()
+        for i in self.tap_layers:
+            def hook(_mod, _inp, out, i=i):
+                captured[i] = out[0] if isinstance(out, tuple) else out
+            handles.append(layers[i].register_forward_hook(hook))
+        try:
+            yield captured
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _attention(self):
+        if self.attn_backend in (None, "sdpa", "eager"):
+            return nullcontext()
+        from jetspec.attention import attention_backend  # kernels are optional
+        return attention_backend(self.model, self.attn_backend)
+
+    @torch.no_grad()
+    def _forward(self, ids: Tensor, positions: Tensor, mask: Optional[Tensor]) -> TargetOutput:
+        with self._capture_taps() as captured, self._attention():
+            out = self.model(input_ids=ids[None], position_ids=positions[None], attention_mask=mask,
+                             cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        taps = None
+        if self.tap_layers:
+            taps = torch.cat([captured[i][0] for i in self.tap_layers], dim=-1)  # [N, k*H]
+        return TargetOutput(logits=out.logits[0], taps=taps)
+
+    # ----------------------------------------------------------------- the four operations
+    def prefill(self, tokens: Int[Tensor, "T"]) -> Optional[Float[Tensor, "T1 F"]]:
+        """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
+        if tokens.dim() != 1 or tokens.numel() < 1:
+            raise ValueError("prefill expects a non-empty 1-D token tensor")
+        self.cache = DynamicCache(config=self.config)
+        ctx = tokens[:-1].to(self.device)
+        if ctx.numel() == 0:
+            if not self.tap_layers:
+                return None
+            return torch.zeros(0, len(self.tap_layers) * self.hidden_size, dtype=self.dtype, device=self.device)
+        out = self._forward(ctx, torch.arange(ctx.numel(), device=self.device), None)
+        return out.taps
+
+    def verify(self, tree: DraftTree) -> TargetOutput:
+        """One forward over all tree nodes against the cached prefix (appends N rows to the cache)."""
+        p = self.cache_length
+        positions = (tree.depth + p).to(self.device)
+        mask = None if tree.num_nodes == 1 else tree_attention_mask(tree.ancestor, p, self.dtype, self.device)
+        return self._forward(tree.tokens.to(self.device), positions, mask)
+
+    def commit(self, keep_nodes: Sequence[int], num_tree_nodes: int) -> None:
+        """Compact the cache to prefix + the K/V rows of ``keep_nodes`` (root and accepted path).
+
+        Called after ``verify`` added ``num_tree_nodes`` rows; afterwards the cache is a plain
+        causal prefix of the committed tokens again.
+        """
+        total = self.cache_length
+        prefix = total - num_tree_nodes
+        keep_nodes = list(keep_nodes)
+        if keep_nodes == list(range(len(keep_nodes))):
+            # The accepted path is the first rows of the tree (chains, the one-node tree): crop.
+            drop = num_tree_nodes - len(keep_nodes)
+            if drop:
+                self.cache.crop(-drop)
+            return
+        keep = torch.cat([torch.arange(prefix), prefix + torch.tensor(keep_nodes)]).to(self.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(-2, keep)
+            layer.values = layer.values.index_select(-2, keep)
+
+    def reset(self) -> None:
+        self.cache = None
+
+
+def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, device) -> Float[Tensor, "1 1 N PN"]:
+    """Additive float mask [1, 1, N, P + N]: prefix visible, tree part = ancestor mask.
+
+    A float mask, not a boolean one: transformers' eager path silently mishandles boolean 4-D
+    masks (ENVIRONMENT.md), while 0 / -inf additive masks work for eager and sdpa alike.
+    """
+    n = ancestor.shape[0]
+    mask = torch.zeros(n, prefix + n, dtype=dtype, device=device)
+    mask[:, prefix:].masked_fill_(~ancestor.to(device), float("-inf"))
+    return mask[None, None]
+
+
+def as_target(target, attn_backend: Optional[str] = None) -> TargetModel:
+    """Accept a ``TargetModel`` or wrap a Hugging Face model."""
+    if isinstance(target, TargetModel):
+        if attn_backend is not None:
+            target.attn_backend = attn_backend
+        return target
+    return TargetModel(target, attn_backend=attn_backend)

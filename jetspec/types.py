@@ -1,0 +1,202 @@
+"""Typed values that flow between the stages of one speculative round.
+
+Every stage of a round (METHOD.md section 1) takes one of these and returns one of these:
+
+    DraftInput --Drafter--> DraftOutput --TreeBuilder--> DraftTree
+    DraftTree + target logits --(VerifyInput)--Verifier--> Acceptance
+
+They live in the core and import nothing above them, so drafters, tree builders and verifiers can
+depend on them without depending on each other. Shapes use the glossary of ``jetspec``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from jetspec.sampling import Rng, SamplingConfig
+
+
+@dataclass
+class DraftInput:
+    """Everything a drafter may look at to propose continuations of the anchor.
+
+    The drafter is handed the whole committed state each round; a stateful drafter (a head with a
+    KV cache, a draft LM) keeps its own caches and uses ``round_index == 0`` to know a new
+    sequence has started.
+    """
+
+    tokens: Int[Tensor, "T"]  # committed sequence x[0..t]; tokens[-1] is the anchor (tree root)
+    depth: int  # D: how many levels the tree builder will ask for
+    width: int  # W: how many candidates per level (or per node) the builder can use
+    budget: int  # drafted nodes the builder will keep, root excluded
+    taps: Optional[Float[Tensor, "T1 F"]] = None  # target features of tokens[:-1] (F = k*H), if asked
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rng: Optional[Rng] = None  # randomness for drafters that sample their drafts
+    round_index: int = 0  # 0 on the first round of a generate() call
+
+
+@dataclass
+class DraftOutput:
+    """A drafter's proposal, in one of two forms (exactly one is set).
+
+    * Per-depth tables (parallel heads, chains): ``depth_tokens[d]`` are candidates for depth d+1,
+      shared by every node at depth d (METHOD.md 2.1 "Tree").
+    * A candidate tree (autoregressive heads, n-gram tries, sampled draft models): node m proposes
+      ``node_tokens[m]`` as a child of ``node_parents[m]`` (-1 = the anchor) with conditional
+      log-prob ``node_logprobs[m]``; parents come before children.
+
+    Sampled drafts (children drawn at random from q) set ``node_q``: row 0 is the distribution the
+    anchor's children were drawn from, row m+1 the one for candidate m's children. A tree builder
+    must not select among sampled children by their values, and the verifier then uses rejection
+    sampling (METHOD.md section 4).
+    """
+
+    depth_tokens: Optional[Int[Tensor, "D W"]] = None
+    depth_logprobs: Optional[Float[Tensor, "D W"]] = None  # log q, each row sorted descending
+    node_tokens: Optional[Int[Tensor, "M"]] = None
+    node_parents: Optional[Int[Tensor, "M"]] = None
+    node_logprobs: Optional[Float[Tensor, "M"]] = None
+    node_q: Optional[Float[Tensor, "M1 V"]] = None  # sampled drafts only; M1 = M + 1
+    forwards: int = 0  # draft-model forwards spent this round (reported by the benchmark)
+
+    def __post_init__(self) -> None:
+        has_table = self.depth_tokens is not None
+        has_nodes = self.node_tokens is not None
+        if has_table == has_nodes:
+            raise ValueError("DraftOutput needs exactly one of depth_tokens or node_tokens")
+        if has_table:
+            if self.depth_logprobs is None or self.depth_logprobs.shape != self.depth_tokens.shape:
+                raise ValueError("depth_logprobs must be given with the shape of depth_tokens [D, W]")
+        else:
+            if self.node_parents is None or self.node_logprobs is None:
+                raise ValueError("node_parents and node_logprobs must be given with node_tokens")
+            m = self.node_tokens.shape[0]
+            if self.node_parents.shape != (m,) or self.node_logprobs.shape != (m,):
+                raise ValueError("node_tokens, node_parents and node_logprobs must all be [M]")
+            if self.node_q is not None and self.node_q.shape[0] != m + 1:
+                raise ValueError(f"node_q must have M + 1 = {m + 1} rows, got {self.node_q.shape[0]}")
+
+    @property
+    def sampled(self) -> bool:
+        return self.node_q is not None
+
+    @property
+    def max_depth(self) -> int:
+        """How deep a tree this proposal can support."""
+        if self.depth_tokens is not None:
+            return self.depth_tokens.shape[0]
+        if self.node_tokens.numel() == 0:
+            return 0
+        depth = node_depths(self.node_parents)
+        return int(depth.max())
+
+
+def node_depths(parents: Int[Tensor, "M"]) -> Int[Tensor, "M"]:
+    """Depth of each candidate node (children of the anchor have depth 1); parents precede children."""
+    depth = torch.zeros(parents.shape[0], dtype=torch.long)
+    par = parents.tolist()
+    for m, p in enumerate(par):
+        depth[m] = 1 if p < 0 else depth[p] + 1
+    return depth
+
+
+@dataclass
+class DraftTree:
+    """A draft tree in flat parent-before-child arrays (METHOD.md section 1, step 2).
+
+    Node 0 is the root: the anchor, the last committed token, which is not yet in the target's
+    cache. Node i sits at RoPE position ``P + depth[i]`` where P is the cached prefix length.
+    """
+
+    tokens: Int[Tensor, "N"]  # token of each node; tokens[0] is the anchor
+    parents: Int[Tensor, "N"]  # parent index, -1 for the root; parents[i] < i
+    depth: Int[Tensor, "N"]  # root 0; depth[i] = depth[parents[i]] + 1
+    score: Float[Tensor, "N"]  # cumulative draft log-prob along the path (root 0)
+    q: Optional[Float[Tensor, "N V"]] = None  # sampled drafts: row i = law of node i's children
+
+    def __post_init__(self) -> None:
+        self.ancestor = ancestor_mask(self.parents)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def budget(self) -> int:
+        """Drafted nodes, root excluded."""
+        return self.num_nodes - 1
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max())
+
+    def position_offsets(self) -> Int[Tensor, "N"]:
+        """Offset of each node's position from the cached prefix length (= depth)."""
+        return self.depth
+
+    def children(self) -> list[list[int]]:
+        """Child lists in node order (the order verifiers try siblings in)."""
+        kids: list[list[int]] = [[] for _ in range(self.num_nodes)]
+        for i, p in enumerate(self.parents.tolist()):
+            if p >= 0:
+                kids[p].append(i)
+        return kids
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root's first child down to ``node`` (root excluded)."""
+        path = []
+        par = self.parents.tolist()
+        while node > 0:
+            path.append(node)
+            node = par[node]
+        return path[::-1]
+
+
+def ancestor_mask(parents: Int[Tensor, "N"]) -> Bool[Tensor, "N N"]:
+    """Transitive closure of ``parents``, self included: A[i, j] iff j is i or an ancestor of i.
+
+    Because parents precede children, row i is row parent(i) plus the diagonal: one pass.
+    """
+    n = parents.shape[0]
+    anc = torch.eye(n, dtype=torch.bool)
+    for i, p in enumerate(parents.tolist()):
+        if p >= 0:
+            if p >= i:
+                raise ValueError(f"parents must precede children: parents[{i}] = {p}")
+            anc[i] |= anc[p]
+        elif i != 0:
+            raise ValueError(f"only node 0 may be the root, but parents[{i}] = {p}")
+    return anc
+
+
+@dataclass
+class VerifyInput:
+    """What a verifier decides from: the tree and the target's logits at every node."""
+
+    tree: DraftTree
+    logits: Float[Tensor, "N V"]  # row i: target's next-token logits after the path root..i
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rng: Optional[Rng] = None
+
+
+@dataclass
+class Acceptance:
+    """A verifier's verdict for one round (METHOD.md section 1, steps 4-5)."""
+
+    accepted_nodes: list[int]  # tree node indices on the accepted path, root excluded, root-to-leaf
+    bonus_token: int  # the token emitted after the accepted path (from the target)
+    draft_tokens: list[int] = field(default_factory=list)  # tokens of accepted_nodes
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens committed this round: accepted drafts, then the bonus token."""
+        return self.draft_tokens + [self.bonus_token]
+
+    @property
+    def num_committed(self) -> int:
+        return len(self.accepted_nodes) + 1

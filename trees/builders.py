@@ -1,0 +1,63 @@
+"""The shipped tree builders: chain, best-first and fan-out cap (METHOD.md section 3).
+
+All three are thin configurations of ``grow_tree``; the budget counts drafted nodes with the
+root excluded, as everywhere in jetspec.
+"""
+
+from __future__ import annotations
+
+from jetspec.interfaces import TreeBuilder, register_tree_builder
+from jetspec.trees.best_first import capped_fanout, check_shape_args, grow_tree
+from jetspec.types import DraftOutput, DraftTree
+
+
+@register_tree_builder("chain")
+class ChainBuilder(TreeBuilder):
+    """The top-1 candidate at every depth: a single path of ``depth`` drafted tokens."""
+
+    def __init__(self, depth: int = 8) -> None:
+        check_shape_args(depth, 1, depth)
+        self.depth, self.width, self.budget = depth, 1, depth
+
+    def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(1, len(lps)))
+
+    def __repr__(self) -> str:
+        return f"ChainBuilder(depth={self.depth})"
+
+
+@register_tree_builder("bestfirst")
+class BestFirstBuilder(TreeBuilder):
+    """Best-first growth on accumulated log-prob with up to ``width`` children per node."""
+
+    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8) -> None:
+        check_shape_args(budget, width, depth)
+        self.budget, self.width, self.depth = budget, width, depth
+
+    def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
+        w = self.width
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(w, len(lps)))
+
+    def __repr__(self) -> str:
+        return f"BestFirstBuilder(budget={self.budget}, width={self.width}, depth={self.depth})"
+
+
+@register_tree_builder("fanout")
+class FanoutCapBuilder(TreeBuilder):
+    """Best-first growth whose per-node fan-out shrinks where the top-2 log-prob gap is large."""
+
+    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, beta: float = 1.0,
+                 gap0: float = 1.0) -> None:
+        check_shape_args(budget, width, depth)
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.budget, self.width, self.depth = budget, width, depth
+        self.beta, self.gap0 = beta, gap0
+
+    def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
+        fanout = capped_fanout(self.width, self.beta, self.gap0)
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=fanout)
+
+    def __repr__(self) -> str:
+        return (f"FanoutCapBuilder(budget={self.budget}, width={self.width}, depth={self.depth}, "
+                f"beta={self.beta}, gap0={self.gap0})")
