@@ -129,7 +129,8 @@ def tree_attention_forward(
         raise ValueError("jetspec tree attention does not implement attention dropout; call model.eval()")
     for unsupported in ("softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
-            raise ValueError(f"jetspec tree attention does not support `{unsupported}`; use 'sdpa' or 'eager'")
+            raise ValueError(f"jetspec tree attention does not support `{unsupported}`; "
+                             "use 'sdpa' or 'eager'")
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = getattr(module, "is_causal", True)
     if attention_mask is None:

@@ -96,14 +96,16 @@ def check_tree_attention_args(q: Tensor, k: Tensor, v: Tensor, ancestor: Tensor)
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     b, h, n, kd = q.shape
     if k.shape != v.shape:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape [B, h_kv, P + N, K]")
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape "
+                         "[B, h_kv, P + N, K]")
     if k.shape[0] != b:
         raise ValueError(f"k has batch {k.shape[0]} but q has batch {b}")
     if k.shape[3] != kd:
         raise ValueError(f"k has head dim {k.shape[3]} but q has head dim {kd}")
     h_kv = k.shape[1]
     if h_kv == 0 or h % h_kv != 0:
-        raise ValueError(f"q has {h} heads, k has {h_kv}: the query heads must be a multiple of the kv heads (GQA)")
+        raise ValueError(f"q has {h} heads, k has {h_kv}: the query heads must be a multiple of the kv "
+                         "heads (GQA)")
     if k.shape[2] < n:
         raise ValueError(f"k has {k.shape[2]} positions, fewer than the N = {n} tree nodes of q "
                          "(k must hold the P prefix tokens followed by the N nodes)")

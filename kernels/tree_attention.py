@@ -67,7 +67,7 @@ def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
     words = max(1, math.ceil(n / 32))
     padded = torch.zeros(n, words * 32, dtype=torch.int64, device=ancestor.device)
     padded[:, :n] = ancestor.to(torch.int64)
-    weights = torch.ones(32, dtype=torch.int64, device=ancestor.device) << torch.arange(32, device=ancestor.device)
+    weights = 2 ** torch.arange(32, dtype=torch.int64, device=ancestor.device)  # bit b is worth 2^b
     packed = (padded.view(n, words, 32) * weights).sum(-1)  # (N, W) values in [0, 2^32)
     # Reinterpret as signed int32 (two's complement): bit 31 set means a negative word. The kernel
     # shifts right arithmetically and keeps only the lowest bit, so the sign never matters.
@@ -184,9 +184,11 @@ def _tree_attention_fwd(
     out = acc / l_safe[:, None]
     if WRITE_LSE:
         lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
-        tl.store(Lse + pid_s * stride_ls + b * stride_lb + head * stride_lh + node * stride_ln, lse, mask=row_ok)
+        tl.store(Lse + pid_s * stride_ls + b * stride_lb + head * stride_lh + node * stride_ln, lse,
+                 mask=row_ok)
     tl.store(Out + pid_s * stride_os + b * stride_ob + head[:, None] * stride_oh + node[:, None] * stride_on
-             + dims[None, :] * stride_od, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+             + dims[None, :] * stride_od, out.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & dim_ok[None, :])
 
 
 _KERNELS: dict = {}  # interpreter mode (bool) -> the jitted kernel
@@ -205,7 +207,8 @@ def _compiled_kernel():
             import triton
             import triton.language as language
         except ImportError as err:
-            raise RuntimeError("backend='triton' needs the triton package: pip install 'jetspec[kernels]'") from err
+            raise RuntimeError("backend='triton' needs the triton package: "
+                               "pip install 'jetspec[kernels]'") from err
         global tl
         tl = language
         _KERNELS[interpret] = triton.jit(_tree_attention_fwd)
@@ -320,7 +323,9 @@ def tree_attention_triton(
     return out
 
 
-def merge_splits(partial: Float[Tensor, "S B h N K"], lse: Float[Tensor, "S B h N"]) -> Float[Tensor, "B h N K"]:
+def merge_splits(
+    partial: Float[Tensor, "S B h N K"], lse: Float[Tensor, "S B h N"]
+) -> Float[Tensor, "B h N K"]:
     """Merge S softmax slices, each normalised over its own keys, into one softmax over all keys.
 
     Slice s covers keys with log2-sum-exp ``lse[s]``; the full softmax weights it by

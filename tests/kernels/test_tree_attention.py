@@ -20,7 +20,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from jetspec.kernels import (
     ancestor_from_parents,
     chain_ancestor,
@@ -122,7 +121,8 @@ def case_inputs(case):
 @given(case=tree_cases())
 def test_triton_matches_naive_on_random_trees(case):
     q, k, v, anc = case_inputs(case)
-    assert_close(run_poisoned(q, k, v, anc), naive_tree_attention(q, k, v, anc), case["dtype"], f"triton {case}")
+    want = naive_tree_attention(q, k, v, anc)
+    assert_close(run_poisoned(q, k, v, anc), want, case["dtype"], f"triton {case}")
 
 
 @settings(deadline=None, max_examples=40)
@@ -186,7 +186,8 @@ def test_a_query_that_sees_nothing_gets_zeros_not_nan():
     for got in (run_poisoned(q, k, v, anc), tree_attention_reference(q, k, v, anc)):
         assert not torch.isnan(got).any()
         assert torch.equal(got[:, :, 2], torch.zeros_like(got[:, :, 2]))
-        assert_close(got[:, :, 3], naive_tree_attention(q, k, v, chain_ancestor(4))[:, :, 3], torch.float32, "row3")
+        want = naive_tree_attention(q, k, v, chain_ancestor(4))
+        assert_close(got[:, :, 3], want[:, :, 3], torch.float32, "row 3")
 
 
 @pytest.mark.parametrize("kind", ["chain", "full"])
@@ -196,7 +197,8 @@ def test_block_attention_is_tree_attention(kind):
     anc = chain_ancestor(16) if kind == "chain" else full_ancestor(16)
     mask = torch.cat([torch.ones(16, 40, dtype=torch.bool), anc], dim=1)
     kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
-    want = torch.nn.functional.scaled_dot_product_attention(q.double(), kk.double(), vv.double(), attn_mask=mask)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    want = sdpa(q.double(), kk.double(), vv.double(), attn_mask=mask)
     assert_close(run_poisoned(q, k, v, anc), want, torch.float32, kind)
 
 
@@ -299,8 +301,8 @@ def test_clean_import_and_clear_error_without_the_interpreter():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,p,h,h_kv,d", [(16, 2048, 32, 8, 128), (64, 517, 16, 8, 128), (256, 8192, 32, 8, 128),
-                                          (37, 1000, 8, 2, 80), (8, 300, 4, 4, 256)])
+@pytest.mark.parametrize("n,p,h,h_kv,d", [(16, 2048, 32, 8, 128), (64, 517, 16, 8, 128),
+                                          (256, 8192, 32, 8, 128), (37, 1000, 8, 2, 80), (8, 300, 4, 4, 256)])
 def test_cuda_matches_naive(dtype, n, p, h, h_kv, d):
     q, k, v, anc = make_inputs(1, h, h_kv, n, p, d, dtype, seed=n, device="cuda")
     got = run_poisoned(q, k, v, anc)
