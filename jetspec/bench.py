@@ -1,0 +1,493 @@
+"""Benchmark drafters against plain decoding and Hugging Face, in one process, on the same prompts.
+
+The numbers follow METHOD.md section 6:
+
+* tau = committed tokens per target verify forward (bonus included), pooled over all rounds;
+  plain decoding has tau 1.0 by definition.
+* tokens/s is *decode-only* (prefill excluded) and, separately, end-to-end (one whole generate
+  call). Speedups are ratios to plain decoding with a KV cache in the *same harness* (``ar``), and
+  to Hugging Face ``generate`` (``hf_greedy``; ``hf_sample`` at temperature > 0).
+* Two outside anchors run in the same process: ``hf_greedy`` and ``hf_prompt_lookup`` (HF's own
+  n-gram speculative decoding). If our ``ar`` is much slower than ``hf_greedy``, the harness, not
+  the drafter, is the bottleneck.
+* Every round's time is split into draft / tree build / verify / accept (+ commit), in ms.
+
+Measurement discipline. A shared 2-core machine is noisy (+-20 % run to run), so only ratios taken
+in one run mean anything. Every method therefore runs on the same prompt back to back: the outer
+loop is over prompts, the inner over methods, in an order rotated per prompt, so a noisy minute
+hits all methods alike. A warm-up pass runs every method once before anything is timed.
+
+How HF's decode-only time is measured: a streamer records when ``generate`` emits tokens. The first
+emission ends HF's prefill (its prefill also yields the first token, so that token is left out);
+each later emission is one target forward, which also gives HF prompt lookup's tau.
+
+``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
+"rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
+``OUT/results.md`` is the same as a Markdown table, ``OUT/runs.jsonl`` has every single run, and
+``jetspec.plots`` draws the PNGs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
+from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
+from jetspec.target import TargetModel
+
+DEFAULT_HEAD_DIR = Path(__file__).parent / "assets" / "heads"
+
+
+def _csv(kind):
+    """Parse "8,16,32" (a CLI value) or a sequence into a tuple of ``kind``."""
+    def parse(value):
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(kind(str(v).strip()) for v in items if str(v).strip())
+    return parse
+
+
+@dataclass
+class BenchConfig:
+    """Everything ``jetspec bench`` can vary. The CLI flags are generated from these fields."""
+
+    target: str = "smollm2-135m-instruct"
+    """Target model: built-in name, local folder or Hub id."""
+    prompts: Optional[str] = None
+    """JSON-lines prompt file (rows with 'prompt' and optional 'set'); default: the built-in prompts."""
+    limit: Optional[int] = None
+    """Use at most this many prompts per prompt set."""
+    drafters: tuple[str, ...] = ("ngram", "jetspec", "dflash", "eagle")
+    """Registered drafter names (comma list); ar and the HF anchors always run as well."""
+    head_dir: Optional[str] = None
+    """Folder with trained heads in <dir>/<drafter name>; default: jetspec/assets/heads."""
+    tree: str = "bestfirst"
+    """Tree builder: bestfirst, chain or fanout."""
+    budgets: tuple[int, ...] = (8, 16, 32, 64)
+    """Drafted nodes per round, root excluded (comma list). A chain's budget is its depth."""
+    width: int = 4
+    """Candidates per depth (per node) the tree builder may use."""
+    depth: int = 8
+    """Deepest tree level (clamped to what a drafter can produce)."""
+    temperature: float = 0.0
+    """0 = greedy; > 0 samples (lossless verification)."""
+    max_new_tokens: int = 128
+    """New tokens per prompt (fewer if the target ends its answer)."""
+    repeats: int = 1
+    """Times every (prompt, method) pair is run."""
+    prompt_lookup_tokens: int = 10
+    """prompt_lookup_num_tokens of the hf_prompt_lookup anchor."""
+    hf: bool = True
+    """Run the Hugging Face anchors (hf_greedy / hf_sample and hf_prompt_lookup)."""
+    warmup: bool = True
+    """Run every method once, untimed, before measuring."""
+    seed: int = 0
+    """Seed of sampling (temperature > 0) and of the method order per prompt."""
+    threads: Optional[int] = None
+    """torch CPU threads (default: torch's choice)."""
+    out: str = "runs/bench"
+    """Output folder for results.json, results.md, runs.jsonl and the plots."""
+    plots: bool = True
+    """Draw the PNG plots."""
+
+    def __post_init__(self) -> None:
+        self.drafters = _csv(str)(self.drafters)
+        self.budgets = _csv(int)(self.budgets)
+        if self.tree not in ("bestfirst", "chain", "fanout"):
+            raise ValueError(f"--tree must be bestfirst, chain or fanout, got '{self.tree}'")
+        if not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"--budgets must be positive integers, got {self.budgets}")
+        for name in ("width", "depth", "max_new_tokens", "repeats", "prompt_lookup_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on (they mean little without it)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import transformers
+
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "threads": torch.get_num_threads(),
+            "device": "cpu", "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def encode_prompts(rows: list[dict], tokenizer) -> list[dict]:
+    """Attach ``ids`` (chat-templated) to every prompt row; rows may already carry token ids."""
+    out = []
+    for r in rows:
+        p = r["prompt"]
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; pass one or give prompts as token ids")
+            ids = chat_ids(tokenizer, p)
+        else:
+            ids = [int(t) for t in p]
+        out.append({**r, "ids": ids, "set": r.get("set") or "default"})
+    return out
+
+
+def _limit_per_set(rows: list[dict], limit: Optional[int]) -> list[dict]:
+    if limit is None:
+        return rows
+    taken: dict[str, int] = defaultdict(int)
+    kept = []
+    for r in rows:
+        s = r.get("set") or "default"
+        if taken[s] < limit:
+            taken[s] += 1
+            kept.append(r)
+    return kept
+
+
+# ---------------------------------------------------------------------------- the methods
+# Baselines that are not drafters; every bench runs ar, and the HF ones unless hf=False.
+ANCHORS = ("ar", "hf_greedy", "hf_sample", "hf_prompt_lookup")
+
+
+@dataclass
+class Method:
+    """One thing to time: a baseline, or a drafter with a tree builder at one budget."""
+
+    drafter: str
+    tree: str = "-"
+    budget: Optional[int] = None
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    target: Optional[TargetModel] = None  # ar and speculative methods share one wrapper
+    decoder: Optional[SpeculativeDecoder] = None
+
+    def key(self) -> dict:
+        return {"drafter": self.drafter, "tree": self.tree, "budget": self.budget, "width": self.width,
+                "depth": self.depth}
+
+    @property
+    def label(self) -> str:
+        return self.drafter if self.budget is None else f"{self.drafter}@{self.budget}"
+
+
+def make_drafter(name: str, model, head_dir: Path):
+    """``(drafter, None)`` or ``(None, reason it cannot run here)``.
+
+    Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>``. Other drafters
+    are built from their constructor, which may only ask for ``target`` and ``vocab_size``.
+    """
+    if name not in DRAFTERS:
+        return None, f"not a registered drafter (known: {', '.join(sorted(DRAFTERS))})"
+    cls = DRAFTERS[name]
+    if hasattr(cls, "from_pretrained"):
+        folder = head_dir / name
+        if not folder.is_dir():
+            return None, f"no trained head at {folder}"
+        try:
+            return cls.from_pretrained(folder, target=model), None
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            return None, f"could not load {folder}: {err}"
+    supplied = {"target": model, "vocab_size": model.get_output_embeddings().weight.shape[0]}
+    kwargs = {}
+    for pname, p in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if pname in supplied:
+            kwargs[pname] = supplied[pname]
+        elif p.default is p.empty:
+            return None, f"needs a '{pname}' argument the bench cannot supply; use the Python API"
+    return cls(**kwargs), None
+
+
+def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method], list[dict]]:
+    """The methods to time, and the drafters skipped (with the reason)."""
+    target = TargetModel(model)
+    methods = [Method("ar", target=target)]
+    if cfg.hf:
+        methods.append(Method("hf_greedy" if cfg.temperature == 0 else "hf_sample"))
+        k = cfg.prompt_lookup_tokens
+        methods.append(Method("hf_prompt_lookup", tree="chain", budget=k, width=1, depth=k))
+    skipped = []
+    for name in cfg.drafters:
+        if name in ANCHORS:
+            continue
+        drafter, reason = make_drafter(name, model, head_dir)
+        if drafter is None:
+            skipped.append({"drafter": name, "reason": reason})
+            continue
+        depth = min(cfg.depth, drafter.max_depth or cfg.depth)
+        budgets = [depth] if cfg.tree == "chain" else list(cfg.budgets)
+        for b in budgets:
+            builder = (TREE_BUILDERS[cfg.tree](depth=depth) if cfg.tree == "chain"
+                       else TREE_BUILDERS[cfg.tree](budget=b, width=cfg.width, depth=depth))
+            try:
+                dec = SpeculativeDecoder(target, drafter, builder)
+            except ValueError as err:
+                skipped.append({"drafter": name, "reason": str(err)})
+                break
+            methods.append(Method(name, cfg.tree, b, builder.width, depth, target=target, decoder=dec))
+    return methods, skipped
+
+
+class _EmissionClock:
+    """A ``generate`` streamer that only records when tokens come out and how many."""
+
+    def __init__(self) -> None:
+        self.emissions: list[tuple[float, int]] = []
+        self.end_time = 0.0
+
+    def put(self, value) -> None:
+        self.emissions.append((time.perf_counter(), int(value.numel())))
+
+    def end(self) -> None:
+        self.end_time = time.perf_counter()
+
+
+def run_method(m: Method, model, ids: list[int], max_new_tokens: int, cfg: BenchConfig, eos,
+               seed: int) -> dict:
+    """Generate once with method ``m``; return its counts and timings (seconds)."""
+    prompt = torch.tensor([ids], dtype=torch.long)  # [1, T]
+    gen = torch.Generator().manual_seed(seed)
+    if m.drafter.startswith("hf_"):
+        return _run_hf(m, model, prompt, max_new_tokens, cfg, eos, seed)
+    t0 = time.perf_counter()
+    if m.decoder is None:
+        res = autoregressive_generate(m.target, prompt, max_new_tokens, temperature=cfg.temperature,
+                                      eos_token_id=eos, generator=gen)
+    else:
+        res = m.decoder.generate(prompt, max_new_tokens, temperature=cfg.temperature, eos_token_id=eos,
+                                 generator=gen)
+    total = time.perf_counter() - t0
+    return {"new_tokens": res.num_new_tokens, "decode_tokens": res.num_new_tokens,
+            "rounds": len(res.accepted_lengths), "decode_s": res.decode_seconds, "total_s": total,
+            "prefill_s": res.timings.get("prefill", 0.0),
+            "stages": {s: res.timings.get(s, 0.0) for s in STAGES},
+            "draft_forwards": sum(res.draft_forwards), "accepted_depths": list(res.accepted_depths),
+            "tree_depths": list(res.tree_depths), "tree_nodes": sum(res.tree_sizes),
+            "tokens": res.sequences[0, len(ids):].tolist()}
+
+
+@torch.no_grad()
+def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos, seed: int) -> dict:
+    clock = _EmissionClock()
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos or [0])[0],
+                  streamer=clock, top_k=None, top_p=None)
+    if cfg.temperature > 0:
+        torch.manual_seed(seed)
+        kwargs.update(do_sample=True, temperature=cfg.temperature)
+    else:
+        kwargs.update(do_sample=False, temperature=None)
+    if m.drafter == "hf_prompt_lookup":
+        kwargs["prompt_lookup_num_tokens"] = m.budget
+    t0 = time.perf_counter()
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+    total = time.perf_counter() - t0
+    new = out[0, prompt.shape[1]:].tolist()
+    steps = clock.emissions[1:]  # the first put() is the prompt itself
+    first_t, first_n = steps[0] if steps else (clock.end_time, 0)
+    return {"new_tokens": len(new), "decode_tokens": len(new) - first_n, "rounds": len(steps),
+            "decode_s": max(clock.end_time - first_t, 0.0), "total_s": total, "prefill_s": first_t - t0,
+            "stages": {s: None for s in STAGES}, "draft_forwards": 0, "accepted_depths": [],
+            "tree_depths": [], "tree_nodes": 0, "tokens": new}
+
+
+def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
+              prompts: Optional[list[dict]] = None, progress: bool = True, **overrides) -> dict:
+    """Run the benchmark and write its files; returns the ``results.json`` content.
+
+    Args:
+        config: a ``BenchConfig``; ``overrides`` replace single fields (``budgets=(8, 16)``).
+        model, tokenizer: an already loaded target (else ``config.target`` is loaded).
+        prompts: rows ``{"prompt": str | list[int], "set": str}`` (else ``config.prompts`` or the
+            built-in prompts). Token-id prompts are used as they are (no chat template).
+        progress: show a tqdm bar.
+    """
+    cfg = dataclasses.replace(config or BenchConfig(), **overrides)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    # Denormal floats make some CPU matmuls many times slower; flushing them is standard for inference.
+    torch.set_flush_denormal(True)
+    if model is None:
+        from jetspec.loading import load_target
+
+        model, tokenizer = load_target(cfg.target)
+    model.eval()
+    if prompts is None:
+        prompts = read_prompts(cfg.prompts) if cfg.prompts else builtin_prompts()
+    rows_in = encode_prompts(_limit_per_set(prompts, cfg.limit), tokenizer)
+    eos = eos_ids(tokenizer, model) or None
+
+    head_dir = Path(cfg.head_dir) if cfg.head_dir else DEFAULT_HEAD_DIR
+    methods, skipped = build_methods(cfg, model, head_dir)
+    for reason in skipped:
+        print(f"[bench] skipped {reason['drafter']}: {reason['reason']}", flush=True)
+    machine = machine_info()
+
+    if cfg.warmup:
+        warm = rows_in[0]["ids"]
+        for m in methods:
+            run_method(m, model, warm, min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
+
+    runs: list[dict] = []
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+    total = cfg.repeats * len(rows_in) * len(methods)
+    with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar:
+        for rep in range(cfg.repeats):
+            for pi, row in enumerate(rows_in):
+                # A fresh random order per prompt: no method always runs first (cold) or last.
+                for mi in torch.randperm(len(methods), generator=order_rng).tolist():
+                    m = methods[mi]
+                    rec = run_method(m, model, row["ids"], cfg.max_new_tokens, cfg, eos,
+                                     seed=cfg.seed + 1000 * rep + pi)
+                    runs.append({**m.key(), "prompt_set": row["set"], "prompt_index": pi, "repeat": rep,
+                                 **rec})
+                    bar.update(1)
+                    bar.set_postfix(method=m.label, refresh=False)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    if cfg.temperature == 0:
+        # Lossless greedy decoding must reproduce plain decoding; count the outputs that do.
+        reference = {(r["prompt_index"], r["repeat"]): r["tokens"] for r in runs if r["drafter"] == "ar"}
+        for r in runs:
+            r["matches_ar"] = r["tokens"] == reference[(r["prompt_index"], r["repeat"])]
+
+    rows = aggregate(runs, cfg)
+    config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    result = {"machine": machine, "config": config_dict, "skipped": skipped, "rows": rows}
+    write_outputs(result, runs, Path(cfg.out), cfg.plots)
+    return result
+
+
+# ---------------------------------------------------------------------------- aggregation
+def _pooled_depth_acceptance(runs: list[dict]) -> list[float]:
+    """P(depth d accepted | the round's tree reached depth d), pooled over every round of ``runs``."""
+    acc = [a for r in runs for a in r["accepted_depths"]]
+    reach = [d for r in runs for d in r["tree_depths"]]
+    rates = []
+    for d in range(1, max(reach, default=0) + 1):
+        n = sum(1 for td in reach if td >= d)
+        k = sum(1 for a, td in zip(acc, reach) if td >= d and a >= d)
+        rates.append(round(k / n, 4) if n else 0.0)
+    return rates
+
+
+def _summarize(group: list[dict]) -> dict:
+    new = sum(r["new_tokens"] for r in group)
+    decode_tokens = sum(r["decode_tokens"] for r in group)
+    rounds = sum(r["rounds"] for r in group)
+    decode_s = sum(r["decode_s"] for r in group)
+    total_s = sum(r["total_s"] for r in group)
+    per_round = {}
+    for stage in ("draft", "tree", "verify", "accept"):
+        secs = [r["stages"].get(stage) for r in group]
+        per_round[f"{stage}_ms"] = (None if any(s is None for s in secs)
+                                    else round(1000 * sum(secs) / max(rounds, 1), 3))
+    matches = [r["matches_ar"] for r in group if r.get("matches_ar") is not None]
+    return {
+        "n_prompts": len({(r["prompt_set"], r["prompt_index"]) for r in group}),
+        "runs": len(group), "new_tokens": new, "rounds": rounds,
+        "tau": round(new / rounds, 4) if rounds else None,
+        "tokens_per_s": round(decode_tokens / decode_s, 3) if decode_s > 0 else None,
+        "tokens_per_s_e2e": round(new / total_s, 3) if total_s > 0 else None,
+        "draft_forwards_per_round": round(sum(r["draft_forwards"] for r in group) / max(rounds, 1), 3),
+        **per_round,
+        "prefill_ms": round(1000 * sum(r["prefill_s"] for r in group) / len(group), 3),
+        "mean_tree_size": round(sum(r["tree_nodes"] for r in group) / max(rounds, 1), 3),
+        "depth_acceptance": _pooled_depth_acceptance(group),
+        "matches_ar": round(sum(matches) / len(matches), 4) if matches else None,
+    }
+
+
+def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
+    """One row per (drafter, tree, budget, prompt_set) plus prompt_set 'all', with speedups."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        key = (r["drafter"], r["tree"], r["budget"])
+        groups[key + (r["prompt_set"],)].append(r)
+        groups[key + ("all",)].append(r)
+    rows = []
+    for (drafter, tree, budget, pset), group in groups.items():
+        rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
+                     "depth": group[0]["depth"], "temperature": cfg.temperature, "prompt_set": pset,
+                     **_summarize(group)})
+    hf_name = "hf_greedy" if cfg.temperature == 0 else "hf_sample"
+    by_set = {(r["drafter"], r["prompt_set"]): r for r in rows}
+    for r in rows:
+        ar, hf = by_set.get(("ar", r["prompt_set"])), by_set.get((hf_name, r["prompt_set"]))
+        r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
+        r["speedup_vs_ar_e2e"] = _ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
+        r["speedup_vs_hf"] = _ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
+    order = {name: i for i, name in enumerate(ANCHORS)}
+    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], order.get(r["drafter"], len(order)),
+                             r["drafter"], r["budget"] or 0))
+    return rows
+
+
+def _ratio(a, b):
+    return round(a / b, 4) if a and b else None
+
+
+# ---------------------------------------------------------------------------- output files
+COLUMNS = [("drafter", "drafter"), ("tree", "tree"), ("budget", "budget"), ("prompt_set", "set"),
+           ("n_prompts", "prompts"), ("tau", "tau"), ("tokens_per_s", "tok/s"),
+           ("tokens_per_s_e2e", "tok/s e2e"), ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x hf"),
+           ("draft_forwards_per_round", "draft fwd/round"), ("draft_ms", "draft ms"), ("tree_ms", "tree ms"),
+           ("verify_ms", "verify ms"), ("accept_ms", "accept ms"), ("matches_ar", "= ar")]
+
+
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    with open(out / "runs.jsonl", "w") as f:
+        for r in runs:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
+    m, c = result["machine"], result["config"]
+    head = [f"# jetspec bench: {c['target']}", "",
+            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch threads, "
+            f"torch {m['torch']}, transformers {m['transformers']}; load average {m.get('load_average')} "
+            f"at start, {m.get('load_average_end')} at the end.", "",
+            f"Tree {c['tree']}, width {c['width']}, depth {c['depth']}, temperature {c['temperature']}, "
+            f"max_new_tokens {c['max_new_tokens']}, repeats {c['repeats']}. tok/s is decode-only "
+            f"(prefill excluded); x ar / x hf are speedups over plain decoding in this harness and over "
+            f"HF generate; '= ar' is the share of outputs identical to plain greedy decoding.", ""]
+    skipped = [f"- skipped {s['drafter']}: {s['reason']}" for s in result["skipped"]]
+    (out / "results.md").write_text("\n".join(head + skipped + ([""] if skipped else [])
+                                              + [markdown_table(result["rows"]), ""]))
+    if plots:
+        from jetspec.plots import plot_results
+
+        plot_results(result["rows"], out)

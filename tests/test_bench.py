@@ -1,0 +1,137 @@
+"""The benchmark harness on a tiny random target: schema, baselines, losslessness, files, CLI.
+
+Timings of a random 2-layer model mean nothing; what is checked is everything else: that every
+row has the fields the plots and BENCHMARKS.md read, that plain decoding is its own baseline
+(tau 1, speedup 1), that greedy speculative outputs equal plain decoding, and that a trained head
+is picked up from a head folder. One torch thread keeps these fast on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_regenerate import tiny_llama, tiny_tokenizer
+
+from jetspec import DRAFTERS
+from jetspec.bench import BenchConfig, run_bench
+from jetspec.cli import build_parser
+from jetspec.prompts import write_jsonl
+
+ROW_FIELDS = {"drafter", "tree", "budget", "temperature", "prompt_set", "tau", "tokens_per_s",
+              "tokens_per_s_e2e", "speedup_vs_ar", "speedup_vs_hf", "draft_forwards_per_round", "draft_ms",
+              "tree_ms", "verify_ms", "accept_ms", "depth_acceptance", "n_prompts", "new_tokens",
+              "matches_ar"}
+# Prompts with repeated n-grams, so prompt lookup has something to find.
+PROMPTS = [{"prompt": [1, 5, 6, 7, 5, 6, 7, 5, 6, 9, 10, 5], "set": "rep"},
+           {"prompt": [1, 8, 9, 12, 8, 9, 12, 8], "set": "rep"},
+           {"prompt": [1, 20, 31, 42, 53], "set": "plain"}]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_schema_baselines_and_files(tiny, tmp_path):
+    out = tmp_path / "bench"
+    res = run_bench(model=tiny, prompts=PROMPTS, drafters="ar,ngram,random", budgets="4,8", max_new_tokens=10,
+                    out=str(out), threads=1, progress=False)
+    assert set(res) == {"machine", "config", "skipped", "rows"}
+    assert {"cpu", "logical_cores", "torch", "threads"} <= set(res["machine"])
+    assert res["machine"]["threads"] == 1
+    rows = res["rows"]
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+    names = {r["drafter"] for r in rows}
+    assert names == {"ar", "hf_greedy", "hf_prompt_lookup", "ngram", "random"}
+    assert {r["prompt_set"] for r in rows} == {"all", "rep", "plain"}
+    key = {(r["drafter"], r["budget"], r["prompt_set"]): r for r in rows}
+    assert {b for (d, b, _) in key if d == "ngram"} == {4, 8}
+    for pset, n in (("all", 3), ("rep", 2), ("plain", 1)):
+        ar = key[("ar", None, pset)]
+        assert ar["tau"] == 1.0 and ar["speedup_vs_ar"] == 1.0 and ar["n_prompts"] == n
+        assert ar["depth_acceptance"] == [] and ar["draft_forwards_per_round"] == 0
+        assert key[("hf_greedy", None, pset)]["speedup_vs_hf"] == 1.0
+    for r in rows:
+        # Greedy speculative decoding is lossless: same tokens as plain decoding, for every method.
+        assert r["matches_ar"] == 1.0, r
+        assert r["new_tokens"] == key[("ar", None, r["prompt_set"])]["new_tokens"]
+        assert r["tau"] >= 1.0 and r["tokens_per_s"] > 0
+    ngram = key[("ngram", 8, "rep")]
+    assert ngram["tau"] > 1.0  # the repeated prompts do get accepted drafts
+    assert len(ngram["depth_acceptance"]) >= 1 and all(0 <= a <= 1 for a in ngram["depth_acceptance"])
+    assert ngram["verify_ms"] > 0 and ngram["draft_ms"] >= 0
+    assert key[("hf_prompt_lookup", 10, "rep")]["tau"] > 1.0
+    for name in ("results.json", "results.md", "runs.jsonl", "tau_vs_budget.png",
+                 "tokens_per_s_vs_budget.png", "depth_acceptance.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    assert "| ngram | bestfirst | 8 | all |" in (out / "results.md").read_text()
+    assert sum(1 for _ in open(out / "runs.jsonl")) == 3 * len([n for n in key if n[2] == "all"])
+
+
+def test_text_prompts_sampling_chain_and_skips(tiny, tmp_path):
+    res = run_bench(model=tiny, tokenizer=tiny_tokenizer(),
+                    prompts=[{"prompt": "w1 w2 w3 w1 w2", "set": "s"}],
+                    drafters="ngram,jetspec-missing,draft_model", tree="chain", depth=3, temperature=1.0,
+                    max_new_tokens=6, out=str(tmp_path), threads=1, plots=False, progress=False)
+    names = {r["drafter"] for r in res["rows"]}
+    assert names == {"ar", "hf_sample", "hf_prompt_lookup", "ngram"}
+    chain = [r for r in res["rows"] if r["drafter"] == "ngram"]
+    assert {r["budget"] for r in chain} == {3} and all(r["tree"] == "chain" for r in chain)
+    assert all(r["matches_ar"] is None for r in res["rows"])  # sampled outputs differ by design
+    assert all(r["temperature"] == 1.0 for r in res["rows"])
+    skipped = {s["drafter"]: s["reason"] for s in res["skipped"]}
+    assert "not a registered drafter" in skipped["jetspec-missing"]
+    assert "draft_model" in skipped["draft_model"]
+    assert not (tmp_path / "tau_vs_budget.png").exists()
+
+
+@pytest.mark.skipif(not hasattr(DRAFTERS.get("jetspec"), "from_pretrained"), reason="no jetspec head class")
+def test_trained_head_is_loaded_from_the_head_dir(tiny, tmp_path):
+    head = DRAFTERS["jetspec"](tiny, num_layers=1, block_size=4)
+    head.save_pretrained(tmp_path / "heads" / "jetspec")
+    res = run_bench(model=tiny, prompts=PROMPTS[:1], drafters="jetspec,dflash", budgets="4", max_new_tokens=6,
+                    head_dir=str(tmp_path / "heads"), hf=False, out=str(tmp_path), threads=1, plots=False,
+                    progress=False)
+    rows = [r for r in res["rows"] if r["drafter"] == "jetspec" and r["prompt_set"] == "all"]
+    assert len(rows) == 1 and rows[0]["matches_ar"] == 1.0
+    assert rows[0]["depth"] == 3  # clamped to the head's block_size - 1
+    assert rows[0]["draft_forwards_per_round"] == 1.0
+    assert [s["drafter"] for s in res["skipped"]] == ["dflash"]  # no dflash folder
+
+
+def test_cli_flags_come_from_the_config(tiny, tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["bench"])
+    assert args.budgets == "8,16,32,64" and args.target == "smollm2-135m-instruct" and args.hf is True
+    assert BenchConfig(**{k: v for k, v in vars(args).items() if k in BenchConfig.__dataclass_fields__}) \
+        == BenchConfig()
+    help_text = parser._subparsers._group_actions[0].choices["bench"].format_help()
+    assert "Drafted nodes per round, root excluded" in help_text
+    with pytest.raises(ValueError, match="--tree"):
+        BenchConfig(tree="star")
+    with pytest.raises(ValueError, match="--budgets"):
+        BenchConfig(budgets="0,8")
+
+    from jetspec.cli import main
+
+    tok = tiny_tokenizer()
+    tiny.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w3 w4 w3 w4", "set": "x"}, {"prompt": "w5 w6"}])
+    argv = ["bench", "--target", str(tmp_path / "target"), "--prompts", str(tmp_path / "p.jsonl"),
+            "--drafters", "ngram", "--budgets", "4", "--max-new-tokens", "5", "--threads", "1",
+            "--hf", "false", "--plots", "false", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())["rows"]
+    assert {r["prompt_set"] for r in rows} == {"all", "x", "p"}  # unnamed rows take the file's stem
