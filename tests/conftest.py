@@ -1,0 +1,58 @@
+"""Shared test set-up: hypothesis profiles, the Triton interpreter, tiny random targets.
+
+TRITON_INTERPRET must be set before any @triton.jit function is defined or launched, so it is set
+here, at import time of the test session.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("dev", max_examples=10, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_flush_denormal(True)
+
+
+def tiny_config(family: str = "llama", vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4,
+                kv_heads: int = 2):
+    """A small Llama or Qwen3 config (GQA) that builds in milliseconds."""
+    from transformers import LlamaConfig, Qwen3Config
+
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                  tie_word_embeddings=False)
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "qwen3":
+        return Qwen3Config(head_dim=hidden // heads, **common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float64, **kw):
+    """A random-weight causal LM in float64: ties in argmax are then practically impossible."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **kw))
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(scope="session")
+def llama64():
+    return tiny_model("llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen64():
+    return tiny_model("qwen3", seed=1)

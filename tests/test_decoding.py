@@ -1,0 +1,166 @@
+"""Greedy losslessness, KV compaction and input validation of the decoding loop (METHOD.md section 1).
+
+Equality runs in float64 on random tiny Llama and Qwen3 targets, where argmax ties are practically
+impossible, against Hugging Face ``generate(do_sample=False)`` as the independent reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.drafters import DraftModelDrafter, NGramDrafter, OracleDrafter, RandomDrafter
+from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+from jetspec.verifiers import GreedyVerifier, SamplingVerifier
+
+VOCAB = 64
+TARGETS = {"llama": tiny_model("llama", seed=0), "qwen3": tiny_model("qwen3", seed=1)}
+DRAFT_LM = tiny_model("llama", seed=5, hidden=16, layers=1, heads=2, kv_heads=1)
+
+
+def hf_greedy(model, ids, n):
+    # An explicit all-ones mask: HF would otherwise mask prompt tokens equal to pad_token_id.
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)
+
+
+def repetitive_prompt(seed: int, length: int) -> torch.Tensor:
+    """Prompts with repeats, so the n-gram drafter finds matches and trees get accepted paths."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, VOCAB, (max(2, length // 3),), generator=g)
+    return torch.cat([base, base, torch.randint(0, VOCAB, (length,), generator=g)])[:length][None]
+
+
+def all_drafters(model):
+    return [RandomDrafter(VOCAB, seed=1), OracleDrafter(model), NGramDrafter(), DraftModelDrafter(DRAFT_LM)]
+
+
+@given(family=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 10_000), length=st.integers(1, 24),
+       budget=st.integers(1, 24), width=st.integers(1, 4), depth=st.integers(1, 6), n=st.integers(1, 20))
+def test_greedy_output_equals_hugging_face(family, seed, length, budget, width, depth, n):
+    model = TARGETS[family]
+    ids = repetitive_prompt(seed, length)
+    ref = hf_greedy(model, ids, n)
+    for drafter in all_drafters(model):
+        for builder in (ChainBuilder(depth), BestFirstBuilder(budget, width, depth),
+                        FanoutCapBuilder(budget, width, depth)):
+            res = SpeculativeDecoder(model, drafter, builder).generate(ids, max_new_tokens=n)
+            assert torch.equal(res.sequences, ref), f"{type(drafter).__name__} + {builder}"
+            assert sum(res.accepted_lengths) == n
+            assert all(a >= 1 for a in res.accepted_lengths)
+
+
+@pytest.mark.parametrize("family", sorted(TARGETS))
+def test_autoregressive_baseline_equals_hugging_face(family):
+    model = TARGETS[family]
+    ids = repetitive_prompt(3, 10)
+    res = autoregressive_generate(model, ids, 30)
+    assert torch.equal(res.sequences, hf_greedy(model, ids, 30))
+    assert res.tau == 1.0
+
+
+@pytest.mark.parametrize("builder", [ChainBuilder(5), BestFirstBuilder(8, 1, 5)])
+def test_oracle_is_accepted_in_full(llama64, builder):
+    ids = repetitive_prompt(4, 8)
+    res = SpeculativeDecoder(llama64, OracleDrafter(llama64), builder).generate(ids, max_new_tokens=36)
+    assert res.accepted_lengths == [6] * 6  # 5 drafts + the bonus, every round
+    assert res.tau == 6.0
+
+
+def test_sampling_verifier_at_temperature_zero_is_greedy(llama64):
+    ids = repetitive_prompt(5, 12)
+    dec = SpeculativeDecoder(llama64, NGramDrafter(), BestFirstBuilder(12, 3, 4), verifier=SamplingVerifier())
+    assert torch.equal(dec.generate(ids, 20).sequences, hf_greedy(llama64, ids, 20))
+
+
+def test_eos_stops_generation(llama64):
+    ids = repetitive_prompt(6, 12)
+    ref = hf_greedy(llama64, ids, 30)[0, 12:].tolist()
+    eos = ref[7]
+    first = ref.index(eos)
+    res = SpeculativeDecoder(llama64, OracleDrafter(llama64), ChainBuilder(4)).generate(
+        ids, max_new_tokens=30, eos_token_id=eos)
+    assert res.sequences[0, 12:].tolist() == ref[: first + 1]
+
+
+class CheckingDecoder(SpeculativeDecoder):
+    """Checks after every commit that the compacted cache equals a fresh prefill."""
+
+    checked = 0
+
+    def draft(self, tokens, *args, **kw):
+        self._tokens = tokens
+        return super().draft(tokens, *args, **kw)
+
+    def commit(self, tree, acc, node_taps):
+        out = super().commit(tree, acc, node_taps)
+        committed = torch.cat([self._tokens, torch.tensor(acc.draft_tokens, dtype=torch.long)])
+        fresh = self.target.model(input_ids=committed[None], use_cache=True).cache
+        assert self.target.cache_length == committed.numel()
+        for got, ref in zip(self.target.cache.layers, fresh.layers):
+            assert torch.allclose(got.keys, ref.keys, atol=1e-10)
+            assert torch.allclose(got.values, ref.values, atol=1e-10)
+        CheckingDecoder.checked += 1
+        return out
+
+
+@pytest.mark.parametrize("drafter_fn", [lambda m: NGramDrafter(), lambda m: OracleDrafter(m),
+                                        lambda m: RandomDrafter(VOCAB)])
+def test_kv_cache_after_commit_equals_fresh_prefill(qwen64, drafter_fn):
+    before = CheckingDecoder.checked
+    dec = CheckingDecoder(qwen64, drafter_fn(qwen64), BestFirstBuilder(16, 3, 5))
+    dec.generate(repetitive_prompt(7, 15), max_new_tokens=25)
+    assert CheckingDecoder.checked > before
+
+
+def test_timings_and_round_records(llama64):
+    res = SpeculativeDecoder(llama64, NGramDrafter(), BestFirstBuilder(8, 2, 4)).generate(
+        repetitive_prompt(8, 16), max_new_tokens=12)
+    assert set(res.timings) == {"prefill", "draft", "tree", "verify", "accept"}
+    assert all(v >= 0 for v in res.timings.values())
+    n = len(res.accepted_lengths)
+    assert len(res.tree_sizes) == len(res.draft_forwards) == len(res.accepted_depths) == n
+    assert all(0 <= r <= 1 for r in res.depth_acceptance())
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("ids, kw, match", [
+    (torch.zeros(2, 4, dtype=torch.long), {}, "batch"),
+    (torch.zeros(1, 0, dtype=torch.long), {}, "empty"),
+    (torch.zeros(1, 4, dtype=torch.long), dict(max_new_tokens=0), "max_new_tokens"),
+    (torch.zeros(1, 4, dtype=torch.long), dict(temperature=-1.0), "temperature"),
+    (torch.zeros(1, 4, dtype=torch.long), dict(temperature=1.0, top_p=0.0), "top_p"),
+    (torch.zeros(1, 4, dtype=torch.long), dict(temperature=1.0, top_k=0), "top_k"),
+    (torch.zeros(1, 4), {}, "LongTensor"),
+])
+def test_generate_rejects_bad_input(llama64, ids, kw, match):
+    dec = SpeculativeDecoder(llama64, NGramDrafter())
+    with pytest.raises(ValueError, match=match):
+        dec.generate(ids, **kw)
+
+
+def test_greedy_verifier_refuses_temperature(llama64):
+    dec = SpeculativeDecoder(llama64, NGramDrafter(), verifier=GreedyVerifier())
+    with pytest.raises(ValueError, match="temperature"):
+        dec.generate(torch.zeros(1, 4, dtype=torch.long), temperature=0.8)
+
+
+def test_vocab_mismatch_is_refused(llama64):
+    with pytest.raises(ValueError, match="vocabulary"):
+        SpeculativeDecoder(llama64, RandomDrafter(VOCAB + 1))
+
+
+def test_depth_beyond_the_drafter_is_refused(llama64):
+    drafter = RandomDrafter(VOCAB)
+    drafter.max_depth = 3
+    with pytest.raises(ValueError, match="depth"):
+        SpeculativeDecoder(llama64, drafter, ChainBuilder(4))
+
+
+def test_non_drafter_is_refused(llama64):
+    with pytest.raises(TypeError, match="Drafter"):
+        SpeculativeDecoder(llama64, object())
