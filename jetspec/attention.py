@@ -58,21 +58,24 @@ class TreeLayout:
     kv_len: int  # P + N; fewer than the keys given only for an upper-left causal prefill
 
 
-def tree_layout(mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool) -> Optional[TreeLayout]:
+def tree_layout(
+    mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool, device=None
+) -> Optional[TreeLayout]:
     """Read the tree out of the mask an attention layer receives, or None if it is not tree-shaped.
 
     ``mask`` is None (plain attention, causal when ``causal``), boolean (True = visible) or an
-    additive float mask, broadcastable as ``[B, 1 or h, N, P + N]``.
+    additive float mask, broadcastable as ``[B, 1 or h, N, P + N]``. ``device``: where to build the
+    ancestor mask when there is no mask tensor to read it from.
     """
-    device = None if mask is None else mask.device
     if mask is None:
         if causal and q_len > 1:
             # SDPA's is_causal is upper-left aligned: query i sees keys 0..i and transformers only
             # skips the mask when the keys beyond the queries are not real tokens (empty cache).
-            return TreeLayout(0, chain_ancestor(q_len), q_len)
+            return TreeLayout(0, chain_ancestor(q_len, device=device), q_len)
         if kv_len < q_len:
             return None
-        return TreeLayout(kv_len - q_len, full_ancestor(q_len), kv_len)
+        return TreeLayout(kv_len - q_len, full_ancestor(q_len, device=device), kv_len)
+    device = mask.device
     if mask.dim() != 4 or mask.shape[-2] != q_len or mask.shape[-1] != kv_len or kv_len < q_len:
         return None
     prefix_len = kv_len - q_len
@@ -90,19 +93,27 @@ def tree_layout(mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool) -
 
 class _LayoutCache:
     """Remembers the layout of the last mask seen: every layer of one forward gets the same tensor,
-    so the mask is inspected (and the device synchronised) once per forward, not once per layer."""
+    so the mask is inspected (and the device synchronised) once per forward, not once per layer.
+    With no mask, the chain / all-True ancestor is built once, not once per layer."""
 
     def __init__(self) -> None:
-        self._ref = None
+        self._ref = None  # weak reference to the mask tensor, or None for "no mask"
         self._key = None
         self._layout = None
 
-    def get(self, mask: Tensor, q_len: int, kv_len: int, causal: bool) -> Optional[TreeLayout]:
-        key = (mask._version, q_len, kv_len, causal)
-        if self._ref is not None and self._ref() is mask and self._key == key:
+    def get(
+        self, mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool, device
+    ) -> Optional[TreeLayout]:
+        if mask is not None and mask.is_inference():
+            # Inference-mode tensors have no version counter, so an in-place edit could go unseen.
+            return tree_layout(mask, q_len, kv_len, causal, device)
+        key = (None if mask is None else mask._version, q_len, kv_len, causal, str(device))
+        same_mask = (mask is None and self._ref is None) or (self._ref is not None and self._ref() is mask)
+        if self._key == key and same_mask:
             return self._layout
-        layout = tree_layout(mask, q_len, kv_len, causal)
-        self._ref, self._key, self._layout = weakref.ref(mask), key, layout
+        layout = tree_layout(mask, q_len, kv_len, causal, device)
+        self._ref = None if mask is None else weakref.ref(mask)
+        self._key, self._layout = key, layout
         return layout
 
 
@@ -133,13 +144,10 @@ def tree_attention_forward(
                              "use 'sdpa' or 'eager'")
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = getattr(module, "is_causal", True)
-    if attention_mask is None:
-        layout = tree_layout(None, q_len, kv_len, causal)
-    else:
-        layout = _layouts.get(attention_mask, q_len, kv_len, causal)
+    layout = _layouts.get(attention_mask, q_len, kv_len, causal, query.device)
     if layout is not None:
         k, v = key[:, :, : layout.kv_len], value[:, :, : layout.kv_len]
-        out = tree_attention(query, k, v, layout.ancestor.to(query.device), scale=scaling, backend=backend)
+        out = tree_attention(query, k, v, layout.ancestor, scale=scaling, backend=backend)
     else:
         out = masked_attention(query, key, value, attention_mask, scaling)  # any other mask: exact fallback
     return out.transpose(1, 2).contiguous(), None  # (B, N, h, K), as the attention modules expect

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -73,6 +74,23 @@ def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
     # shifts right arithmetically and keeps only the lowest bit, so the sign never matters.
     packed = torch.where(packed >= 2**31, packed - 2**32, packed)
     return packed.to(torch.int32).contiguous()
+
+
+_last_bits: list = [None, None, None]  # [weak ref to an ancestor mask, its key, its packed bits]
+
+
+def _packed_bits(ancestor: Tensor, device: torch.device) -> Tensor:
+    """``pack_ancestor_bits`` with a one-entry memory: the layers of one verify forward all pass the
+    same ancestor tensor, and packing it once instead of L times saves L - 1 rounds of small ops."""
+    if ancestor.is_inference():  # no version counter: an in-place edit could go unseen, so no memory
+        return pack_ancestor_bits(ancestor.to(device))
+    key = (ancestor._version, str(device))
+    ref, last_key, bits = _last_bits
+    if ref is not None and ref() is ancestor and last_key == key:
+        return bits
+    bits = pack_ancestor_bits(ancestor.to(device))
+    _last_bits[:] = [weakref.ref(ancestor), key, bits]
+    return bits
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -280,7 +298,7 @@ def tree_attention_triton(
     kv_heads = k.shape[1]
     group = heads // kv_heads
     prefix_len = k.shape[2] - n
-    bits = pack_ancestor_bits(ancestor.to(q.device))
+    bits = _packed_bits(ancestor, q.device)
     block_d = max(16, triton_next_power_of_2(head_dim))
     auto_m, auto_n, num_warps = _launch_config(group * n, block_d, interpret)
     block_m, block_n = block_m or auto_m, block_n or auto_n

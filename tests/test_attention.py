@@ -95,6 +95,21 @@ def test_prefill_chunked_prefill_and_decode_match_sdpa(family, backend, dtype, s
     torch.testing.assert_close(got, want, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+def test_inference_mode_tensors(spy):
+    # Inference tensors have no version counter, so the per-forward mask memory must step aside.
+    model = model_for("qwen3", torch.float64)
+    gen = torch.Generator().manual_seed(8)
+    prompt = torch.randint(0, 64, (1, 9), generator=gen)
+    tokens = torch.randint(0, 64, (1, len(PARENTS)), generator=gen)
+    with torch.inference_mode():
+        cache = model(input_ids=prompt, use_cache=True).cache
+        want = verify(model, cache, tokens, 9, torch.float64)
+        with attention_backend(model, "torch"):
+            got = verify(model, cache, tokens, 9, torch.float64)
+    assert spy == {"tree": model.config.num_hidden_layers, "fallback": 0}
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_left_padded_batch_takes_the_exact_fallback(family, spy):
     model = model_for(family, torch.float64)

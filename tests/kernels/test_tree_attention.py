@@ -215,6 +215,16 @@ def test_pack_ancestor_bits_round_trip(n):
     assert torch.equal(unpacked, anc)
 
 
+def test_packed_bits_memory_sees_in_place_edits():
+    # The launcher remembers the last packed ancestor (all layers of a forward share it); editing the
+    # mask in place must not reuse stale bits.
+    q, k, v, anc = make_inputs(1, 2, 1, 5, 3, 16, torch.float32)
+    run_poisoned(q, k, v, anc)
+    anc[4] = False
+    anc[4, 4] = True  # node 4 becomes a root-less singleton: it now sees only the prefix and itself
+    assert_close(run_poisoned(q, k, v, anc), naive_tree_attention(q, k, v, anc), torch.float32, "edited")
+
+
 def test_merge_splits_equals_one_softmax():
     gen = torch.Generator().manual_seed(0)
     scores, values = torch.randn(2, 3, 5, 40, generator=gen), torch.randn(2, 3, 40, 8, generator=gen)
