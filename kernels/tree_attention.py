@@ -299,7 +299,7 @@ def tree_attention_triton(
     group = heads // kv_heads
     prefix_len = k.shape[2] - n
     bits = _packed_bits(ancestor, q.device)
-    block_d = max(16, triton_next_power_of_2(head_dim))
+    block_d = max(16, _next_power_of_2(head_dim))
     auto_m, auto_n, num_warps = _launch_config(group * n, block_d, interpret)
     block_m, block_n = block_m or auto_m, block_n or auto_n
     for name, size in (("block_m", block_m), ("block_n", block_n)):
@@ -357,7 +357,7 @@ def merge_splits(
     return merged / torch.where(total > 0, total, torch.ones_like(total))[..., None]
 
 
-def triton_next_power_of_2(x: int) -> int:
+def _next_power_of_2(x: int) -> int:
     """Smallest power of two >= x (as triton.next_power_of_2, without importing triton)."""
     return 1 << max(0, x - 1).bit_length()
 
