@@ -23,15 +23,14 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
-``OUT/results.md`` is the same as a Markdown table, ``OUT/runs.jsonl`` has every single run, and
-``jetspec.plots`` draws the PNGs.
+``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
+``jetspec.plots`` writes these files and draws the PNGs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import platform
 import time
@@ -45,6 +44,7 @@ from tqdm.auto import tqdm
 
 from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
+from jetspec.plots import write_outputs
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.target import TargetModel
 
@@ -371,12 +371,39 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         reference = {(r["prompt_index"], r["repeat"]): r["tokens"] for r in runs if r["drafter"] == "ar"}
         for r in runs:
             r["matches_ar"] = r["tokens"] == reference[(r["prompt_index"], r["repeat"])]
+    divergences = [divergence(model, rows_in[r["prompt_index"]]["ids"],
+                              reference[(r["prompt_index"], r["repeat"])], r)
+                   for r in runs if r.get("matches_ar") is False]
 
     rows = aggregate(runs, cfg)
     config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-    result = {"machine": machine, "config": config_dict, "skipped": skipped, "rows": rows}
+    result = {"machine": machine, "config": config_dict, "skipped": skipped, "rows": rows,
+              "divergences": divergences}
     write_outputs(result, runs, Path(cfg.out), cfg.plots)
     return result
+
+
+@torch.no_grad()
+def divergence(model, prompt: list[int], ar_tokens: list[int], run: dict) -> dict:
+    """Where a greedy output first left plain decoding's, and the target's logit gap there.
+
+    Lossless speculative decoding reproduces plain greedy decoding exactly in exact arithmetic.
+    In fp32 a verify forward over many tree nodes rounds differently from a one-token forward, so
+    when the top two logits are within ~1e-5 the argmax can flip. A tiny ``logit_gap`` here says
+    "near-tie"; a large one would point at a bug.
+    """
+    pos = next((i for i, (a, b) in enumerate(zip(ar_tokens, run["tokens"])) if a != b),
+               min(len(ar_tokens), len(run["tokens"])))
+    ar_tok = ar_tokens[pos] if pos < len(ar_tokens) else None
+    other = run["tokens"][pos] if pos < len(run["tokens"]) else None
+    gap = None
+    if ar_tok is not None and other is not None:
+        ids = torch.tensor([prompt + ar_tokens[:pos]], device=next(model.parameters()).device)
+        logits = model(input_ids=ids).logits[0, -1].double()
+        gap = float(logits[ar_tok] - logits[other])
+    return {"drafter": run["drafter"], "budget": run["budget"], "prompt_set": run["prompt_set"],
+            "prompt_index": run["prompt_index"], "position": pos, "ar_token": ar_tok, "token": other,
+            "logit_gap": gap}
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -446,48 +473,3 @@ def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
 
 def _ratio(a, b):
     return round(a / b, 4) if a and b else None
-
-
-# ---------------------------------------------------------------------------- output files
-COLUMNS = [("drafter", "drafter"), ("tree", "tree"), ("budget", "budget"), ("prompt_set", "set"),
-           ("n_prompts", "prompts"), ("tau", "tau"), ("tokens_per_s", "tok/s"),
-           ("tokens_per_s_e2e", "tok/s e2e"), ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x hf"),
-           ("draft_forwards_per_round", "draft fwd/round"), ("draft_ms", "draft ms"), ("tree_ms", "tree ms"),
-           ("verify_ms", "verify ms"), ("accept_ms", "accept ms"), ("matches_ar", "= ar")]
-
-
-def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    with open(out / "runs.jsonl", "w") as f:
-        for r in runs:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
-    m, c = result["machine"], result["config"]
-    head = [f"# jetspec bench: {c['target']}", "",
-            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch threads, "
-            f"torch {m['torch']}, transformers {m['transformers']}; load average {m.get('load_average')} "
-            f"at start, {m.get('load_average_end')} at the end.", "",
-            f"Tree {c['tree']}, width {c['width']}, depth {c['depth']}, temperature {c['temperature']}, "
-            f"max_new_tokens {c['max_new_tokens']}, repeats {c['repeats']}. tok/s is decode-only "
-            f"(prefill excluded); x ar / x hf are speedups over plain decoding in this harness and over "
-            f"HF generate; '= ar' is the share of outputs identical to plain greedy decoding.", ""]
-    skipped = [f"- skipped {s['drafter']}: {s['reason']}" for s in result["skipped"]]
-    (out / "results.md").write_text("\n".join(head + skipped + ([""] if skipped else [])
-                                              + [markdown_table(result["rows"]), ""]))
-    if plots:
-        from jetspec.plots import plot_results
-
-        plot_results(result["rows"], out)

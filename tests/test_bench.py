@@ -15,7 +15,7 @@ import torch
 from test_regenerate import tiny_llama, tiny_tokenizer
 
 from jetspec import DRAFTERS
-from jetspec.bench import BenchConfig, run_bench
+from jetspec.bench import BenchConfig, divergence, run_bench
 from jetspec.cli import build_parser
 from jetspec.prompts import write_jsonl
 
@@ -45,7 +45,8 @@ def test_schema_baselines_and_files(tiny, tmp_path):
     out = tmp_path / "bench"
     res = run_bench(model=tiny, prompts=PROMPTS, drafters="ar,ngram,random", budgets="4,8", max_new_tokens=10,
                     out=str(out), threads=1, progress=False)
-    assert set(res) == {"machine", "config", "skipped", "rows"}
+    assert set(res) == {"machine", "config", "skipped", "divergences", "rows"}
+    assert res["divergences"] == []  # float64 target: no near-ties
     assert {"cpu", "logical_cores", "torch", "threads"} <= set(res["machine"])
     assert res["machine"]["threads"] == 1
     rows = res["rows"]
@@ -77,6 +78,18 @@ def test_schema_baselines_and_files(tiny, tmp_path):
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     assert "| ngram | bestfirst | 8 | all |" in (out / "results.md").read_text()
     assert sum(1 for _ in open(out / "runs.jsonl")) == 3 * len([n for n in key if n[2] == "all"])
+
+
+def test_divergence_locates_the_first_differing_token(tiny):
+    from jetspec import autoregressive_generate
+
+    prompt = PROMPTS[2]["prompt"]
+    ar = autoregressive_generate(tiny, torch.tensor([prompt]), 6).sequences[0, len(prompt):].tolist()
+    other = ar[:3] + [(ar[3] + 1) % 64] + ar[4:]
+    d = divergence(tiny, prompt, ar, {"drafter": "x", "budget": 8, "prompt_set": "plain", "prompt_index": 2,
+                                      "tokens": other})
+    assert d["position"] == 3 and d["ar_token"] == ar[3] and d["token"] == other[3]
+    assert d["logit_gap"] > 0  # plain greedy took the argmax, so its token has the larger logit
 
 
 def test_text_prompts_sampling_chain_and_skips(tiny, tmp_path):

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jetspec.bench import BenchConfig, markdown_table, run_bench
+    from jetspec.bench import BenchConfig, run_bench
+    from jetspec.plots import markdown_table
 
     names = {f.name for f in dataclasses.fields(BenchConfig)}
     try:
