@@ -5,3 +5,6 @@ from jetspec.drafters.ngram import NGramDrafter
 from jetspec.drafters.simple import OracleDrafter, RandomDrafter
 
 __all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter"]
+from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead  # noqa: E402
+
+__all__ += ["DFlashHead", "HeadConfig", "JetSpecHead", "ParallelHead"]

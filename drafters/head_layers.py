@@ -1,0 +1,187 @@
+"""Decoder-layer building blocks shared by the learned draft heads (METHOD.md sections 2.1-2.3).
+
+A draft head is a few Llama/Qwen3-style decoder layers that read the frozen target's features.
+The blocks here are deliberately general so the parallel heads (JetSpec, DFlash) and an
+EAGLE-style autoregressive head can all be built from them:
+
+    RMSNorm             x / rms(x) * weight
+    RotaryEmbedding     cos/sin tables for absolute positions (rotate-half convention)
+    Attention           GQA attention with optional per-head q/k RMSNorm (Qwen3) and
+                        *KV injection*: extra key/value rows (e.g. the target's context features,
+                        projected by this layer) are placed in front of the layer's own keys
+    SwiGLU              down(silu(gate(x)) * up(x))
+    DecoderLayer        pre-norm attention + pre-norm MLP, both residual
+
+Attention is plain PyTorch (SDPA with an additive float mask). The mask is additive, not boolean,
+for the same reason as in the target wrapper: one convention everywhere, and it is the form a
+tree-attention kernel's reference uses. ``attend`` is the single function a kernel plugs into.
+
+Shapes: B batch, M query rows, P injected (prefix) rows, H hidden, h / h_kv heads, K head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (no mean subtraction, no bias), computed in float32 at least."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Half-precision squares overflow/underflow easily, so normalise in fp32 (or fp64 if given).
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables for absolute integer positions.
+
+    The head uses the target's base frequency (``theta``) so its positions mean what the target's
+    mean, but no scaling variants: draft blocks are short and positions are absolute.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        # Not a parameter and not saved: it is a pure function of (head_dim, theta).
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin of shape [*positions.shape, K] (each frequency repeated for both halves)."""
+        angles = positions.to(torch.float64)[..., None] * self.inv_freq  # [..., K/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [..., K]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Float[Tensor, "B h M K"], cos: Float[Tensor, "B M K"],
+               sin: Float[Tensor, "B M K"]) -> Float[Tensor, "B h M K"]:
+    """Rotate pairs (x_i, x_{i+K/2}) by the position's angle (the rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def attend(q: Float[Tensor, "B h M K"], k: Float[Tensor, "B h_kv PM K"], v: Float[Tensor, "B h_kv PM K"],
+           mask: Float[Tensor, "B 1 M PM"]) -> Float[Tensor, "B h M K"]:
+    """Scaled dot-product attention with grouped K/V heads and an additive float mask (0 / -inf).
+
+    The reference path every head uses in training. Query head j reads K/V head j // (h / h_kv).
+    """
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)  # [B, h, PM, K]
+        v = v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+
+
+@dataclass
+class LayerShape:
+    """The sizes of one decoder layer (filled from a head config)."""
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    qk_norm: bool = False  # Qwen3-style per-head RMSNorm on queries and keys
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads}) for grouped-query attention")
+
+
+class Attention(nn.Module):
+    """Grouped-query attention whose keys/values can be prefixed with injected rows."""
+
+    def __init__(self, shape: LayerShape) -> None:
+        super().__init__()
+        s = shape
+        self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
+        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=False)
+        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
+        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
+        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=False)
+        self.q_norm = RMSNorm(s.head_dim, s.eps) if s.qk_norm else None
+        self.k_norm = RMSNorm(s.head_dim, s.eps) if s.qk_norm else None
+
+    def project_kv(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (RoPE'd) and values [B, h_kv, M, K] of rows ``x``.
+
+        Used both for the layer's own rows and for injected rows: injected context rows go through
+        the same k/v projections, so one cache entry per layer is all the context costs.
+        """
+        k = rearrange(self.k_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
+        v = rearrange(self.v_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return apply_rope(k, cos, sin), v
+
+    def forward(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
+                prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
+                attention_fn=None) -> Float[Tensor, "B M H"]:
+        """Attend from the rows of ``x`` to [prefix_kv rows, rows of x] under the additive ``mask``.
+
+        ``attention_fn(q, k, v)`` replaces the masked reference (``attend``) when given: the
+        inference path passes a tree-attention kernel there.
+        """
+        q = rearrange(self.q_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        q = apply_rope(q, cos, sin)
+        k, v = self.project_kv(x, cos, sin)  # [B, h_kv, M, K]
+        if prefix_kv is not None:
+            k = torch.cat([prefix_kv[0], k], dim=2)  # [B, h_kv, P + M, K]
+            v = torch.cat([prefix_kv[1], v], dim=2)
+        out = attend(q, k, v, mask) if attention_fn is None else attention_fn(q, k, v)
+        return self.o_proj(rearrange(out, "B h M K -> B M (h K)"))
+
+
+class SwiGLU(nn.Module):
+    """The gated MLP of Llama/Qwen: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Injected rows (``prefix_kv``) are already keys/values; they are not normalised or updated here,
+    which is what makes them cacheable across rounds.
+    """
+
+    def __init__(self, shape: LayerShape) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(shape.hidden_size, shape.eps)
+        self.attn = Attention(shape)
+        self.post_attn_norm = RMSNorm(shape.hidden_size, shape.eps)
+        self.mlp = SwiGLU(shape.hidden_size, shape.intermediate_size)
+
+    def forward(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
+                prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
+                attention_fn=None) -> Float[Tensor, "B M H"]:
+        x = x + self.attn(self.input_norm(x), cos, sin, mask, prefix_kv, attention_fn)
+        return x + self.mlp(self.post_attn_norm(x))

@@ -1,0 +1,405 @@
+"""Parallel draft heads: JetSpec (causal block) and DFlash (bidirectional block), one implementation.
+
+A parallel head drafts every depth of the tree in ONE forward (METHOD.md sections 2.1 and 2.2):
+
+    taps of committed tokens [T, k*H] --Linear, RMSNorm--> context rows [T, H_d]
+    block = [anchor, MASK, ..., MASK] (S slots) --target embedding--> [S, H]
+    a few decoder layers; in each, keys/values = [proj(context rows), proj(block)] and queries
+    come only from the block (KV injection); final RMSNorm; the target's frozen lm_head
+    slot k (1..S-1) -> the distribution of the token at depth k
+
+The two heads differ in ONE switch, the class attribute ``causal``: slot i of a JetSpec block sees
+slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
+block sees every slot (branch-agnostic marginals).
+
+Each head is both a ``jetspec.interfaces.Drafter`` (``draft``) and a ``lightning.LightningModule``
+(``training_step`` etc.); the training recipe itself lives in ``jetspec.training``. The target's
+embedding table and lm_head are *used*, never copied: the target is held through a plain Python
+object, so it is not a sub-module, not a parameter the optimizer sees, and not in any checkpoint.
+
+Shapes: B batch, T tokens, A anchors, S block size, H target hidden, H_d head hidden, F = k*H,
+V vocab, D depth, W width, M query rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
+from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
+from torch import Tensor, nn
+
+import jetspec.training as recipe
+from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
+from jetspec.target import TargetModel
+from jetspec.training import TrainConfig, block_positions, packed_block_mask
+from jetspec.types import DraftInput, DraftOutput
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def default_tap_layers(num_layers: int) -> tuple[int, ...]:
+    """Up to 5 layers evenly spaced from layer 1 to L-3 ([1, 9, 17, 25, 33] for L = 36).
+
+    Tiny targets (L < 8) have no room for that rule, so they tap from layer 1 (layer 0 if L < 3)
+    to the last layer: 2 layers -> (0, 1), 4 layers -> (1, 2, 3).
+    """
+    lo = 1 if num_layers >= 3 else 0
+    hi = num_layers - 3 if num_layers >= 8 else num_layers - 1
+    k = min(5, hi - lo + 1)
+    if k == 1:
+        return (lo,)
+    return tuple(int(math.floor(lo + (hi - lo) * j / (k - 1) + 0.5)) for j in range(k))
+
+
+@dataclass
+class HeadConfig:
+    """Architecture of a parallel head. ``None`` = take it from the target (see ``resolved``)."""
+
+    num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
+    block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
+    hidden_size: Optional[int] = None  # H_d, default the target's H
+    num_heads: Optional[int] = None
+    num_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    mask_token_id: Optional[int] = None  # None: a learned mask embedding; else that token's embedding
+    qk_norm: Optional[bool] = None  # per-head q/k RMSNorm; default: whether the target has it (Qwen3)
+    rms_norm_eps: Optional[float] = None
+    rope_theta: Optional[float] = None
+    # The target the head was built for; filled by ``resolved`` and checked on load.
+    target_hidden_size: Optional[int] = None
+    target_vocab_size: Optional[int] = None
+    target_num_layers: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.tap_layers is not None:
+            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2 (anchor + at least one MASK), got {self.block_size}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+
+    def resolved(self, model: nn.Module) -> "HeadConfig":
+        """A copy with every ``None`` filled from the target, checked against it."""
+        c = model.config
+        h, v, n = c.hidden_size, model.get_output_embeddings().weight.shape[0], c.num_hidden_layers
+        for name, want, got in (("hidden size", self.target_hidden_size, h),
+                                ("vocab size", self.target_vocab_size, v),
+                                ("number of layers", self.target_num_layers, n)):
+            if want is not None and want != got:
+                raise ValueError(f"target mismatch: the head was built for a target with {name} {want}, "
+                                 f"this target has {name} {got}")
+        taps = self.tap_layers if self.tap_layers is not None else default_tap_layers(n)
+        if not taps or any(not 0 <= i < n for i in taps):
+            raise ValueError(f"tap_layers {taps} must be non-empty and within the target's {n} layers")
+        hd = self.hidden_size or h
+        heads = self.num_heads or c.num_attention_heads
+        head_dim = self.head_dim or (getattr(c, "head_dim", None) if hd == h else None) or hd // heads
+        inter = self.intermediate_size or max(1, c.intermediate_size * hd // h)
+        attn = model.get_decoder().layers[0].self_attn
+        qk = self.qk_norm if self.qk_norm is not None else hasattr(attn, "q_norm")
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = self.rope_theta or rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
+        if self.mask_token_id is not None and not 0 <= self.mask_token_id < v:
+            raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {v}")
+        return replace(self, tap_layers=tuple(taps), hidden_size=hd, num_heads=heads,
+                       num_kv_heads=self.num_kv_heads or c.num_key_value_heads or heads, head_dim=head_dim,
+                       intermediate_size=inter, qk_norm=bool(qk),
+                       rms_norm_eps=self.rms_norm_eps or c.rms_norm_eps, rope_theta=float(theta),
+                       target_hidden_size=h, target_vocab_size=v, target_num_layers=n)
+
+    def layer_shape(self) -> LayerShape:
+        return LayerShape(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                          self.intermediate_size, self.qk_norm, self.rms_norm_eps)
+
+
+class ParallelDraftNet(nn.Module):
+    """The head's own weights (all of them; nothing of the target). Takes a resolved config."""
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        h, hd = cfg.target_hidden_size, cfg.hidden_size
+        self.fuse = nn.Linear(len(cfg.tap_layers) * h, hd, bias=False)  # k*H -> H_d
+        self.fuse_norm = RMSNorm(hd, cfg.rms_norm_eps)
+        # The learned MASK lives in the target's embedding space, like the anchor's embedding.
+        self.mask_embedding = nn.Parameter(torch.randn(h) * 0.02) if cfg.mask_token_id is None else None
+        # Only when the head is narrower/wider than the target: map embeddings in and states out.
+        self.in_proj = nn.Linear(h, hd, bias=False) if hd != h else None
+        self.out_proj = nn.Linear(hd, h, bias=False) if hd != h else None
+        self.layers = nn.ModuleList(DecoderLayer(cfg.layer_shape()) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(hd, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
+
+    def context_kv(self, taps: Float[Tensor, "B T F"],
+                   positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the keys/values [B, h_kv, T, K] of the context rows (cacheable: no block input)."""
+        ctx = self.fuse_norm(self.fuse(taps.to(self.fuse.weight.dtype)))  # [B, T, H_d]
+        cos, sin = self.rotary(positions, ctx.dtype)
+        return [layer.attn.project_kv(ctx, cos, sin) for layer in self.layers]
+
+    def forward(self, block_emb: Float[Tensor, "B M H"], positions: Int[Tensor, "B M"],
+                context_kv: list[tuple[Tensor, Tensor]], mask: Optional[Tensor],
+                attention_fn=None) -> Float[Tensor, "B M H"]:
+        """Final hidden states of the block rows, in the target's hidden size (ready for lm_head)."""
+        x = block_emb.to(self.fuse.weight.dtype)
+        if self.in_proj is not None:
+            x = self.in_proj(x)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer, kv in zip(self.layers, context_kv):
+            x = layer(x, cos, sin, mask, kv, attention_fn)
+        x = self.norm(x)
+        return self.out_proj(x) if self.out_proj is not None else x
+
+
+class _Frozen:
+    """Holds the target out of nn.Module's sight (no registration, no state_dict, no optimizer)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """Route keyword options to HeadConfig or TrainConfig by field name; unknown names fail loudly."""
+    head_names = {f.name for f in fields(HeadConfig)}
+    train_names = {f.name for f in fields(TrainConfig)}
+    unknown = set(options) - head_names - train_names
+    if unknown:
+        raise TypeError(f"unknown head option(s) {sorted(unknown)}; see HeadConfig and TrainConfig")
+    return ({k: v for k, v in options.items() if k in head_names},
+            {k: v for k, v in options.items() if k in train_names})
+
+
+class ParallelHead(L.LightningModule, Drafter):
+    """A parallel draft head over a frozen target (use ``JetSpecHead`` or ``DFlashHead``).
+
+    Args:
+        target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
+        config: architecture; fields of ``HeadConfig`` may also be given as keyword options.
+        training: optimisation and loss; fields of ``TrainConfig`` may also be keyword options.
+
+    Example::
+
+        head = JetSpecHead(target, num_layers=1, block_size=16, lr=3e-4)
+        lightning.Trainer(max_steps=200).fit(head, datamodule=TokenDataModule(seqs))
+        SpeculativeDecoder(target, head, BestFirstBuilder(budget=32)).generate(ids)
+    """
+
+    causal: bool = True  # THE difference between JetSpec (True) and DFlash (False)
+
+    def __init__(self, target, config: Optional[HeadConfig] = None, training: Optional[TrainConfig] = None,
+                 **options) -> None:
+        super().__init__()
+        head_opts, train_opts = split_options(options)
+        model = target.model if isinstance(target, TargetModel) else target
+        if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
+            raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
+        model.eval().requires_grad_(False)
+        self._frozen = _Frozen(model)
+        self.config = replace(config or HeadConfig(), **head_opts).resolved(model)
+        self.train_config = replace(training or TrainConfig(), **train_opts)
+        self.net = ParallelDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
+        # Drafter attributes the decoding loop reads.
+        self.tap_layers = self.config.tap_layers
+        self.vocab_size = self.config.target_vocab_size
+        self.max_depth = self.config.block_size - 1
+        self.reset_cache()
+        self._teacher = self._teacher_cache = None
+        self._val_stats: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ the frozen target
+    @property
+    def target_model(self) -> nn.Module:
+        return self._frozen.model
+
+    def lm_head(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... V"]:
+        head = self.target_model.get_output_embeddings()
+        return F.linear(hidden.to(head.weight.dtype), head.weight, getattr(head, "bias", None))
+
+    def block_embeddings(self, anchor_ids: Int[Tensor, "B A"], slots: int) -> Float[Tensor, "B A S H"]:
+        """[embed(anchor), MASK, ..., MASK] for every anchor (``slots`` = S, or fewer at inference)."""
+        embed = self.target_model.get_input_embeddings()
+        first = embed(anchor_ids)  # [B, A, H]
+        if self.net.mask_embedding is not None:
+            mask = self.net.mask_embedding.to(first.dtype)
+        else:
+            mask = embed.weight[self.config.mask_token_id]
+        rest = mask.expand(*anchor_ids.shape, slots - 1, first.shape[-1])  # [B, A, S-1, H]
+        return torch.cat([first[:, :, None].to(rest.dtype), rest], dim=2)
+
+    # ------------------------------------------------------------------ training forward (packed)
+    def packed_hidden(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
+                      anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
+        """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training``."""
+        b, t = input_ids.shape
+        s = self.config.block_size
+        ctx_kv = self.net.context_kv(taps, torch.arange(t, device=input_ids.device).expand(b, t))
+        emb = self.block_embeddings(input_ids.gather(1, anchors), s).flatten(1, 2)  # [B, A*S, H]
+        mask = packed_block_mask(anchors, t, s, self.causal, emb.dtype)  # [B, 1, A*S, T + A*S]
+        hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask)  # [B, A*S, H]
+        return hidden.view(b, anchors.shape[1], s, -1)
+
+    def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
+                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 V"]:
+        """Draft logits of slots 1..S-1 of every anchor's block (packed training forward)."""
+        return self.lm_head(self.packed_hidden(input_ids, taps, anchors)[:, :, 1:])
+
+    # ------------------------------------------------------------------ inference (Drafter)
+    def reset_cache(self) -> None:
+        """Forget the context K/V of the previous sequence."""
+        self._ctx_kv: Optional[list[tuple[Tensor, Tensor]]] = None
+        self._ctx_len = 0
+
+    def _extend_cache(self, taps: Float[Tensor, "T1 F"]) -> None:
+        """Project only the context rows that are new since the last round and append them."""
+        new = taps[self._ctx_len:]
+        if new.shape[0] == 0 and self._ctx_kv is not None:
+            return
+        pos = torch.arange(self._ctx_len, taps.shape[0], device=new.device)[None]
+        kv = self.net.context_kv(new[None], pos)  # per layer [1, h_kv, T_new, K]
+        if self._ctx_kv is None:
+            self._ctx_kv = kv
+        else:
+            self._ctx_kv = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
+                            for (k0, v0), (k1, v1) in zip(self._ctx_kv, kv)]
+        self._ctx_len = taps.shape[0]
+
+    @torch.no_grad()
+    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"], round_index: int = 0,
+                     depth: Optional[int] = None) -> Float[Tensor, "D V"]:
+        """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing the head's context cache."""
+        depth = self.max_depth if depth is None else depth
+        if not 1 <= depth <= self.max_depth:
+            raise ValueError(f"depth {depth} is outside 1..{self.max_depth} (block_size - 1)")
+        t = tokens.shape[0] - 1
+        if taps is None or taps.shape[0] != t:
+            got = None if taps is None else tuple(taps.shape)
+            raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
+                             "the decoder provides them when it reads head.tap_layers")
+        dev = self.net.fuse.weight.device
+        if round_index == 0 or self._ctx_len > t:  # a new sequence (or a shorter one): start over
+            self.reset_cache()
+        self._extend_cache(taps.to(dev))
+        # A causal block's slots 1..D never see later slots, so the block can stop at D + 1 slots;
+        # a bidirectional block must be run whole, since every slot sees every MASK.
+        n = depth + 1 if self.causal else self.config.block_size
+        emb = self.block_embeddings(tokens[-1:].to(dev)[None], n)[:, 0]  # [1, n, H]
+        positions = torch.arange(t, t + n, device=dev)[None]
+        ancestor = (chain_ancestor if self.causal else full_ancestor)(n, device=dev)
+        # The block's K/V exist only inside this call: they are dropped after the round.
+        hidden = self.net(emb, positions, self._ctx_kv, None,
+                          attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
+        return self.lm_head(hidden[0, 1: depth + 1])  # [D, V]
+
+    def draft(self, inp: DraftInput) -> DraftOutput:
+        logits = self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth)
+        logq = torch.log_softmax(logits.double(), -1)
+        top = torch.topk(logq, min(inp.width, logq.shape[-1]), dim=-1)  # sorted descending
+        return DraftOutput(depth_tokens=top.indices.cpu(), depth_logprobs=top.values.float().cpu(),
+                           forwards=1)
+
+    # ------------------------------------------------------------------ Lightning
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return recipe.train_step(self, batch)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        recipe.validation_step(self, batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_stats = {}
+
+    def on_validation_epoch_end(self) -> None:
+        recipe.log_validation(self)
+
+    def on_fit_start(self) -> None:
+        self.target_model.to(self.device)  # the target is not a sub-module, so move it ourselves
+        if self.logger is not None:
+            self.logger.log_hyperparams({"head": type(self).__name__, **asdict(self.config),
+                                         **asdict(self.train_config)})
+
+    def on_validation_start(self) -> None:
+        self.target_model.to(self.device)
+
+    def configure_optimizers(self):
+        c = self.train_config
+        opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: recipe.warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | os.PathLike, dtype: Optional[torch.dtype] = None,
+                        state_dict: Optional[dict] = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (the head's weights only, optionally cast).
+
+        ``state_dict``: the module's full state dict when it is not in ``self`` (FSDP keeps only a
+        shard per process; ``trainer.strategy.lightning_module_state_dict()`` gathers it).
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        full = self.state_dict() if state_dict is None else state_dict
+        state = {k[len("net."):]: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+                 .detach().cpu().contiguous() for k, v in full.items() if k.startswith("net.")}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        meta = {"head": self.registry_name, "config": asdict(self.config),
+                "training": asdict(self.train_config)}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
+                        **training_options) -> "ParallelHead":
+        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
+
+        Called on ``ParallelHead`` it builds whichever head the folder holds.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
+                                        "save_pretrained")
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        saved = DRAFTERS.get(meta.get("head"))
+        if saved is None or not issubclass(saved, ParallelHead):
+            raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not a parallel head")
+        if cls is not ParallelHead and saved is not cls:
+            raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
+                             f"load it with {saved.__name__}.from_pretrained")
+        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
+        head = saved(target, config=HeadConfig(**meta["config"]), training=training)
+        head.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        if dtype is not None:
+            head.net.to(dtype)
+        return head
+
+
+@register_drafter("jetspec")
+class JetSpecHead(ParallelHead):
+    """Causal parallel head: slot i sees context and block slots <= i (METHOD.md 2.1)."""
+
+    causal = True
+
+
+@register_drafter("dflash")
+class DFlashHead(ParallelHead):
+    """Bidirectional block-diffusion head: every slot sees every slot (METHOD.md 2.2)."""
+
+    causal = False

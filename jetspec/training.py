@@ -1,0 +1,439 @@
+"""Training a parallel draft head: anchors, the packed block-sparse mask, losses, the teacher.
+
+The recipe (METHOD.md section 2.1, "Training"), as plain functions the LightningModule calls:
+
+1. The frozen target (the *teacher*) reads a ground-truth sequence x once: its tapped layer
+   outputs become the head's context rows, its logits at every position are the soft labels.
+2. ``sample_anchors`` picks many anchor positions a in the supervised (response) span.
+3. Every anchor becomes a block [x_a, MASK, ..., MASK] of S slots at positions a..a+S-1. All the
+   blocks of a sequence are packed into ONE head forward whose keys are the T context rows
+   followed by all the block slots; ``packed_block_mask`` lets slot i of block a see context
+   rows < a and its own block (slots <= i for the causal head, all slots for the bidirectional
+   one), never another block.
+4. ``block_targets``: slot k of block a is supervised with the teacher's distribution at
+   position a+k-1, i.e. the law of token a+k given x[0..a+k-1]. Slot 0 (the anchor) has no loss.
+5. ``slot_losses``: forward KL(p_target || q_draft) (default), optionally against the teacher's
+   top-k logits only, or cross-entropy to the data token; optional exp(-(k-1)/gamma) decay.
+
+Shapes: B batch, T tokens, A anchors per sequence, S block size, V vocab, F fused tap features,
+M supervised slots (flattened), k top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loss settings of a head (the one source of their defaults)."""
+
+    lr: float = 3e-4  # the paper's learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    anchors_per_seq: int = 16  # anchor blocks packed per sequence and step
+    loss: str = "kl"  # "kl": forward KL to the teacher; "ce": cross-entropy to the data token
+    kl_topk: Optional[int] = None  # KL against the teacher's top-k logits only (needed by the cache)
+    decay_gamma: Optional[float] = None  # weight exp(-(k-1)/gamma) on slot k (DFlash); None = uniform
+    teacher_cache: Optional[str] = None  # folder of safetensors shards with taps + top-k logits
+    seed: int = 0  # anchor sampling is a function of (seed, epoch, sequence index) only
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("kl", "ce"):
+            raise ValueError(f"loss must be 'kl' or 'ce', got {self.loss!r}")
+        if self.anchors_per_seq < 1:
+            raise ValueError(f"anchors_per_seq must be >= 1, got {self.anchors_per_seq}")
+        if self.teacher_cache is not None and self.kl_topk is None:
+            raise ValueError("teacher_cache stores top-k teacher logits: set kl_topk (e.g. 64) with it")
+        if self.kl_topk is not None and self.kl_topk < 1:
+            raise ValueError(f"kl_topk must be >= 1, got {self.kl_topk}")
+        if self.decay_gamma is not None and self.decay_gamma <= 0:
+            raise ValueError(f"decay_gamma must be > 0, got {self.decay_gamma}")
+
+
+# ---------------------------------------------------------------------------------------- anchors
+def sample_anchors(lengths: Int[Tensor, " B"], response_start: Int[Tensor, " B"], num_anchors: int,
+                   seeds: Sequence[int]) -> tuple[Int[Tensor, "B A"], Bool[Tensor, "B A"]]:
+    """Up to ``num_anchors`` distinct anchor positions per sequence, sorted; padding is invalid.
+
+    Anchor a is useful iff its first drafted token a+1 exists and is supervised:
+    response_start - 1 <= a <= length - 2. (a = response_start - 1, the last prompt token, is
+    exactly the anchor of the first decoding round.) Each sequence draws from its own generator
+    seeded by ``seeds[b]``, so the anchors of a sequence do not depend on which other sequences
+    share its batch or on the process that sees it: DDP and one process agree.
+    """
+    b = lengths.shape[0]
+    anchors = torch.zeros(b, num_anchors, dtype=torch.long)
+    valid = torch.zeros(b, num_anchors, dtype=torch.bool)
+    for i in range(b):
+        lo = max(int(response_start[i]) - 1, 0)
+        hi = int(lengths[i]) - 2
+        n = hi - lo + 1
+        if n <= 0:
+            continue
+        gen = torch.Generator().manual_seed(int(seeds[i]))
+        pick = torch.randperm(n, generator=gen)[:num_anchors].sort().values + lo
+        anchors[i, : pick.numel()] = pick
+        valid[i, : pick.numel()] = True
+    return anchors, valid
+
+
+def anchor_seeds(indices: Int[Tensor, " B"], epoch: int, seed: int) -> list[int]:
+    """One seed per (base seed, epoch, sequence index): a new anchor draw every epoch."""
+    return [(seed * 1_000_003 + epoch * 10_007 + int(i)) % (2**63 - 1) for i in indices]
+
+
+def block_targets(anchors: Int[Tensor, "B A"], valid: Bool[Tensor, "B A"], block_size: int,
+                  lengths: Int[Tensor, " B"]) -> tuple[Int[Tensor, "B A S1"], Bool[Tensor, "B A S1"]]:
+    """Teacher rows and supervision mask of slots 1..S-1 (S1 = S - 1).
+
+    Slot k of block a learns the teacher's distribution at position a+k-1 (predicting token a+k);
+    the slot is supervised only while token a+k exists.
+    """
+    k = torch.arange(1, block_size, device=anchors.device)  # [S1]
+    rows = anchors[..., None] + k - 1  # [B, A, S1]
+    ok = valid[..., None] & (rows + 1 < lengths.to(anchors.device)[:, None, None])
+    return rows.clamp(min=0), ok
+
+
+def block_positions(anchors: Int[Tensor, "B A"], block_size: int) -> Int[Tensor, "B AS"]:
+    """Absolute RoPE positions of all packed block slots: slot i of block a sits at a + i."""
+    return (anchors[..., None] + torch.arange(block_size, device=anchors.device)).flatten(1)
+
+
+def packed_block_mask(anchors: Int[Tensor, "B A"], num_context: int, block_size: int, causal: bool,
+                      dtype: torch.dtype) -> Float[Tensor, "B 1 AS TAS"]:
+    """Additive mask for A packed blocks against T context rows: [B, 1, A*S, T + A*S].
+
+    Query (block a, slot i) sees context row j iff j < anchor_a, and block slot (b, j') iff
+    b == a and (j' <= i when causal). Every query sees at least itself, so no row is all -inf.
+    """
+    bsz, a = anchors.shape
+    s = block_size
+    dev = anchors.device
+    ctx_ok = torch.arange(num_context, device=dev) < anchors[..., None]  # [B, A, T]
+    ctx_ok = ctx_ok[:, :, None, :].expand(bsz, a, s, num_context).reshape(bsz, a * s, num_context)
+    same_block = torch.eye(a, dtype=torch.bool, device=dev)  # [A, A]
+    slot_ok = torch.ones(s, s, dtype=torch.bool, device=dev)
+    if causal:
+        slot_ok = slot_ok.tril()  # [S, S]
+    blk_ok = (same_block[:, None, :, None] & slot_ok[None, :, None, :]).reshape(a * s, a * s)
+    ok = torch.cat([ctx_ok, blk_ok.expand(bsz, -1, -1)], dim=-1)  # [B, A*S, T + A*S]
+    mask = torch.zeros(ok.shape, dtype=dtype, device=dev).masked_fill_(~ok, float("-inf"))
+    return mask[:, None]
+
+
+# ---------------------------------------------------------------------------------------- losses
+def depth_weights(num_slots: int, gamma: Optional[float], device=None) -> Float[Tensor, " S1"]:
+    """Weight of slots 1..S-1: uniform, or DFlash's exp(-(k-1)/gamma)."""
+    k = torch.arange(num_slots, dtype=torch.float32, device=device)
+    return torch.ones_like(k) if gamma is None else torch.exp(-k / gamma)
+
+
+def forward_kl(teacher_logits: Float[Tensor, "M V"],
+               draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+    """KL(p || q) per row, p = softmax(teacher), q = softmax(draft); computed in fp32 or better."""
+    dt = torch.promote_types(draft_logits.dtype, torch.float32)
+    logp = torch.log_softmax(teacher_logits.to(dt), -1)
+    logq = torch.log_softmax(draft_logits.to(dt), -1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def topk_forward_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "M k"],
+                    draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+    """KL from the teacher renormalised on its top-k tokens to the full draft distribution.
+
+    sum_{i in top-k} p_i (log p_i - log q_i): the gradient is that of cross-entropy with the soft
+    top-k labels, and it is 0 only when q puts the teacher's top-k mass where the teacher does.
+    """
+    dt = torch.promote_types(draft_logits.dtype, torch.float32)
+    logp = torch.log_softmax(top_values.to(dt), -1)  # [M, k]
+    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [M, k]
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_tokens: Int[Tensor, " M"],
+                teacher_logits: Optional[Tensor] = None, top_values: Optional[Tensor] = None,
+                top_indices: Optional[Tensor] = None) -> Float[Tensor, " M"]:
+    """Per-slot loss of the configured kind (no weighting, no reduction)."""
+    if cfg.loss == "ce":
+        dt = torch.promote_types(draft_logits.dtype, torch.float32)
+        return F.cross_entropy(draft_logits.to(dt), data_tokens, reduction="none")
+    if top_values is not None:
+        return topk_forward_kl(top_values, top_indices, draft_logits)
+    return forward_kl(teacher_logits, draft_logits)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def depth_agreement(draft_top1: Int[Tensor, "B A S1"], teacher_top1: Int[Tensor, "B A S1"],
+                    ok: Bool[Tensor, "B A S1"]) -> tuple[Tensor, Tensor]:
+    """Per depth: how many supervised slots agree with the target's argmax, and how many there are."""
+    hits = ((draft_top1 == teacher_top1) & ok).sum((0, 1))
+    return hits, ok.sum((0, 1))
+
+
+def acceptance_estimate(rates: Sequence[float] | Tensor) -> float:
+    """Expected chain acceptance length from per-depth top-1 agreement rates.
+
+    1 (the bonus token) + sum_d prod_{j<=d} rate_j: the chance that depths 1..d all match,
+    summed over d, treating depths as independent.
+    """
+    total, run = 1.0, 1.0
+    for r in (rates.tolist() if isinstance(rates, Tensor) else rates):
+        run *= float(r)
+        total += run
+    return total
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------- teacher
+@dataclass
+class TeacherOutput:
+    """What the frozen target tells the head about a batch."""
+
+    taps: Float[Tensor, "B T F"]  # tapped layer outputs, concatenated per token
+    logits: Optional[Float[Tensor, "B T V"]] = None  # full next-token logits
+    top_values: Optional[Float[Tensor, "B T k"]] = None  # or only the top-k of them
+    top_indices: Optional[Int[Tensor, "B T k"]] = None
+
+    def top1(self) -> Int[Tensor, "B T"]:
+        return self.logits.argmax(-1) if self.logits is not None else self.top_indices[..., 0]
+
+
+class Teacher:
+    """Runs the frozen target under no_grad and captures the tapped layers with forward hooks.
+
+    Only the tapped layers get hooks (asking HF for all hidden states would keep L copies alive).
+    """
+
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int], topk: Optional[int] = None) -> None:
+        self.model = model
+        self.tap_layers = tuple(tap_layers)
+        self.topk = topk
+
+    @torch.no_grad()
+    def __call__(self, input_ids: Int[Tensor, "B T"],
+                 attention_mask: Optional[Tensor] = None) -> TeacherOutput:
+        captured: dict[int, Tensor] = {}
+        layers = self.model.get_decoder().layers
+        handles = []
+        for i in self.tap_layers:
+            def hook(_mod, _inp, out, i=i):
+                captured[i] = out[0] if isinstance(out, tuple) else out
+            handles.append(layers[i].register_forward_hook(hook))
+        try:
+            # Right padding only: causal attention keeps padded tails out of real positions.
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        finally:
+            for h in handles:
+                h.remove()
+        taps = torch.cat([captured[i] for i in self.tap_layers], dim=-1)  # [B, T, k*H]
+        if self.topk is None:
+            return TeacherOutput(taps=taps, logits=logits)
+        top = logits.topk(min(self.topk, logits.shape[-1]), dim=-1)
+        return TeacherOutput(taps=taps, top_values=top.values, top_indices=top.indices)
+
+
+class TeacherCache:
+    """Taps and top-k teacher logits on disk (safetensors shards), reused across epochs.
+
+    One shard per batch the first time it is seen; tensors are keyed by sequence index and cut to
+    the sequence's length. ``meta.json`` pins what the cache was made for, so a cache made with
+    other tap layers or another k is refused instead of silently reused.
+    """
+
+    def __init__(self, folder: str | os.PathLike, tap_layers: Sequence[int], topk: int,
+                 rank: int = 0) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.meta = {"tap_layers": list(tap_layers), "topk": int(topk)}
+        self.rank = rank
+        meta_path = self.folder / "meta.json"
+        if meta_path.exists():
+            found = json.loads(meta_path.read_text())
+            if found != self.meta:
+                raise ValueError(f"teacher cache {self.folder} was made for {found}, not {self.meta}; "
+                                 "use an empty folder")
+        elif rank == 0:
+            meta_path.write_text(json.dumps(self.meta))
+        self.index: dict[int, Path] = {}
+        self._scan()
+
+    def _scan(self) -> None:
+        from safetensors import safe_open
+
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            if shard in self.index.values():
+                continue
+            with safe_open(str(shard), "pt") as f:
+                for key in f.keys():
+                    if key.startswith("taps."):
+                        self.index[int(key.split(".")[1])] = shard
+
+    def get(self, indices: Sequence[int], lengths: Sequence[int], width: int,
+            device) -> Optional[TeacherOutput]:
+        """The cached teacher output for a batch, padded to ``width``, or None if any is missing."""
+        from safetensors import safe_open
+
+        indices = [int(i) for i in indices]
+        if any(i not in self.index for i in indices):
+            self._scan()  # another rank may have written it
+            if any(i not in self.index for i in indices):
+                return None
+        rows = []
+        for i, n in zip(indices, lengths):
+            with safe_open(str(self.index[i]), "pt") as f:
+                t = [f.get_tensor(f"{name}.{i}") for name in ("taps", "topv", "topi")]
+            if t[0].shape[0] != int(n):
+                return None  # the data changed under the cache: recompute
+            rows.append(t)
+        out = []
+        for j, pad in enumerate((0.0, 0.0, 0)):
+            parts = [F.pad(r[j], (0, 0, 0, width - r[j].shape[0]), value=pad) for r in rows]
+            out.append(torch.stack(parts).to(device))
+        return TeacherOutput(taps=out[0], top_values=out[1], top_indices=out[2].long())
+
+    def put(self, indices: Sequence[int], lengths: Sequence[int], out: TeacherOutput) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for b, (i, n) in enumerate(zip(indices, lengths)):
+            n = int(n)
+            tensors[f"taps.{int(i)}"] = out.taps[b, :n].detach().cpu().contiguous()
+            tensors[f"topv.{int(i)}"] = out.top_values[b, :n].detach().cpu().contiguous()
+            tensors[f"topi.{int(i)}"] = out.top_indices[b, :n].detach().to(torch.int32).cpu().contiguous()
+        name = f"shard-r{self.rank}-{min(int(i) for i in indices):09d}-{len(self.index):09d}.safetensors"
+        path = self.folder / name
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)  # atomic: a reader never sees half a shard
+        for i in indices:
+            self.index[int(i)] = path
+
+
+# ---------------------------------------------------------------------------------------- steps
+# The LightningModule's steps, as functions of a parallel head (duck-typed: the core does not
+# import drafters). ``head`` provides: config, train_config, causal, target_model, packed_hidden,
+# lm_head, and the Lightning attributes (device, current_epoch, log, global_rank, _trainer).
+@dataclass
+class SlotBatch:
+    """One packed forward's supervised slots, flattened to M rows."""
+
+    losses: Float[Tensor, " M"]
+    weights: Float[Tensor, " M"]
+    draft_top1: Int[Tensor, "B A S1"]  # -1 where unsupervised
+    teacher_top1: Int[Tensor, "B A S1"]
+    ok: Bool[Tensor, "B A S1"]
+
+
+def teacher_outputs(head, batch: dict) -> TeacherOutput:
+    """The frozen target's taps and logits for a batch (from the disk cache when configured)."""
+    cfg = head.train_config
+    if head._teacher is None:
+        head._teacher = Teacher(head.target_model, head.config.tap_layers, cfg.kl_topk)
+        if cfg.teacher_cache is not None:
+            head._teacher_cache = TeacherCache(cfg.teacher_cache, head.config.tap_layers, cfg.kl_topk,
+                                               rank=head.global_rank)
+    ids, lengths = batch["input_ids"], batch["lengths"]
+    cache = head._teacher_cache
+    if cache is not None:
+        out = cache.get(batch["index"].tolist(), lengths.tolist(), ids.shape[1], ids.device)
+        if out is not None:
+            return out
+    out = head._teacher(ids, batch["attention_mask"])
+    if cache is not None:
+        cache.put(batch["index"].tolist(), lengths.tolist(), out)
+    return out
+
+
+def slot_batch(head, batch: dict, epoch: int) -> SlotBatch:
+    """Teacher forward, anchors, one packed head forward and the per-slot losses."""
+    cfg, s = head.train_config, head.config.block_size
+    ids, lengths = batch["input_ids"], batch["lengths"]
+    teacher = teacher_outputs(head, batch)
+    seeds = anchor_seeds(batch["index"], epoch, cfg.seed)
+    anchors, valid = sample_anchors(lengths.cpu(), batch["response_start"].cpu(), cfg.anchors_per_seq, seeds)
+    anchors, valid = anchors.to(ids.device), valid.to(ids.device)
+    hidden = head.packed_hidden(ids, teacher.taps, anchors)  # [B, A, S, H]
+    rows, ok = block_targets(anchors, valid, s, lengths)  # [B, A, S-1]
+    rows = rows.clamp(max=ids.shape[1] - 1)  # unsupervised slots may point past the end
+    bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
+    b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
+    logits = head.lm_head(hidden[:, :, 1:][ok])  # [M, V]: the lm_head only where there is a label
+    losses = slot_losses(cfg, logits, ids[b_ok, r_ok + 1],
+                         teacher.logits[b_ok, r_ok] if teacher.logits is not None else None,
+                         teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None,
+                         teacher.top_indices[b_ok, r_ok] if teacher.top_indices is not None else None)
+    weights = depth_weights(s - 1, cfg.decay_gamma, ids.device).expand(rows.shape)[ok].to(losses.dtype)
+    draft_top1 = torch.full(rows.shape, -1, dtype=torch.long, device=ids.device)
+    draft_top1[ok] = logits.argmax(-1)
+    return SlotBatch(losses, weights, draft_top1, teacher.top1()[bidx, rows], ok)
+
+
+def _global_sum(head, x: Tensor) -> Tensor:
+    """Sum over all processes (identity without a trainer or with one process)."""
+    trainer = head._trainer
+    if trainer is None or trainer.world_size == 1:
+        return x
+    return trainer.strategy.reduce(x, reduce_op="sum")
+
+
+def train_step(head, batch: dict) -> Tensor:
+    """The weighted mean slot loss over the GLOBAL batch.
+
+    DDP/FSDP average gradients over processes. Dividing each process's weighted sum by the global
+    weight (and multiplying by the world size) makes that average the gradient of the global mean,
+    so N processes with batch b take exactly the steps of one process with batch N*b, even when the
+    processes hold different numbers of supervised slots.
+    """
+    sb = slot_batch(head, batch, head.current_epoch)
+    local = (sb.losses * sb.weights).sum()
+    total = _global_sum(head, sb.weights.sum().detach()).clamp_min(1e-12)
+    world = 1 if head._trainer is None else head._trainer.world_size
+    loss = local * world / total
+    head.log("train/loss", _global_sum(head, local.detach()) / total, prog_bar=True,
+             batch_size=batch["input_ids"].shape[0])
+    return loss
+
+
+def validation_step(head, batch: dict) -> None:
+    """Accumulate loss and per-depth top-1 agreement; anchors are the same every validation."""
+    sb = slot_batch(head, batch, epoch=0)
+    hits, counts = depth_agreement(sb.draft_top1, sb.teacher_top1, sb.ok)
+    st = head._val_stats
+    for key, val in (("loss", (sb.losses * sb.weights).sum().detach()), ("weight", sb.weights.sum()),
+                     ("hits", hits), ("counts", counts)):
+        st[key] = st[key] + val if key in st else val
+
+
+def log_validation(head) -> None:
+    """Log val/loss, val/agree_d{k} (per-depth top-1 agreement) and val/accept_len."""
+    st = head._val_stats
+    if not st:
+        return
+    sums = {k: _global_sum(head, v.double()) for k, v in st.items()}
+    rates = sums["hits"] / sums["counts"].clamp_min(1)
+    # The values are already global; sync_dist only keeps Lightning's epoch-level bookkeeping happy.
+    head.log("val/loss", sums["loss"] / sums["weight"].clamp_min(1e-12), prog_bar=True, sync_dist=True)
+    for d, r in enumerate(rates.tolist(), 1):
+        head.log(f"val/agree_d{d}", r, sync_dist=True)
+    head.log("val/accept_len", acceptance_estimate(rates), prog_bar=True, sync_dist=True)
