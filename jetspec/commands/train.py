@@ -1,0 +1,143 @@
+"""``jetspec train``: train a JetSpec (causal) or DFlash (bidirectional) head on a frozen target.
+
+Example::
+
+    jetspec train --head jetspec --target smollm2-135m-instruct --data regenerated.jsonl \\
+        --out runs/jetspec --max-steps 2000 --batch-size 8
+
+Writes ``OUT/head`` (``save_pretrained``: config.json + model.safetensors, the head's weights
+only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest)
+and ``OUT/logs`` (CSV or TensorBoard). Every default comes from ``HeadConfig``, ``TrainConfig``
+or ``TokenDataModule``; none is written twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from dataclasses import fields
+
+from jetspec.drafters.parallel_head import HeadConfig
+from jetspec.training import TrainConfig
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _default(source, name: str):
+    """The default of a config field or of a constructor argument (the single source of truth)."""
+    if isinstance(source, type) and hasattr(source, "__dataclass_fields__"):
+        return {f.name: f.default for f in fields(source)}[name]
+    return inspect.signature(source).parameters[name].default
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from err
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from jetspec.data import TokenDataModule
+
+    p = sub.add_parser("train", help="train a parallel draft head (jetspec or dflash) on a frozen target")
+    p.add_argument("--head", choices=("jetspec", "dflash"), default="jetspec",
+                   help="jetspec: causal block; dflash: bidirectional block")
+    p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
+    p.add_argument("--data", required=True, help="jsonl (input_ids | messages | prompt+response | text), "
+                   "plain text, or a local datasets folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=_default(TokenDataModule, "batch_size"),
+                   help="sequences per process and step")
+    p.add_argument("--max-length", type=int, default=_default(TokenDataModule, "max_length"))
+    p.add_argument("--val-fraction", type=float, default=_default(TokenDataModule, "val_fraction"))
+    p.add_argument("--val-every", type=int, default=None,
+                   help="validate every N steps (default: every epoch)")
+    # Architecture (HeadConfig).
+    p.add_argument("--num-layers", type=int, default=_default(HeadConfig, "num_layers"))
+    p.add_argument("--block-size", type=int, default=_default(HeadConfig, "block_size"))
+    p.add_argument("--tap-layers", type=_int_list, default=_default(HeadConfig, "tap_layers"),
+                   help="comma-separated target layers (default: evenly spaced from 1 to L-3)")
+    p.add_argument("--hidden-size", type=int, default=_default(HeadConfig, "hidden_size"))
+    p.add_argument("--mask-token-id", type=int, default=_default(HeadConfig, "mask_token_id"),
+                   help="embed MASK as this token (default: a learned mask embedding)")
+    # Optimisation and loss (TrainConfig).
+    p.add_argument("--lr", type=float, default=_default(TrainConfig, "lr"))
+    p.add_argument("--weight-decay", type=float, default=_default(TrainConfig, "weight_decay"))
+    p.add_argument("--warmup-steps", type=int, default=_default(TrainConfig, "warmup_steps"))
+    p.add_argument("--anchors", type=int, default=_default(TrainConfig, "anchors_per_seq"),
+                   help="anchor blocks per sequence and step")
+    p.add_argument("--loss", choices=("kl", "ce"), default=_default(TrainConfig, "loss"))
+    p.add_argument("--kl-topk", type=int, default=_default(TrainConfig, "kl_topk"))
+    p.add_argument("--decay-gamma", type=float, default=_default(TrainConfig, "decay_gamma"))
+    p.add_argument("--teacher-cache", default=_default(TrainConfig, "teacher_cache"),
+                   help="folder for cached taps + top-k teacher logits (needs --kl-topk)")
+    # Lightning.
+    p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, ...")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
+    p.add_argument("--resume", default=None, help="checkpoint path, or 'last'")
+    p.add_argument("--logger", choices=("csv", "tensorboard"), default="csv")
+    p.add_argument("--save-dtype", choices=DTYPES, default="float32", help="dtype of the saved head weights")
+    p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
+    p.set_defaults(func=run)
+
+
+def _devices(text: str):
+    return int(text) if str(text).isdigit() else text
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from jetspec.data import TokenDataModule
+    from jetspec.interfaces import DRAFTERS
+    from jetspec.loading import load_target
+
+    # Denormal floats make the frozen lm_head's backward ~30x slower on CPU (ENVIRONMENT.md).
+    torch.set_flush_denormal(True)
+    L.seed_everything(args.seed, workers=True)
+    out = Path(args.out)
+    model, tok = load_target(args.target)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    dm = TokenDataModule.from_path(args.data, tok, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                                   max_length=args.max_length, pad_id=pad, seed=args.seed)
+    head = DRAFTERS[args.head](
+        model, num_layers=args.num_layers, block_size=args.block_size, tap_layers=args.tap_layers,
+        hidden_size=args.hidden_size, mask_token_id=args.mask_token_id, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
+        loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, teacher_cache=args.teacher_cache,
+        seed=args.seed)
+    if args.logger == "csv":
+        logger = L.pytorch.loggers.CSVLogger(out, name="logs")
+    else:
+        try:
+            logger = L.pytorch.loggers.TensorBoardLogger(out, name="logs")
+        except ModuleNotFoundError as err:
+            raise SystemExit("--logger tensorboard needs the tensorboard package: "
+                             "pip install tensorboard") from err
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                           every_n_train_steps=args.checkpoint_every)
+    val = dict(val_check_interval=args.val_every, check_val_every_n_epoch=None) if args.val_every else {}
+    trainer = L.Trainer(max_steps=args.max_steps, accelerator=args.accelerator,
+                        devices=_devices(args.devices), strategy=args.strategy, precision=args.precision,
+                        gradient_clip_val=args.grad_clip, logger=logger,
+                        callbacks=[ckpt, LearningRateMonitor("step")],
+                        log_every_n_steps=min(50, args.max_steps), **val)
+    resume = args.resume
+    if resume == "last":
+        resume = str(out / "checkpoints" / "last.ckpt")
+    trainer.fit(head, datamodule=dm, ckpt_path=resume)
+    state = trainer.strategy.lightning_module_state_dict()  # every process: FSDP gathers its shards here
+    if trainer.is_global_zero:
+        folder = head.save_pretrained(out / "head", dtype=getattr(torch, args.save_dtype), state_dict=state)
+        print(f"saved {type(head).__name__} to {folder} after {trainer.global_step} steps")
+    return 0

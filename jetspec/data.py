@@ -1,0 +1,275 @@
+"""Token sequences for training draft heads, and the front-ends that make them from text.
+
+A training example is one token sequence (prompt + response) and the index where the response
+starts: only response tokens are supervised, because at inference the head drafts responses,
+not prompts. Everything else here is plumbing around that:
+
+* ``TokenDataModule(sequences, batch_size=8)``: right-padded batches, an optional validation split,
+  and a deterministic order that is the same for one process and for N DDP processes (the global
+  batch of step n is the same set of sequences either way).
+* ``TokenDataModule.from_jsonl / from_text / from_hf_dataset / from_path``: text front-ends that
+  tokenize with the target's tokenizer and chat template.
+* ``sample_continuations``: let the target itself write the responses (METHOD.md 2.1: training on
+  target-regenerated data is what matters most). ``jetspec.regenerate`` does the same for text
+  prompts at scale, writing rows this module reads back (``input_ids`` + ``response_start``).
+
+Batch layout (B sequences, T = longest length in the batch)::
+
+    input_ids [B, T] (right-padded), attention_mask [B, T], lengths [B], response_start [B],
+    index [B] (position in the full sequence list: seeds anchor sampling and keys the teacher cache)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    response_start: int = 0  # first supervised token; 0 = the whole sequence is a response
+
+
+def as_example(item) -> Example:
+    """Accept a list/tensor of ids, a dict {"input_ids", "response_start"?} or an Example."""
+    if isinstance(item, Example):
+        return item
+    if isinstance(item, dict):
+        if "input_ids" not in item:
+            raise ValueError(f"a sequence dict needs 'input_ids', got keys {sorted(item)}")
+        return Example([int(t) for t in item["input_ids"]], int(item.get("response_start", 0)))
+    if isinstance(item, Tensor):
+        item = item.flatten().tolist()
+    return Example([int(t) for t in item], 0)
+
+
+class TokenDataset(Dataset):
+    """Examples plus their global indices (kept through the train/val split)."""
+
+    def __init__(self, examples: Sequence[Example], indices: Sequence[int]) -> None:
+        self.examples, self.indices = list(examples), list(indices)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        return {"input_ids": torch.tensor(ex.input_ids, dtype=torch.long),
+                "response_start": ex.response_start, "index": self.indices[i]}
+
+
+def collate(items: list[dict], pad_id: int = 0) -> dict:
+    """Right-pad to the longest sequence of the batch (padding sits after every real token)."""
+    lengths = torch.tensor([it["input_ids"].numel() for it in items])
+    ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)  # [B, T]
+    for b, it in enumerate(items):
+        ids[b, : lengths[b]] = it["input_ids"]
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()  # [B, T]
+    return {"input_ids": ids, "attention_mask": mask, "lengths": lengths,
+            "response_start": torch.tensor([it["response_start"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items])}
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Batches of token sequences for ``lightning.Trainer.fit(head, datamodule=...)``.
+
+    Args:
+        sequences: token id lists, or dicts {"input_ids": [...], "response_start": int}.
+        batch_size: sequences per process and step.
+        val_fraction: share of ``sequences`` held out for validation (a seeded split).
+        val_sequences: an explicit validation set instead (same forms as ``sequences``).
+        max_length: truncate longer sequences; sequences left with nothing to supervise are dropped.
+        pad_id: token id used for padding (it is never attended to or supervised).
+        shuffle: reshuffle the training order every epoch (seeded by ``seed`` and the epoch).
+    """
+
+    def __init__(self, sequences: Iterable, batch_size: int = 8, val_fraction: float = 0.0,
+                 val_sequences: Optional[Iterable] = None, max_length: Optional[int] = None, pad_id: int = 0,
+                 shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.batch_size, self.pad_id, self.shuffle, self.seed = batch_size, pad_id, shuffle, seed
+        self.num_workers = num_workers
+        examples = [self._fit(as_example(s), max_length) for s in sequences]
+        usable = [i for i, ex in enumerate(examples) if ex is not None]
+        self.num_dropped = len(examples) - len(usable)
+        if not usable:
+            raise ValueError("no usable sequence: each needs >= 2 tokens and a response token after "
+                             "position 0")
+        n_val = int(round(len(usable) * val_fraction))
+        if n_val:
+            perm = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed)).tolist()
+            val_idx = sorted(usable[i] for i in perm[:n_val])
+            train_idx = sorted(usable[i] for i in perm[n_val:])
+        else:
+            val_idx, train_idx = [], usable
+        self.train_set = TokenDataset([examples[i] for i in train_idx], train_idx)
+        if val_sequences is not None:
+            extra = [self._fit(as_example(s), max_length) for s in val_sequences]
+            kept = [ex for ex in extra if ex is not None]
+            # Indices after the training range keep anchor seeds distinct from training sequences.
+            self.val_set = TokenDataset(kept, range(len(examples), len(examples) + len(kept)))
+        else:
+            self.val_set = TokenDataset([examples[i] for i in val_idx], val_idx)
+
+    @staticmethod
+    def _fit(ex: Example, max_length: Optional[int]) -> Optional[Example]:
+        ids = ex.input_ids[:max_length] if max_length else ex.input_ids
+        # Something to supervise: a token at position >= max(1, response_start) must exist.
+        if len(ids) < 2 or max(1, ex.response_start) >= len(ids):
+            return None
+        return Example(ids, ex.response_start)
+
+    def _loader(self, ds: TokenDataset, shuffle: bool) -> DataLoader:
+        # Always a DistributedSampler (one replica without DDP): Lightning keeps it as is, and the
+        # per-epoch permutation it draws is the same in every process, so rank r of N gets items
+        # r, r+N, ... of the very order a single process walks through.
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=partial(collate, pad_id=self.pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.shuffle)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False) if len(self.val_set) else []
+
+    # ------------------------------------------------------------------ text front-ends
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike, tokenizer, **kwargs) -> "TokenDataModule":
+        """A jsonl file, one example per row in any layout ``encode_row`` reads.
+
+        Rows written by ``jetspec regenerate`` carry ``input_ids`` and are used as they are.
+        """
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}:{n} is not valid JSON ({err})") from err
+        return cls([encode_row(tokenizer, r, f"{path}:{i}") for i, r in enumerate(rows, 1)], **kwargs)
+
+    @classmethod
+    def from_text(cls, path: str | os.PathLike, tokenizer, chunk_length: int = 512,
+                  **kwargs) -> "TokenDataModule":
+        """A plain text file, tokenized whole, cut into chunks of ``chunk_length`` tokens (all supervised)."""
+        ids = _ids(tokenizer(Path(path).read_text(encoding="utf-8"), add_special_tokens=False))
+        chunks = [ids[i: i + chunk_length] for i in range(0, len(ids), chunk_length)]
+        return cls([c for c in chunks if len(c) >= 2], **kwargs)
+
+    @classmethod
+    def from_hf_dataset(cls, path: str | os.PathLike, tokenizer, split: str = "train",
+                        **kwargs) -> "TokenDataModule":
+        """A local folder saved with ``datasets``' ``save_to_disk`` (rows as in ``from_jsonl``)."""
+        try:
+            from datasets import DatasetDict, load_from_disk
+        except ImportError as err:
+            raise ImportError("reading a datasets folder needs the 'datasets' package: "
+                              "pip install datasets") from err
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            ds = ds[split]
+        return cls([encode_row(tokenizer, r, f"{path}[{i}]") for i, r in enumerate(ds)], **kwargs)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, tokenizer, **kwargs) -> "TokenDataModule":
+        """Dispatch on the path: a folder -> datasets, *.jsonl / *.json -> jsonl, anything else -> text."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"training data {p} not found")
+        if p.is_dir():
+            return cls.from_hf_dataset(p, tokenizer, **kwargs)
+        if p.suffix in (".jsonl", ".json"):
+            return cls.from_jsonl(p, tokenizer, **kwargs)
+        return cls.from_text(p, tokenizer, **kwargs)
+
+
+# ---------------------------------------------------------------------- tokenizing
+def _ids(enc) -> list[int]:
+    """Token ids from whatever a tokenizer call returned (BatchEncoding, dict or list)."""
+    ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+    return [int(t) for t in ids]
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> Example:
+    """A conversation whose last message is the assistant's answer (the supervised part)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("the last message must be the assistant's response (the part the head learns)")
+    prompt_msgs, response = messages[:-1], messages[-1]["content"]
+    if getattr(tokenizer, "chat_template", None):
+        prompt = _ids(tokenizer.apply_chat_template(prompt_msgs, add_generation_prompt=True, tokenize=True))
+        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        if full[: len(prompt)] == prompt and len(full) > len(prompt):
+            return Example(full, len(prompt))
+        # Templates that rewrite earlier turns (e.g. strip reasoning) break the prefix property;
+        # then the answer is appended to the generation prompt the way decoding will see it.
+    else:
+        prompt = _ids(tokenizer("\n".join(m["content"] for m in prompt_msgs), add_special_tokens=True))
+    answer = _ids(tokenizer(response, add_special_tokens=False))
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return Example(prompt + answer + eos, len(prompt))
+
+
+def encode_row(tokenizer, row: dict, where: str = "row") -> Example:
+    """One jsonl / datasets row in any of the supported layouts."""
+    if "input_ids" in row:
+        return as_example(row)
+    if "messages" in row:
+        return encode_chat(tokenizer, list(row["messages"]))
+    if "prompt" in row and "response" in row:
+        return encode_chat(tokenizer, [{"role": "user", "content": row["prompt"]},
+                                       {"role": "assistant", "content": row["response"]}])
+    if "text" in row:
+        return Example(_ids(tokenizer(row["text"], add_special_tokens=True)), 0)
+    raise ValueError(f"{where}: expected 'input_ids', 'messages', 'prompt'+'response' or 'text', "
+                     f"got fields {sorted(row)}")
+
+
+# ---------------------------------------------------------------------- target-written data
+@torch.no_grad()
+def sample_continuations(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                         temperature: float = 0.0, seed: int = 0, batch_size: int = 32) -> list[dict]:
+    """Let the target continue each prompt: rows {"input_ids", "response_start"} for training.
+
+    Prompts of equal length are batched together, so no padding is needed; temperature 0 is greedy.
+    A row ends after the model's first end-of-sequence token (later columns are batch filler).
+    """
+    torch.manual_seed(seed)
+    eos = model.generation_config.eos_token_id
+    eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    rows: dict[int, dict] = {}
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    dev = next(model.parameters()).device
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
+        dict(do_sample=False)
+    for n, idx in sorted(by_len.items()):
+        for s in range(0, len(idx), batch_size):
+            group = idx[s: s + batch_size]
+            ids = torch.tensor([list(prompts[i]) for i in group], device=dev)  # [B, n]
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 pad_token_id=0, **sampling)
+            for i, seq in zip(group, out.tolist()):
+                new = seq[n:]
+                cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+                rows[i] = {"input_ids": seq[: n + cut], "response_start": n}
+    return [rows[i] for i in range(len(prompts))]
