@@ -16,6 +16,7 @@ Notation: p is the target's distribution, q the draft's.
 """
 
 from jetspec.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
+from jetspec.loading import load_target
 from jetspec.interfaces import (
     DRAFTERS,
     TREE_BUILDERS,
@@ -41,6 +42,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Acceptance", "DRAFTERS", "DraftInput", "DraftOutput", "DraftTree", "Drafter", "GenerationResult",
     "SamplingConfig", "SpeculativeDecoder", "TREE_BUILDERS", "TargetModel", "TreeBuilder", "VERIFIERS",
-    "Verifier", "VerifyInput", "autoregressive_generate", "process_logits", "register_drafter",
+    "Verifier", "VerifyInput", "autoregressive_generate", "load_target", "process_logits", "register_drafter",
     "register_tree_builder", "register_verifier",
 ]

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enumeration import enumerate_law
+from jetspec.exact import enumerate_law
 from jetspec.sampling import SamplingConfig, process_logits, residual
 from jetspec.types import DraftTree, VerifyInput
 from jetspec.verifiers import SamplingVerifier
