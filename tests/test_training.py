@@ -221,6 +221,20 @@ def test_text_front_ends(tmp_path):
         TokenDataModule.from_path(tmp_path / "missing.jsonl", tok)
 
 
+def test_sample_continuations_are_the_targets_own(llama64):
+    from jetspec import autoregressive_generate
+
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12]]
+    rows = sample_continuations(llama64, prompts, max_new_tokens=6)
+    for p, row in zip(prompts, rows):
+        assert row["response_start"] == len(p) and row["input_ids"][: len(p)] == p
+        eos = llama64.config.eos_token_id
+        want = autoregressive_generate(llama64, torch.tensor([p]), 6, eos_token_id=eos)
+        assert row["input_ids"] == want.sequences[0].tolist()
+    sampled = [sample_continuations(llama64, prompts, 6, temperature=1.0, seed=3) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
 def test_hf_datasets_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list([{"prompt": "w1", "response": "w2 w3"}]).save_to_disk(str(tmp_path / "ds"))

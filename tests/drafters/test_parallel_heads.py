@@ -186,6 +186,11 @@ def test_random_head_greedy_is_lossless(targets, family, cls):
                     FanoutCapBuilder(budget=12, width=3, depth=5)):
         res = SpeculativeDecoder(target, head, builder).generate(prompt, max_new_tokens=20)
         assert torch.equal(res.sequences, want), builder
+    # A one-token prompt: the first round drafts from an empty context.
+    one = prompt[:, :1]
+    want = target.generate(one, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    res = SpeculativeDecoder(target, head, BestFirstBuilder(budget=8, width=2, depth=4)).generate(one, 10)
+    assert torch.equal(res.sequences, want)
 
 
 @pytest.mark.parametrize("cls", HEADS)
