@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "plain text, or a local datasets folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--max-time", default=None,
+                   help="stop (and still save the head) after this wall time, DD:HH:MM:SS")
     p.add_argument("--batch-size", type=int, default=_default(TokenDataModule, "batch_size"),
                    help="sequences per process and step")
     p.add_argument("--max-length", type=int, default=_default(TokenDataModule, "max_length"))
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                            every_n_train_steps=args.checkpoint_every)
     val = dict(val_check_interval=args.val_every, check_val_every_n_epoch=None) if args.val_every else {}
-    trainer = L.Trainer(max_steps=args.max_steps, accelerator=args.accelerator,
+    trainer = L.Trainer(max_steps=args.max_steps, max_time=args.max_time, accelerator=args.accelerator,
                         devices=_devices(args.devices), strategy=args.strategy, precision=args.precision,
                         gradient_clip_val=args.grad_clip, logger=logger,
                         callbacks=[ckpt, LearningRateMonitor("step")],
