@@ -12,6 +12,7 @@ The decoding loop knows only these interfaces. Implementations register themselv
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import Callable, TypeVar
 
@@ -67,7 +68,12 @@ T = TypeVar("T")
 
 
 class Registry(dict):
-    """name -> class, filled by a decorator; ``create(name, **kwargs)`` instantiates."""
+    """name -> class, filled by a decorator; ``create(name, **kwargs)`` instantiates.
+
+    ``register_lazy(name, "module:Class")`` lists an implementation without importing it (the
+    learned heads pull in Lightning, which the decoding loop itself never needs); the module is
+    imported the first time the name is looked up.
+    """
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -75,13 +81,29 @@ class Registry(dict):
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def deco(cls: type[T]) -> type[T]:
-            if name in self and self[name] is not cls:
-                raise ValueError(f"{self.kind} '{name}' is already registered to {self[name].__name__}")
+            current = dict.get(self, name)
+            if current is not None and not isinstance(current, str) and current is not cls:
+                raise ValueError(f"{self.kind} '{name}' is already registered to {current.__name__}")
             self[name] = cls
             cls.registry_name = name
             return cls
 
         return deco
+
+    def register_lazy(self, name: str, target: str) -> None:
+        if name not in self:
+            self[name] = target
+
+    def __getitem__(self, name: str):
+        value = super().__getitem__(name)
+        if isinstance(value, str):
+            module, attr = value.split(":")
+            value = getattr(importlib.import_module(module), attr)
+            self[name] = value
+        return value
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
 
     def create(self, name: str, **kwargs):
         if name not in self:
