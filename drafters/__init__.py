@@ -8,3 +8,6 @@ __all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter"
 from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead  # noqa: E402
 
 __all__ += ["DFlashHead", "HeadConfig", "JetSpecHead", "ParallelHead"]
+from jetspec.drafters.eagle_head import EagleConfig, EagleHead  # noqa: E402
+
+__all__ += ["EagleConfig", "EagleHead"]

@@ -1,0 +1,497 @@
+"""EAGLE-style autoregressive draft head, drafting a dynamic tree one depth per forward (METHOD.md 2.3).
+
+What the head reads at row j (the row of committed token x_j):
+
+    feature  f_j = fc(concat of k tapped target layer outputs at x_j)     Linear(k*H -> H), no bias
+    token    e_j = embedding of the NEXT token x_{j+1}                    the target's frozen table
+
+and its output at row j is the distribution of x_{j+2}. How the two are combined is EAGLE-3's
+choice, kept so the head exports to that layout unchanged (``jetspec.drafters.checkpoints``): the
+first decoder layer's attention reads concat(RMSNorm(e_j), RMSNorm(f_j)) (2H wide, so its q/k/v
+projections take 2H inputs) while the residual stream carries f_j; an ordinary SwiGLU MLP follows.
+More layers (``num_layers > 1``) are ordinary decoder layers from ``head_layers``. A final RMSNorm
+and the target's frozen lm_head give the logits. The head's output *before* the final norm is its
+own "feature" of the next token: deeper tree nodes read their parent's output instead of f_j,
+because the target has not seen drafted tokens yet (this is what makes EAGLE autoregressive).
+
+One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x_{t-1} given):
+
+    forward 1   the context rows that are new since the last round (the head caches the K/V of
+                committed rows, like the parallel heads). The last one, row t-1 (feature of
+                x_{t-1}, embedding of the anchor), is the *root*: its output gives depth 1.
+    forward d   (d = 2..D) the *frontier*: the ``width`` best nodes of depth d-1 by cumulative
+                log-prob. Node m's row reads its parent's output and the embedding of its own
+                token, sits at position t-1+d-1, and attends to every context row, the rows of
+                its ancestors and itself (tree attention inside the head's own cache).
+    after each forward every frontier node offers its top-``width`` children, so every expanded
+    node carries its own conditional distribution (unlike a parallel head's shared per-depth
+    table). The result is a candidate tree (``DraftOutput`` in node form) that the tree builders
+    re-rank under their budget; ``forwards`` = D.
+
+Positions: row j sits at RoPE position j (EAGLE's and vLLM's convention; only differences matter).
+
+Training (``jetspec.drafters.eagle_training``) uses the parallel heads' recipe, data module and
+teacher unchanged, with EAGLE-3's *training-time test*: ``ttt_steps`` depths are unrolled, each
+step feeding the head's own output hidden states back in.
+
+Shapes: B batch, T tokens, A anchors, H hidden, F = k*H, V vocab, D depth, W width, M rows,
+P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Optional
+
+import jetspec.drafters.eagle_training as ttt
+import lightning as L
+import torch
+from jaxtyping import Float, Int
+from jetspec.drafters.head_layers import (
+    Attention,
+    DecoderLayer,
+    LayerShape,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    attend,
+)
+from jetspec.drafters.parallel_head import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    HeadConfig,
+    ParallelHead,
+    _Frozen,
+    default_tap_layers,
+)
+from torch import Tensor, nn
+
+from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
+from jetspec.target import TargetModel
+from jetspec.training import TrainConfig
+from jetspec.types import DraftInput, DraftOutput
+
+KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, M, K]
+
+
+def eagle_tap_layers(num_layers: int) -> tuple[int, ...]:
+    """Low, middle and high taps: outputs of layers 1, L/2 - 1 and L - 4 (L >= 8).
+
+    In EAGLE-3's own numbering these are the *inputs* of layers 2, L/2 and L-3, the default that
+    vLLM and SGLang capture, so an exported head needs no extra configuration. Tiny targets
+    (L < 8) take up to three evenly spaced layers of ``default_tap_layers``.
+    """
+    if num_layers >= 8:
+        return (1, num_layers // 2 - 1, num_layers - 4)
+    taps = default_tap_layers(num_layers)
+    if len(taps) <= 3:
+        return taps
+    return (taps[0], taps[len(taps) // 2], taps[-1])
+
+
+@dataclass
+class EagleConfig:
+    """Architecture of an EAGLE head. ``None`` = take it from the target (see ``resolved``).
+
+    The head's hidden size is always the target's: it reads the target's embeddings and writes
+    into the target's lm_head, both H wide.
+    """
+
+    num_layers: int = 1  # decoder layers; the first fuses token embedding and feature (EAGLE-3: 1)
+    ttt_steps: int = 7  # depths unrolled in training-time test (EAGLE-3 unrolls 7)
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: eagle_tap_layers)
+    num_heads: Optional[int] = None
+    num_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    qk_norm: bool = False  # per-head q/k RMSNorm; off: the EAGLE-3 layout is Llama-style
+    rms_norm_eps: Optional[float] = None
+    rope_theta: Optional[float] = None
+    # The target the head was built for; filled by ``resolved`` and checked on load.
+    target_hidden_size: Optional[int] = None
+    target_vocab_size: Optional[int] = None
+    target_num_layers: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.tap_layers is not None:
+            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.ttt_steps < 1:
+            raise ValueError(f"ttt_steps must be >= 1 (1 = no training-time test), got {self.ttt_steps}")
+
+    @property
+    def block_size(self) -> int:
+        """The training recipe's "block": the anchor slot plus one slot per unrolled depth."""
+        return self.ttt_steps + 1
+
+    def resolved(self, model: nn.Module) -> "EagleConfig":
+        """A copy with every ``None`` filled from the target, checked against it.
+
+        The filling rules are the parallel heads' (``HeadConfig.resolved``), so both kinds of head
+        agree on heads, head dim, RoPE base and the target-mismatch errors.
+        """
+        n = model.config.num_hidden_layers
+        taps = self.tap_layers if self.tap_layers is not None else eagle_tap_layers(n)
+        shared = {f.name: getattr(self, f.name) for f in fields(HeadConfig) if hasattr(self, f.name)}
+        shared.update(tap_layers=taps, block_size=2, hidden_size=None)
+        filled = HeadConfig(**shared).resolved(model)
+        return replace(self, **{f.name: getattr(filled, f.name) for f in fields(self)
+                                if f.name not in ("num_layers", "ttt_steps", "qk_norm")})
+
+    def layer_shape(self) -> LayerShape:
+        return LayerShape(self.target_hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                          self.intermediate_size, self.qk_norm, self.rms_norm_eps)
+
+
+class FusionLayer(nn.Module):
+    """The first decoder layer: attention over [RMSNorm(token embedding) ; RMSNorm(feature)].
+
+    Pre-norm like every Llama layer, with two input norms instead of one; the residual stream
+    is the feature, so with zero attention and MLP the row would pass its feature through.
+    """
+
+    def __init__(self, shape: LayerShape) -> None:
+        super().__init__()
+        h = shape.hidden_size
+        self.input_norm = RMSNorm(h, shape.eps)  # on the token embedding
+        self.hidden_norm = RMSNorm(h, shape.eps)  # on the feature
+        self.attn = Attention(shape)
+        # q/k/v read 2H features; o_proj still writes H.
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(self.attn, name, nn.Linear(2 * h, getattr(self.attn, name).out_features, bias=False))
+        self.post_attn_norm = RMSNorm(h, shape.eps)
+        self.mlp = SwiGLU(h, shape.intermediate_size)
+
+    def forward(self, emb: Float[Tensor, "B M H"], feat: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor,
+                mask: Tensor, prefix_kv: Optional[KV], attention_fn) -> Float[Tensor, "B M H"]:
+        x = torch.cat([self.input_norm(emb), self.hidden_norm(feat)], dim=-1)  # [B, M, 2H]
+        h = feat + self.attn(x, cos, sin, mask, prefix_kv, attention_fn)
+        return h + self.mlp(self.post_attn_norm(h))
+
+
+class EagleDraftNet(nn.Module):
+    """The head's own weights: fc, the decoder layers and the final norm (nothing of the target)."""
+
+    def __init__(self, cfg: EagleConfig) -> None:
+        super().__init__()
+        h = cfg.target_hidden_size
+        self.fc = nn.Linear(len(cfg.tap_layers) * h, h, bias=False)  # k*H -> H
+        shape = cfg.layer_shape()
+        rest = [DecoderLayer(shape) for _ in range(cfg.num_layers - 1)]
+        self.layers = nn.ModuleList([FusionLayer(shape)] + rest)
+        self.norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
+
+    def forward(self, feat: Float[Tensor, "B M H"], emb: Float[Tensor, "B M H"],
+                positions: Int[Tensor, "B M"], mask: Float[Tensor, "B 1 M PM"],
+                prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B M H"], list[KV]]:
+        """Run M rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
+
+        Returns the rows' outputs *before* the final norm (the features their children read) and,
+        per layer, the K/V [B, h_kv, M, K] of these rows, for the caller to cache.
+        """
+        x = emb.to(self.fc.weight.dtype)
+        feat = feat.to(x.dtype)
+        cos, sin = self.rotary(positions, x.dtype)
+        new_kv: list[KV] = []
+        for i, layer in enumerate(self.layers):
+            kv = None if prefix_kv is None else prefix_kv[i]
+            record = _RecordingAttention(mask, new_kv)
+            if i == 0:
+                feat = layer(x, feat, cos, sin, mask, kv, record)
+            else:
+                feat = layer(feat, cos, sin, mask, kv, record)
+        return feat, new_kv
+
+
+def _concat(first: list[KV], second: list[KV]) -> list[KV]:
+    """Per layer, the rows of ``second`` appended after those of ``first``."""
+    return [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2)) for (k0, v0), (k1, v1) in zip(first, second)]
+
+
+class _RecordingAttention:
+    """The masked reference attention that also keeps the K/V of the query rows themselves.
+
+    ``Attention`` projects and concatenates [prefix K/V, own K/V] before calling its attention
+    function; the own rows are the last M, and they are what a cache must append.
+    """
+
+    def __init__(self, mask: Tensor, store: list) -> None:
+        self.mask, self.store = mask, store
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        m = q.shape[2]
+        self.store.append((k[:, :, -m:], v[:, :, -m:]))
+        return attend(q, k, v, self.mask)
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    arch = {f.name for f in fields(EagleConfig)}
+    train = {f.name for f in fields(TrainConfig)}
+    unknown = set(options) - arch - train
+    if unknown:
+        raise TypeError(f"unknown EAGLE head option(s) {sorted(unknown)}; see EagleConfig and TrainConfig")
+    return ({k: v for k, v in options.items() if k in arch}, {k: v for k, v in options.items() if k in train})
+
+
+@register_drafter("eagle")
+class EagleHead(L.LightningModule, Drafter):
+    """An EAGLE-style autoregressive head over a frozen target (a Drafter and a LightningModule).
+
+    Args:
+        target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
+        num_layers: decoder layers (the first fuses token and feature); more ``EagleConfig`` and
+            ``TrainConfig`` fields may be given as keyword options.
+
+    Example::
+
+        head = EagleHead(target, num_layers=1, ttt_steps=7, lr=3e-4)
+        lightning.Trainer(max_steps=300).fit(head, datamodule=TokenDataModule(rows))
+        SpeculativeDecoder(target, head, BestFirstBuilder(budget=32, width=4, depth=6)).generate(ids)
+    """
+
+    def __init__(self, target, num_layers: int = 1, config: Optional[EagleConfig] = None,
+                 training: Optional[TrainConfig] = None, **options) -> None:
+        super().__init__()
+        arch, train = _split_options(options)
+        model = target.model if isinstance(target, TargetModel) else target
+        if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
+            raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
+        model.eval().requires_grad_(False)
+        self._frozen = _Frozen(model)
+        base = config or EagleConfig(num_layers=num_layers)
+        self.config = replace(base, **arch).resolved(model)
+        self.train_config = replace(training or TrainConfig(), **train)
+        self.net = EagleDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
+        # Drafter attributes the decoding loop reads. Depth is unlimited: one forward per depth.
+        self.tap_layers = self.config.tap_layers
+        self.vocab_size = self.config.target_vocab_size
+        self.max_depth = None
+        self.reset_cache()
+        self._teacher = self._teacher_cache = None
+        self._val_stats: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ the frozen target
+    @property
+    def target_model(self) -> nn.Module:
+        return self._frozen.model
+
+    lm_head = ParallelHead.lm_head  # the target's lm_head, applied without copying it
+
+    def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... H"]:
+        return self.target_model.get_input_embeddings()(ids).to(self.net.fc.weight.dtype)
+
+    def logits(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... V"]:
+        """Final norm, then the target's lm_head."""
+        return self.lm_head(self.net.norm(hidden))
+
+    # ------------------------------------------------------------------ training (see eagle_training)
+    def packed_hidden(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
+                      anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
+        """Normed outputs of every anchor's unrolled chain, laid out like a parallel head's block."""
+        return ttt.unrolled_hidden(self, input_ids, taps, anchors)
+
+    def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
+                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 V"]:
+        """Draft logits of depths 1..ttt_steps for every anchor (teacher-forced tokens)."""
+        return self.lm_head(self.packed_hidden(input_ids, taps, anchors)[:, :, 1:])
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return ttt.train_step(self, batch)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        ttt.validation_step(self, batch)
+
+    # The Lightning plumbing is the parallel heads' own: optimiser over self.net with warm-up and
+    # cosine decay, moving the (unregistered) target with the module, validation logging.
+    configure_optimizers = ParallelHead.configure_optimizers
+    on_fit_start = ParallelHead.on_fit_start
+    on_validation_start = ParallelHead.on_validation_start
+    on_validation_epoch_start = ParallelHead.on_validation_epoch_start
+    on_validation_epoch_end = ParallelHead.on_validation_epoch_end
+
+    # ------------------------------------------------------------------ the head's context cache
+    def reset_cache(self) -> None:
+        """Forget the previous sequence: per layer K/V of the committed rows, and their count."""
+        self._ctx_kv: Optional[list[KV]] = None
+        self._ctx_len = 0
+
+    def _sync_context(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"],
+                      round_index: int) -> Float[Tensor, " H"]:
+        """Run the context rows that are new since the last round; return the root row's output.
+
+        Row j needs the taps of x_j and the token x_{j+1}, both committed, so a row's K/V never
+        change once computed: only rows [cached, t) run, and every round has at least one new
+        row (the root, t-1), since t grows by at least one token per round.
+        """
+        t = tokens.shape[0] - 1
+        if taps is None or taps.shape[0] != t:
+            got = None if taps is None else tuple(taps.shape)
+            raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
+                             "the decoder provides them when it reads head.tap_layers")
+        dev = self.net.fc.weight.device
+        if round_index == 0 or self._ctx_len >= t:  # a new sequence (or not a continuation): start over
+            self.reset_cache()
+        p = self._ctx_len
+        feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))[None]  # [1, M, H]
+        emb = self.embed(tokens[p + 1:].to(dev))[None]  # [1, M, H]
+        positions = torch.arange(p, t, device=dev)[None]
+        mask = ttt.causal_mask(t - p, p, feat.dtype, dev)  # [1, 1, M, P + M]
+        out, kv = self.net(feat, emb, positions, mask, self._ctx_kv)
+        self._ctx_kv = kv if self._ctx_kv is None else _concat(self._ctx_kv, kv)
+        self._ctx_len = t
+        return out[0, -1]
+
+    # ------------------------------------------------------------------ drafting (Drafter)
+    @torch.no_grad()
+    def draft(self, inp: DraftInput) -> DraftOutput:
+        t = inp.tokens.shape[0] - 1
+        if t == 0:  # a one-token prompt: no context row, hence no root to draft from
+            self.reset_cache()
+            empty = torch.zeros(0, dtype=torch.long)
+            return DraftOutput(node_tokens=empty, node_parents=empty, node_logprobs=torch.zeros(0),
+                               forwards=0)
+        tree = _DraftTree(self, self._sync_context(inp.tokens, inp.taps, inp.round_index), t)
+        w = min(inp.width, self.vocab_size)
+        frontier = tree.offer(-1, tree.root_logq, w)
+        for _ in range(2, inp.depth + 1):
+            if not frontier:
+                break
+            logq = tree.expand(frontier)  # [F, V]: one head forward
+            new = []
+            for m, row in zip(frontier, logq):
+                new += tree.offer(m, row, w)
+            frontier = sorted(new, key=lambda m: -tree.score[m])[:w]
+        return tree.output()
+
+    @torch.no_grad()
+    def tree_logprobs(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"],
+                      node_tokens: Int[Tensor, " M"], node_parents: Int[Tensor, " M"],
+                      round_index: int = 0) -> Float[Tensor, "M1 V"]:
+        """Children log-probs of the root and of every node of a given tree (row 0 = the root).
+
+        The same forwards as ``draft`` (one per depth) with the nodes prescribed instead of
+        chosen; tests compare it with the packed training forward.
+        """
+        tree = _DraftTree(self, self._sync_context(tokens, taps, round_index), tokens.shape[0] - 1)
+        rows = [tree.root_logq]
+        par = node_parents.tolist()
+        ids = []
+        for tok, p in zip(node_tokens.tolist(), par):
+            ids.append(tree.add(p, tok, 0.0))
+        depth = [0] * len(par)
+        for m, p in enumerate(par):
+            depth[m] = 1 if p < 0 else depth[p] + 1
+        out = [None] * len(par)
+        for d in range(1, max(depth, default=0) + 1):
+            level = [m for m in ids if depth[m] == d]
+            for m, row in zip(level, tree.expand(level)):
+                out[m] = row
+        return torch.stack(rows + out)
+
+    # ------------------------------------------------------------------ persistence
+    save_pretrained = ParallelHead.save_pretrained  # config.json + the head's weights only
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
+                        **training_options) -> "EagleHead":
+        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
+                                        "save_pretrained")
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        if DRAFTERS.get(meta.get("head")) is not cls:
+            raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
+        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
+        head = cls(target, config=EagleConfig(**meta["config"]), training=training)
+        head.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        if dtype is not None:
+            head.net.to(dtype)
+        return head
+
+
+class _DraftTree:
+    """The candidate tree of one drafting round, and the head's K/V of its expanded nodes.
+
+    Candidates are numbered in the order they are offered (parents before children). A
+    candidate is *expanded* when its own row has run: it then has a row in ``kv`` (per layer),
+    an output feature, and a distribution over its children.
+    """
+
+    def __init__(self, head: EagleHead, root_hidden: Tensor, t: int) -> None:
+        self.head, self.t = head, t
+        self.root_hidden = root_hidden
+        self.root_logq = torch.log_softmax(head.logits(root_hidden).double(), -1)  # [V]
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.logprobs: list[float] = []
+        self.score: list[float] = []  # cumulative log q from the root
+        self.depth: list[int] = []
+        self.hidden: dict[int, Tensor] = {}  # expanded candidate -> output feature [H]
+        self.row: dict[int, int] = {}  # expanded candidate -> its row in kv
+        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, E, K]
+        self.forwards = 1  # the context forward that produced the root
+
+    def add(self, parent: int, token: int, logprob: float) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.logprobs.append(logprob)
+        self.score.append(logprob + (self.score[parent] if parent >= 0 else 0.0))
+        self.depth.append(1 + (self.depth[parent] if parent >= 0 else 0))
+        return len(self.tokens) - 1
+
+    def offer(self, parent: int, logq: Float[Tensor, " V"], width: int) -> list[int]:
+        """Add ``parent``'s top-``width`` children as candidates; return their indices."""
+        top = torch.topk(logq, width)
+        return [self.add(parent, tok, lp) for tok, lp in zip(top.indices.tolist(), top.values.tolist())]
+
+    def ancestors(self, m: int) -> list[int]:
+        path = []
+        while m >= 0:
+            path.append(m)
+            m = self.parents[m]
+        return path
+
+    def expand(self, frontier: list[int]) -> Float[Tensor, "F V"]:
+        """One head forward over the frontier rows; returns each one's children log-probs."""
+        head, net = self.head, self.head.net
+        dev = net.fc.weight.device
+        feat = torch.stack([self.root_hidden if self.parents[m] < 0 else self.hidden[self.parents[m]]
+                            for m in frontier])[None]  # [1, F, H]
+        emb = head.embed(torch.tensor([self.tokens[m] for m in frontier], device=dev))[None]
+        positions = torch.tensor([self.t - 1 + self.depth[m] for m in frontier], device=dev)[None]
+        # Visible: every context row, the rows of the node's expanded ancestors, the node itself.
+        p, e, f = head._ctx_len, len(self.row), len(frontier)
+        ok = torch.zeros(f, p + e + f, dtype=torch.bool)
+        ok[:, :p] = True
+        for i, m in enumerate(frontier):
+            for a in self.ancestors(self.parents[m]):
+                ok[i, p + self.row[a]] = True
+            ok[i, p + e + i] = True
+        mask = torch.zeros(ok.shape, dtype=feat.dtype).masked_fill_(~ok, float("-inf"))[None, None].to(dev)
+        prefix = head._ctx_kv if self.kv is None else _concat(head._ctx_kv, self.kv)
+        out, kv = net(feat, emb, positions, mask, prefix)
+        self.kv = kv if self.kv is None else _concat(self.kv, kv)
+        for i, m in enumerate(frontier):
+            self.row[m] = e + i
+            self.hidden[m] = out[0, i]
+        self.forwards += 1
+        return torch.log_softmax(head.logits(out[0]).double(), -1)
+
+    def output(self) -> DraftOutput:
+        return DraftOutput(node_tokens=torch.tensor(self.tokens, dtype=torch.long),
+                           node_parents=torch.tensor(self.parents, dtype=torch.long),
+                           node_logprobs=torch.tensor(self.logprobs, dtype=torch.float32),
+                           forwards=self.forwards)
+
