@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
+import jetspec.drafters.conditioned as conditioned
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ class HeadConfig:
     qk_norm: Optional[bool] = None  # per-head q/k RMSNorm; default: whether the target has it (Qwen3)
     rms_norm_eps: Optional[float] = None
     rope_theta: Optional[float] = None
+    conditioned: bool = False  # causal heads: re-score the tree in a 2nd forward (drafters/conditioned.py)
     # The target the head was built for; filled by ``resolved`` and checked on load.
     target_hidden_size: Optional[int] = None
     target_vocab_size: Optional[int] = None
@@ -211,6 +213,9 @@ class ParallelHead(L.LightningModule, Drafter):
         self._frozen = _Frozen(model)
         self.config = replace(config or HeadConfig(), **head_opts).resolved(model)
         self.train_config = replace(training or TrainConfig(), **train_opts)
+        if self.config.conditioned and not self.causal:
+            raise ValueError("conditioned drafting needs a causal head (JetSpecHead): a bidirectional block "
+                             "would let teacher-forced tokens leak into earlier slots")
         self.net = ParallelDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
         # Drafter attributes the decoding loop reads.
         self.tap_layers = self.config.tap_layers
@@ -244,6 +249,8 @@ class ParallelHead(L.LightningModule, Drafter):
     def packed_hidden(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
                       anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
         """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training``."""
+        if self.config.conditioned:  # half the blocks teacher-forced (drafters/conditioned.py)
+            return conditioned.packed_hidden(self, input_ids, taps, anchors)
         b, t = input_ids.shape
         s = self.config.block_size
         ctx_kv = self.net.context_kv(taps, torch.arange(t, device=input_ids.device).expand(b, t))
@@ -305,6 +312,8 @@ class ParallelHead(L.LightningModule, Drafter):
         return self.lm_head(hidden[0, 1: depth + 1])  # [D, V]
 
     def draft(self, inp: DraftInput) -> DraftOutput:
+        if self.config.conditioned:  # one-pass tree, then one branch-conditioned forward over it
+            return conditioned.draft(self, inp)
         logits = self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth)
         logq = torch.log_softmax(logits.double(), -1)
         top = torch.topk(logq, min(inp.width, logq.shape[-1]), dim=-1)  # sorted descending
