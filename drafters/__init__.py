@@ -11,3 +11,11 @@ __all__ += ["DFlashHead", "HeadConfig", "JetSpecHead", "ParallelHead"]
 from jetspec.drafters.eagle_head import EagleConfig, EagleHead  # noqa: E402
 
 __all__ += ["EagleConfig", "EagleHead"]
+from jetspec.drafters.checkpoints import (  # noqa: E402
+    export_dflash_checkpoint,
+    export_eagle3_checkpoint,
+    load_dflash_checkpoint,
+    load_eagle3_checkpoint,
+)
+
+__all__ += ["export_dflash_checkpoint", "export_eagle3_checkpoint", "load_dflash_checkpoint", "load_eagle3_checkpoint"]
