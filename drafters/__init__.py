@@ -18,4 +18,5 @@ from jetspec.drafters.checkpoints import (  # noqa: E402
     load_eagle3_checkpoint,
 )
 
-__all__ += ["export_dflash_checkpoint", "export_eagle3_checkpoint", "load_dflash_checkpoint", "load_eagle3_checkpoint"]
+__all__ += ["export_dflash_checkpoint", "export_eagle3_checkpoint", "load_dflash_checkpoint",
+            "load_eagle3_checkpoint"]
