@@ -26,7 +26,8 @@ One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x
     after each forward every frontier node offers its top-``width`` children, so every expanded
     node carries its own conditional distribution (unlike a parallel head's shared per-depth
     table). The result is a candidate tree (``DraftOutput`` in node form) that the tree builders
-    re-rank under their budget; ``forwards`` = D.
+    re-rank under their budget; ``forwards`` = D (or the budget, if smaller: no tree of B nodes
+    is deeper than B).
 
 Positions: row j sits at RoPE position j (EAGLE's and vLLM's convention; only differences matter).
 
@@ -361,7 +362,8 @@ class EagleHead(L.LightningModule, Drafter):
         tree = _DraftTree(self, self._sync_context(inp.tokens, inp.taps, inp.round_index), t)
         w = min(inp.width, self.vocab_size)
         frontier = tree.offer(-1, tree.root_logq, w)
-        for _ in range(2, inp.depth + 1):
+        # A tree of `budget` nodes is at most that deep: deeper forwards could never be used.
+        for _ in range(2, min(inp.depth, inp.budget) + 1):
             if not frontier:
                 break
             logq = tree.expand(frontier)  # [F, V]: one head forward
