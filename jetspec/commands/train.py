@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.data import TokenDataModule
 
     p = sub.add_parser("train", help="train a parallel draft head (jetspec or dflash) on a frozen target")
-    p.add_argument("--head", choices=("jetspec", "dflash"), default="jetspec",
+    p.add_argument("--head", choices=("jetspec", "dflash", "eagle"), default="jetspec",
                    help="jetspec: causal block; dflash: bidirectional block")
     p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
     p.add_argument("--data", required=True, help="jsonl (input_ids | messages | prompt+response | text), "
@@ -112,9 +112,14 @@ def run(args: argparse.Namespace) -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     dm = TokenDataModule.from_path(args.data, tok, batch_size=args.batch_size, val_fraction=args.val_fraction,
                                    max_length=args.max_length, pad_id=pad, seed=args.seed)
+    if args.head == "eagle":
+        # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
+        # and always works at the target's width.
+        arch = dict(ttt_steps=args.block_size - 1)
+    else:
+        arch = dict(block_size=args.block_size, hidden_size=args.hidden_size, mask_token_id=args.mask_token_id)
     head = DRAFTERS[args.head](
-        model, num_layers=args.num_layers, block_size=args.block_size, tap_layers=args.tap_layers,
-        hidden_size=args.hidden_size, mask_token_id=args.mask_token_id, lr=args.lr,
+        model, num_layers=args.num_layers, tap_layers=args.tap_layers, **arch, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
         loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, teacher_cache=args.teacher_cache,
         seed=args.seed)
