@@ -248,8 +248,9 @@ class EagleHead(L.LightningModule, Drafter):
 
     Args:
         target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
-        num_layers: decoder layers (the first fuses token and feature); more ``EagleConfig`` and
-            ``TrainConfig`` fields may be given as keyword options.
+        num_layers: decoder layers, the first fusing token and feature (default: EagleConfig's 1).
+        config / training: ``EagleConfig`` and ``TrainConfig``; their fields may also be given as
+            keyword options, which override them.
 
     Example::
 
@@ -258,17 +259,18 @@ class EagleHead(L.LightningModule, Drafter):
         SpeculativeDecoder(target, head, BestFirstBuilder(budget=32, width=4, depth=6)).generate(ids)
     """
 
-    def __init__(self, target, num_layers: int = 1, config: Optional[EagleConfig] = None,
+    def __init__(self, target, num_layers: Optional[int] = None, config: Optional[EagleConfig] = None,
                  training: Optional[TrainConfig] = None, **options) -> None:
         super().__init__()
         arch, train = _split_options(options)
+        if num_layers is not None:
+            arch["num_layers"] = num_layers
         model = target.model if isinstance(target, TargetModel) else target
         if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
             raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
         model.eval().requires_grad_(False)
         self._frozen = _Frozen(model)
-        base = config or EagleConfig(num_layers=num_layers)
-        self.config = replace(base, **arch).resolved(model)
+        self.config = replace(config or EagleConfig(), **arch).resolved(model)
         self.train_config = replace(training or TrainConfig(), **train)
         self.net = EagleDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
         # Drafter attributes the decoding loop reads. Depth is unlimited: one forward per depth.
@@ -383,20 +385,14 @@ class EagleHead(L.LightningModule, Drafter):
         chosen; tests compare it with the packed training forward.
         """
         tree = _DraftTree(self, self._sync_context(tokens, taps, round_index), tokens.shape[0] - 1)
-        rows = [tree.root_logq]
-        par = node_parents.tolist()
-        ids = []
-        for tok, p in zip(node_tokens.tolist(), par):
-            ids.append(tree.add(p, tok, 0.0))
-        depth = [0] * len(par)
-        for m, p in enumerate(par):
-            depth[m] = 1 if p < 0 else depth[p] + 1
-        out = [None] * len(par)
-        for d in range(1, max(depth, default=0) + 1):
-            level = [m for m in ids if depth[m] == d]
+        for tok, p in zip(node_tokens.tolist(), node_parents.tolist()):
+            tree.add(p, tok, 0.0)
+        rows = [tree.root_logq] + [None] * len(tree.tokens)
+        for d in range(1, max(tree.depth, default=0) + 1):  # expand level by level, as draft does
+            level = [m for m, dm in enumerate(tree.depth) if dm == d]
             for m, row in zip(level, tree.expand(level)):
-                out[m] = row
-        return torch.stack(rows + out)
+                rows[m + 1] = row
+        return torch.stack(rows)
 
     # ------------------------------------------------------------------ persistence
     save_pretrained = ParallelHead.save_pretrained  # config.json + the head's weights only
