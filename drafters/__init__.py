@@ -1,22 +1,33 @@
-"""Drafters: everything that proposes tokens for the target to verify (METHOD.md section 2)."""
+"""Drafters: everything that proposes tokens for the target to verify (METHOD.md section 2).
+
+The training-free drafters import eagerly. The learned heads are LightningModules, and the decoding
+core must not pull in Lightning, so they are listed in the drafter registry lazily and imported the
+first time they are used (``DRAFTERS["jetspec"]`` or ``from jetspec.drafters import JetSpecHead``).
+"""
+
+import importlib
 
 from jetspec.drafters.draft_model import DraftModelDrafter
 from jetspec.drafters.ngram import NGramDrafter
 from jetspec.drafters.simple import OracleDrafter, RandomDrafter
+from jetspec.interfaces import DRAFTERS
 
-__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter"]
-from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead  # noqa: E402
+_LAZY = {
+    "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
+    "HeadConfig": "parallel_head",
+    "EagleHead": "eagle_head", "EagleConfig": "eagle_head",
+    "load_dflash_checkpoint": "checkpoints", "export_dflash_checkpoint": "checkpoints",
+    "load_eagle3_checkpoint": "checkpoints", "export_eagle3_checkpoint": "checkpoints",
+}
+for _name, _target in (("jetspec", "parallel_head:JetSpecHead"), ("dflash", "parallel_head:DFlashHead"),
+                       ("eagle", "eagle_head:EagleHead")):
+    DRAFTERS.register_lazy(_name, f"jetspec.drafters.{_target}")
 
-__all__ += ["DFlashHead", "HeadConfig", "JetSpecHead", "ParallelHead"]
-from jetspec.drafters.eagle_head import EagleConfig, EagleHead  # noqa: E402
 
-__all__ += ["EagleConfig", "EagleHead"]
-from jetspec.drafters.checkpoints import (  # noqa: E402
-    export_dflash_checkpoint,
-    export_eagle3_checkpoint,
-    load_dflash_checkpoint,
-    load_eagle3_checkpoint,
-)
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"jetspec.drafters.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'jetspec.drafters' has no attribute '{name}'")
 
-__all__ += ["export_dflash_checkpoint", "export_eagle3_checkpoint", "load_dflash_checkpoint",
-            "load_eagle3_checkpoint"]
+
+__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter", *_LAZY]
