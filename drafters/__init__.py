@@ -16,11 +16,12 @@ _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
     "HeadConfig": "parallel_head",
     "EagleHead": "eagle_head", "EagleConfig": "eagle_head",
+    "CompositeDrafter": "composite",
     "load_dflash_checkpoint": "checkpoints", "export_dflash_checkpoint": "checkpoints",
     "load_eagle3_checkpoint": "checkpoints", "export_eagle3_checkpoint": "checkpoints",
 }
 for _name, _target in (("jetspec", "parallel_head:JetSpecHead"), ("dflash", "parallel_head:DFlashHead"),
-                       ("eagle", "eagle_head:EagleHead")):
+                       ("eagle", "eagle_head:EagleHead"), ("composite", "composite:CompositeDrafter")):
     DRAFTERS.register_lazy(_name, f"jetspec.drafters.{_target}")
 
 
