@@ -197,6 +197,17 @@ def make_drafter(name: str, model, head_dir: Path):
     Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>``. Other drafters
     are built from their constructor, which may only ask for ``target`` and ``vocab_size``.
     """
+    if "+" in name:
+        # "jetspec+ngram": one tree from several drafters under one budget (CompositeDrafter)
+        from jetspec.drafters.composite import CompositeDrafter
+
+        members = []
+        for part in name.split("+"):
+            drafter, reason = make_drafter(part, model, head_dir)
+            if drafter is None:
+                return None, f"member '{part}': {reason}"
+            members.append(drafter)
+        return CompositeDrafter(members), None
     if name not in DRAFTERS:
         return None, f"not a registered drafter (known: {', '.join(sorted(DRAFTERS))})"
     cls = DRAFTERS[name]
