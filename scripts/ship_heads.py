@@ -79,7 +79,7 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(DEST / "loss_curves.png", dpi=90)
-    card = (DEST / "MODEL_CARD.template.md").read_text() if (DEST / "MODEL_CARD.template.md").exists() else ""
+    card = (ROOT / "scripts" / "model_card_template.md").read_text()
     text = card.replace("{{COMMIT}}", commit).replace("{{HEADS}}", "\n".join(lines))
     (DEST / "MODEL_CARD.md").write_text(text)
     print(f"wrote {DEST / 'MODEL_CARD.md'}")
