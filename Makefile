@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 \
-	  $(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+	  $(PY) -m pytest -q -n 2 --durations=20 --nbmake --nbmake-timeout=900 tests tutorials $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests scripts
