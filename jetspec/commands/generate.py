@@ -9,7 +9,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with speculative decoding")
     p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--drafter", default="ngram", help="registered drafter name (default: ngram)")
+    p.add_argument("--drafter", default="ngram",
+                   help="registered drafter name, or a+b for a composite (default: ngram)")
+    p.add_argument("--head-dir", default=None,
+                   help="folder with trained heads in <dir>/<name> (default: the shipped heads)")
     p.add_argument("--tree", default="bestfirst", help="chain | bestfirst | fanout")
     p.add_argument("--budget", type=int, default=32)
     p.add_argument("--width", type=int, default=4)
@@ -23,25 +26,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
-    from jetspec import DRAFTERS, SpeculativeDecoder
-    from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+    from jetspec import SpeculativeDecoder
+    from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
     from jetspec.loading import load_target
+    from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
     model, tok = load_target(args.target)
-    if args.drafter not in DRAFTERS:
-        raise SystemExit(f"unknown drafter '{args.drafter}'; known: {', '.join(sorted(DRAFTERS))}")
-    drafter = DRAFTERS[args.drafter]() if args.drafter == "ngram" else DRAFTERS.create(args.drafter, target=model)
-    builders = {"chain": lambda: ChainBuilder(args.depth),
-                "bestfirst": lambda: BestFirstBuilder(args.budget, args.width, args.depth),
-                "fanout": lambda: FanoutCapBuilder(args.budget, args.width, args.depth)}
+    head_dir = Path(args.head_dir) if args.head_dir else DEFAULT_HEAD_DIR
+    drafter, reason = make_drafter(args.drafter, model, head_dir)
+    if drafter is None:
+        raise SystemExit(f"cannot use drafter '{args.drafter}': {reason}")
+    depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
+    builders = {"chain": lambda: ChainBuilder(depth),
+                "bestfirst": lambda: BestFirstBuilder(args.budget, args.width, depth),
+                "fanout": lambda: FanoutCapBuilder(args.budget, args.width, depth)}
     if args.tree not in builders:
         raise SystemExit(f"--tree must be one of {', '.join(builders)}")
     dec = SpeculativeDecoder(model, drafter, builders[args.tree]())
     msgs = [{"role": "user", "content": args.prompt}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]
     res = dec.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, eos_token_id=tok.eos_token_id,
                        generator=torch.Generator().manual_seed(args.seed))
