@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
 from jetspec.drafters.eagle_head import EagleConfig, EagleHead
 from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
-
 from jetspec.target import TargetModel
 
 # jetspec name <-> published name, for the pieces of one decoder layer (HF Llama/Qwen3 names).

@@ -43,11 +43,11 @@ import itertools
 
 import torch
 from jaxtyping import Bool, Float, Int
-from jetspec.kernels import tree_attention
-from jetspec.trees.best_first import grow_tree
 from torch import Tensor
 
+from jetspec.kernels import tree_attention
 from jetspec.training import block_positions, packed_block_mask
+from jetspec.trees.best_first import grow_tree
 from jetspec.types import DraftInput, DraftOutput, DraftTree
 
 

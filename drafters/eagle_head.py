@@ -47,10 +47,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
-import jetspec.drafters.eagle_training as ttt
 import lightning as L
 import torch
 from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+import jetspec.drafters.eagle_training as ttt
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -68,8 +70,6 @@ from jetspec.drafters.parallel_head import (
     _Frozen,
     default_tap_layers,
 )
-from torch import Tensor, nn
-
 from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
 from jetspec.target import TargetModel
 from jetspec.training import TrainConfig

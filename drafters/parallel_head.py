@@ -30,17 +30,17 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
-import jetspec.drafters.conditioned as conditioned
 import lightning as L
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
-from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
 from torch import Tensor, nn
 
+import jetspec.drafters.conditioned as conditioned
 import jetspec.training as recipe
+from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
+from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
 from jetspec.target import TargetModel
 from jetspec.training import TrainConfig, block_positions, packed_block_mask
 from jetspec.types import DraftInput, DraftOutput

@@ -16,7 +16,6 @@ Notation: p is the target's distribution, q the draft's.
 """
 
 from jetspec.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
-from jetspec.loading import load_target
 from jetspec.interfaces import (
     DRAFTERS,
     TREE_BUILDERS,
@@ -28,6 +27,7 @@ from jetspec.interfaces import (
     register_tree_builder,
     register_verifier,
 )
+from jetspec.loading import load_target
 from jetspec.sampling import SamplingConfig, process_logits
 from jetspec.target import TargetModel
 from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput

@@ -1,4 +1,6 @@
-"""Exact laws by enumeration (used by the property tests and tutorial 7): run a randomized procedure down every branch of its random choices.
+"""Exact laws by enumeration: run a randomized procedure down every branch of its random choices.
+
+Used by the property tests and tutorial 7.
 
 A procedure draws only through ``jetspec.sampling.Rng``. ``enumerate_law(fn)`` replays ``fn`` with a
 scripted Rng; whenever the script runs out at a new random choice, the run stops and is restarted

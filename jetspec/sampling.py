@@ -67,7 +67,7 @@ def process_logits(logits: Float[Tensor, "... V"], cfg: SamplingConfig) -> Float
     return probs
 
 
-def residual(p: Float[Tensor, "V"], q: Float[Tensor, "V"]) -> Float[Tensor, "V"]:
+def residual(p: Float[Tensor, " V"], q: Float[Tensor, " V"]) -> Float[Tensor, " V"]:
     """normalize(max(p - q, 0)): the law to sample from after a draft from q is rejected."""
     r = (p - q).clamp_min(0)
     total = r.sum()
@@ -79,7 +79,7 @@ class Rng(ABC):
     """The two random primitives verifiers and samplers use."""
 
     @abstractmethod
-    def categorical(self, probs: Float[Tensor, "V"]) -> int:
+    def categorical(self, probs: Float[Tensor, " V"]) -> int:
         """Draw an index with the given probabilities."""
 
     @abstractmethod
@@ -93,7 +93,7 @@ class TorchRng(Rng):
     def __init__(self, generator: Optional[torch.Generator] = None) -> None:
         self.generator = generator
 
-    def categorical(self, probs: Float[Tensor, "V"]) -> int:
+    def categorical(self, probs: Float[Tensor, " V"]) -> int:
         return int(torch.multinomial(probs.double(), 1, generator=self.generator))
 
     def bernoulli(self, prob: float) -> bool:

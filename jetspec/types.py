@@ -30,7 +30,7 @@ class DraftInput:
     sequence has started.
     """
 
-    tokens: Int[Tensor, "T"]  # committed sequence x[0..t]; tokens[-1] is the anchor (tree root)
+    tokens: Int[Tensor, " T"]  # committed sequence x[0..t]; tokens[-1] is the anchor (tree root)
     depth: int  # D: how many levels the tree builder will ask for
     width: int  # W: how many candidates per level (or per node) the builder can use
     budget: int  # drafted nodes the builder will keep, root excluded
@@ -58,9 +58,9 @@ class DraftOutput:
 
     depth_tokens: Optional[Int[Tensor, "D W"]] = None
     depth_logprobs: Optional[Float[Tensor, "D W"]] = None  # log q, each row sorted descending
-    node_tokens: Optional[Int[Tensor, "M"]] = None
-    node_parents: Optional[Int[Tensor, "M"]] = None
-    node_logprobs: Optional[Float[Tensor, "M"]] = None
+    node_tokens: Optional[Int[Tensor, " M"]] = None
+    node_parents: Optional[Int[Tensor, " M"]] = None
+    node_logprobs: Optional[Float[Tensor, " M"]] = None
     node_q: Optional[Float[Tensor, "M1 V"]] = None  # sampled drafts only; M1 = M + 1
     forwards: int = 0  # draft-model forwards spent this round (reported by the benchmark)
 
@@ -96,7 +96,7 @@ class DraftOutput:
         return int(depth.max())
 
 
-def node_depths(parents: Int[Tensor, "M"]) -> Int[Tensor, "M"]:
+def node_depths(parents: Int[Tensor, " M"]) -> Int[Tensor, " M"]:
     """Depth of each candidate node (children of the anchor have depth 1); parents precede children."""
     depth = torch.zeros(parents.shape[0], dtype=torch.long)
     par = parents.tolist()
@@ -113,10 +113,10 @@ class DraftTree:
     cache. Node i sits at RoPE position ``P + depth[i]`` where P is the cached prefix length.
     """
 
-    tokens: Int[Tensor, "N"]  # token of each node; tokens[0] is the anchor
-    parents: Int[Tensor, "N"]  # parent index, -1 for the root; parents[i] < i
-    depth: Int[Tensor, "N"]  # root 0; depth[i] = depth[parents[i]] + 1
-    score: Float[Tensor, "N"]  # cumulative draft log-prob along the path (root 0)
+    tokens: Int[Tensor, " N"]  # token of each node; tokens[0] is the anchor
+    parents: Int[Tensor, " N"]  # parent index, -1 for the root; parents[i] < i
+    depth: Int[Tensor, " N"]  # root 0; depth[i] = depth[parents[i]] + 1
+    score: Float[Tensor, " N"]  # cumulative draft log-prob along the path (root 0)
     q: Optional[Float[Tensor, "N V"]] = None  # sampled drafts: row i = law of node i's children
 
     def __post_init__(self) -> None:
@@ -135,7 +135,7 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depth.max())
 
-    def position_offsets(self) -> Int[Tensor, "N"]:
+    def position_offsets(self) -> Int[Tensor, " N"]:
         """Offset of each node's position from the cached prefix length (= depth)."""
         return self.depth
 
@@ -157,7 +157,7 @@ class DraftTree:
         return path[::-1]
 
 
-def ancestor_mask(parents: Int[Tensor, "N"]) -> Bool[Tensor, "N N"]:
+def ancestor_mask(parents: Int[Tensor, " N"]) -> Bool[Tensor, "N N"]:
     """Transitive closure of ``parents``, self included: A[i, j] iff j is i or an ancestor of i.
 
     Because parents precede children, row i is row parent(i) plus the diagonal: one pass.

@@ -66,6 +66,7 @@ def bootstrap(dry_run: bool) -> None:
 # ----------------------------------------------------------------------------- helpers
 def random_tree(n: int, gen):
     import torch
+
     from jetspec.kernels import ancestor_from_parents
 
     parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)]
@@ -110,6 +111,7 @@ def sdpa_oracle(q, k, v, anc):
 # ----------------------------------------------------------------------------- 1. correctness
 def check_correctness(device: str, dry_run: bool) -> list[dict]:
     import torch
+
     from jetspec.kernels import tree_attention_triton
 
     tol = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -157,8 +159,9 @@ def run_gpu_pytest() -> dict:
 # ----------------------------------------------------------------------------- 2. kernel time
 def benchmark_kernels(device: str, dry_run: bool, t_start: float) -> list[dict]:
     import torch
-    from jetspec.kernels import tree_attention_triton
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from jetspec.kernels import tree_attention_triton
 
     bench = timer(device)
     dtype = torch.float32 if dry_run else torch.bfloat16
@@ -209,10 +212,10 @@ def benchmark_kernels(device: str, dry_run: bool, t_start: float) -> list[dict]:
 # ----------------------------------------------------------------------------- 3. a verify forward
 def verify_forward(device: str, dry_run: bool) -> dict:
     import torch
-    from jetspec.kernels import ancestor_from_parents
     from transformers import AutoModelForCausalLM, DynamicCache, Qwen3Config
 
     from jetspec.attention import attention_backend
+    from jetspec.kernels import ancestor_from_parents
 
     if dry_run:
         shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
-from jetspec.trees import BestFirstBuilder
 
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, sample_continuations
+from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
+from jetspec.trees import BestFirstBuilder
 
 HEADS = {
     "JetSpec one-pass": lambda t, kw: JetSpecHead(t, block_size=8, **kw),

@@ -12,11 +12,11 @@ import copy
 import pytest
 import torch
 from conftest import tiny_model
-from jetspec.kernels import ancestor_from_parents, chain_ancestor
 from transformers import DynamicCache
 
 import jetspec.attention as attn
 from jetspec.attention import TREE_TORCH, TREE_TRITON, attention_backend, tree_layout
+from jetspec.kernels import ancestor_from_parents, chain_ancestor
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 6]  # 8 nodes, depth 4, branching at the root and at node 1
 DEPTH = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])

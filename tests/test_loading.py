@@ -13,11 +13,10 @@ import time
 
 import pytest
 import torch
-from jetspec.drafters import NGramDrafter
-from jetspec.trees import BestFirstBuilder
 from test_regenerate import tiny_tokenizer
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.drafters import NGramDrafter
 from jetspec.loading import (
     BUILTIN_TARGETS,
     builtin_cache_dir,
@@ -26,6 +25,7 @@ from jetspec.loading import (
     load_tokenizer,
 )
 from jetspec.prompts import chat_ids, eos_ids
+from jetspec.trees import BestFirstBuilder
 
 NAME = "smollm2-135m-instruct"
 HAVE_SMOLLM2 = importlib.util.find_spec(BUILTIN_TARGETS[NAME].package) is not None

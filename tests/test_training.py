@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
-from jetspec.trees import BestFirstBuilder
 
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, collate, sample_continuations
+from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.training import (
     Teacher,
     TeacherCache,
@@ -37,6 +36,7 @@ from jetspec.training import (
     topk_forward_kl,
     warmup_cosine,
 )
+from jetspec.trees import BestFirstBuilder
 
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
 

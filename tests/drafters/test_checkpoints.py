@@ -12,6 +12,9 @@ import json
 import pytest
 import torch
 from conftest import tiny_model
+from safetensors.torch import load_file, save_file
+from transformers import Qwen3Config
+
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.drafters.checkpoints import (
     export_dflash_checkpoint,
@@ -19,9 +22,6 @@ from jetspec.drafters.checkpoints import (
     load_dflash_checkpoint,
     load_eagle3_checkpoint,
 )
-from safetensors.torch import load_file, save_file
-from transformers import Qwen3Config
-
 from jetspec.training import Teacher
 
 # jetspec module name -> the HF Qwen3 decoder-layer name DFlashDraftModel uses

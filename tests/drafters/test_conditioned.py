@@ -13,13 +13,13 @@ import lightning as L
 import pytest
 import torch
 from conftest import tiny_model
-from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
-from jetspec.drafters.conditioned import branch_logprobs, teacher_forced
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, sample_continuations
+from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
+from jetspec.drafters.conditioned import branch_logprobs, teacher_forced
 from jetspec.training import Teacher
+from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.types import DraftInput, DraftTree
 
 

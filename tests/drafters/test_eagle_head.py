@@ -16,15 +16,15 @@ import torch
 from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jetspec.drafters import EagleConfig, EagleHead, JetSpecHead
-from jetspec.drafters.eagle_head import eagle_tap_layers
-from jetspec.drafters.eagle_training import ttt_mask
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, sample_continuations
+from jetspec.drafters import EagleConfig, EagleHead, JetSpecHead
+from jetspec.drafters.eagle_head import eagle_tap_layers
+from jetspec.drafters.eagle_training import ttt_mask
 from jetspec.target import TargetModel
 from jetspec.training import Teacher
+from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.types import DraftInput
 
 

@@ -13,13 +13,13 @@ import torch
 from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jetspec.drafters import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
-from jetspec.drafters.parallel_head import default_tap_layers
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
 from jetspec import TREE_BUILDERS, SpeculativeDecoder
+from jetspec.drafters import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
+from jetspec.drafters.parallel_head import default_tap_layers
 from jetspec.target import TargetModel
 from jetspec.training import Teacher, packed_block_mask
+from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.types import DraftInput
 
 HEADS = [JetSpecHead, DFlashHead]

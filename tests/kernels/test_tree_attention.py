@@ -21,6 +21,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from jetspec.kernels import (
     ancestor_from_parents,
     chain_ancestor,

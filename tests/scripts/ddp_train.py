@@ -13,10 +13,10 @@ import warnings
 
 import lightning as L
 import torch
-from jetspec.drafters import DFlashHead, JetSpecHead
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from jetspec.data import TokenDataModule
+from jetspec.drafters import DFlashHead, JetSpecHead
 
 GLOBAL_BATCH = 4
 STEPS = 4
