@@ -25,8 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from jetspec import (DraftInput, DraftOutput, SpeculativeDecoder, TargetModel, VerifyInput,
-                     autoregressive_generate)
+from jetspec import DraftInput, DraftOutput, SpeculativeDecoder, TargetModel, VerifyInput, autoregressive_generate
 from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
