@@ -21,7 +21,7 @@ import jetspec
 from jetspec import autoregressive_generate
 
 torch.manual_seed(0)
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores
 model, tok = jetspec.load_target("smollm2-135m-instruct")
 cfg = model.config
 print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}")

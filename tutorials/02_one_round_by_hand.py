@@ -14,7 +14,7 @@ from jetspec.drafters import NGramDrafter
 from jetspec.trees import ChainBuilder
 from jetspec.verifiers import GreedyVerifier
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores
 model, tok = jetspec.load_target("smollm2-135m-instruct")
 text = "Repeat this list exactly: apples, pears, plums, cherries, grapes. Repeat it again."
 msgs = [{"role": "user", "content": text}]

@@ -17,7 +17,7 @@ from jetspec.target import tree_attention_mask
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.verifiers import GreedyVerifier
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores
 model, tok = jetspec.load_target("smollm2-135m-instruct")
 msgs = [{"role": "user", "content": "Name three primary colors."}]
 ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"][0]
