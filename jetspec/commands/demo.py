@@ -19,9 +19,9 @@ class DemoConfig:
     target: str = "smollm2-135m-instruct"
     head_dir: str | None = None  # default: the heads shipped inside the package
     drafters: str = "ngram,jetspec,dflash,eagle"
-    budgets: str = "16,32"
+    budgets: str = "16"
     prompts_per_set: int = 1
-    max_new_tokens: int = 64
+    max_new_tokens: int = 48
     threads: int = 2
     out: str = "runs/demo"
 
