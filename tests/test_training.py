@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, collate, sample_continuations
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
+from jetspec.toy import mean_tau, peaked_tiny_target
 from jetspec.training import (
     Teacher,
     TeacherCache,
@@ -323,22 +324,7 @@ def learnable_target():
     argmax is decided by noise-level logit gaps, and there is nothing a drafter could learn. Scaling
     the lm_head by 30 gives peaked distributions, like a trained LM's.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
-
-
-def mean_tau(target, head, prompts) -> float:
-    dec = SpeculativeDecoder(target, head, BestFirstBuilder(budget=24, width=4, depth=6))
-    results = [dec.generate(p[None], max_new_tokens=32) for p in prompts]
-    return sum(sum(r.accepted_lengths) for r in results) / sum(len(r.accepted_lengths) for r in results)
+    return peaked_tiny_target(seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from transformers import DynamicCache
 
 import jetspec
 from jetspec import autoregressive_generate

@@ -23,12 +23,12 @@ import warnings
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from jetspec import DraftInput, DraftOutput, SpeculativeDecoder, TargetModel, VerifyInput, autoregressive_generate
 from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
+from jetspec.toy import peaked_tiny_target
 from jetspec.trees import BestFirstBuilder
 from jetspec.verifiers import GreedyVerifier
 
@@ -47,13 +47,7 @@ warnings.filterwarnings("ignore", ".*Total length of .* across ranks is zero.*")
 # converged; it is enough to show the mechanisms, which do not depend on training at all.
 
 # %%
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  tie_word_embeddings=False)
-target = LlamaForCausalLM(cfg).float().eval()
-with torch.no_grad():
-    target.lm_head.weight.mul_(30.0)
+target = peaked_tiny_target(seed=0)
 
 gen = torch.Generator().manual_seed(1)
 train_prompts = torch.randint(0, 128, (256, 8), generator=gen).tolist()

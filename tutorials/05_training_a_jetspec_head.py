@@ -22,11 +22,11 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from jetspec import SpeculativeDecoder, TargetModel, autoregressive_generate
 from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import JetSpecHead
+from jetspec.toy import peaked_tiny_target
 from jetspec.training import block_targets, packed_block_mask
 from jetspec.trees import BestFirstBuilder
 
@@ -45,13 +45,7 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")
 # makes them peaked, like a trained LM's. It stays frozen throughout: only the head learns.
 
 # %%
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  tie_word_embeddings=False)
-target = LlamaForCausalLM(cfg).float().eval()
-with torch.no_grad():
-    target.lm_head.weight.mul_(30.0)
+target = peaked_tiny_target(seed=0)
 
 gen = torch.Generator().manual_seed(1)
 train_prompts = torch.randint(0, 128, (512, 8), generator=gen).tolist()

@@ -9,15 +9,13 @@
 # `jetspec/assets/heads/MODEL_CARD.md`), so read the numbers as a measurement, not a replication.
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import torch
 
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.bench import DEFAULT_HEAD_DIR
-from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
+from jetspec.prompts import builtin_prompts, chat_ids
 from jetspec.trees import BestFirstBuilder
 
 torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores

@@ -18,6 +18,7 @@ from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.conditioned import branch_logprobs, teacher_forced
+from jetspec.toy import peaked_tiny_target
 from jetspec.training import Teacher
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.types import DraftInput, DraftTree
@@ -141,15 +142,7 @@ def test_sampling_smoke_and_persistence(targets, tmp_path):
 @pytest.mark.slow
 def test_conditioning_beats_one_pass_drafting_of_the_same_trained_head():
     """Same weights, same budget: the second forward's branch-conditioned tree accepts more."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    target = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(30.0)  # peaked laws, as in tests/test_training.py
+    target = peaked_tiny_target(seed=0)
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, 128, (128, 8), generator=gen).tolist()
     held_out = torch.randint(0, 128, (6, 8), generator=gen)

@@ -23,6 +23,7 @@ from jetspec.drafters import EagleConfig, EagleHead, JetSpecHead
 from jetspec.drafters.eagle_head import eagle_tap_layers
 from jetspec.drafters.eagle_training import ttt_mask
 from jetspec.target import TargetModel
+from jetspec.toy import mean_tau, peaked_tiny_target
 from jetspec.training import Teacher
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.types import DraftInput
@@ -226,22 +227,7 @@ def test_save_and_load_round_trip_and_errors(targets, tmp_path):
 # ------------------------------------------------------------------------------ learning
 def peaked_target():
     """The tiny Llama of tests/test_training.py: lm_head x 30 gives peaked, learnable laws."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
-
-
-def mean_tau(target, head, prompts) -> float:
-    dec = SpeculativeDecoder(target, head, BestFirstBuilder(budget=24, width=4, depth=6))
-    results = [dec.generate(p[None], max_new_tokens=32) for p in prompts]
-    return sum(sum(r.accepted_lengths) for r in results) / sum(len(r.accepted_lengths) for r in results)
+    return peaked_tiny_target(seed=0)
 
 
 @pytest.mark.slow
