@@ -33,6 +33,7 @@ import torch
 from jetspec import SpeculativeDecoder
 from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
+from jetspec.toy import peaked_tiny_target
 from jetspec.trees import BestFirstBuilder
 
 HEADS = {
@@ -44,19 +45,6 @@ HEADS = {
 
 
 CONTROL = "(control) conditioned-trained JetSpec, one-pass draft"
-
-
-def tiny_target(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)  # peaked next-token laws: something to learn
-    return model
 
 
 def measure(target, head, prompts, budget: int, new_tokens: int) -> tuple[float, float]:
@@ -71,7 +59,7 @@ def measure(target, head, prompts, budget: int, new_tokens: int) -> tuple[float,
 
 
 def run(seed: int, steps: int, budgets: list[int], num_prompts: int, new_tokens: int) -> dict:
-    target = tiny_target(0)
+    target = peaked_tiny_target(0)
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, 128, (128, 8), generator=gen).tolist()
     held_out = torch.randint(0, 128, (num_prompts, 8), generator=gen)
