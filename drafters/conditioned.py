@@ -67,15 +67,17 @@ def packed_hidden(head, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T 
     """
     b, t = input_ids.shape
     a, s = anchors.shape[1], head.config.block_size
-    ctx_kv = head.net.context_kv(taps, torch.arange(t, device=input_ids.device).expand(b, t))
+    ctx = head.net.fuse_taps(taps)  # [B, T, H_d]
+    ctx_kv = head.net.project_context(ctx, torch.arange(t, device=input_ids.device).expand(b, t))
     masked = head.block_embeddings(input_ids.gather(1, anchors), s)  # [B, A, S, H]
+    direct = head.packed_direct(masked[:, :, 0], ctx, anchors, s)
     # Tokens past the end of a sequence are clamped: they only feed unsupervised later slots.
     slots = (anchors[..., None] + torch.arange(s, device=anchors.device)).clamp(max=t - 1)  # [B, A, S]
     real = head.target_model.get_input_embeddings()(input_ids.gather(1, slots.flatten(1)).view(b, a, s))
     forced = teacher_forced(a, anchors.device)[None, :, None, None]  # [1, A, 1, 1]
     emb = torch.where(forced, real.to(masked.dtype), masked).flatten(1, 2)  # [B, A*S, H]
     mask = packed_block_mask(anchors, t, s, True, emb.dtype)  # [B, 1, A*S, T + A*S]
-    hidden = head.net(emb, block_positions(anchors, s), ctx_kv, mask).view(b, a, s, -1)
+    hidden = head.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct).view(b, a, s, -1)
     shifted = torch.cat([hidden[:, :, :1], hidden[:, :, :-1]], dim=2)  # slot k <- slot k-1
     return torch.where(forced, shifted, hidden)
 
@@ -93,13 +95,14 @@ def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int
     ancestor = tree.ancestor[rows][:, rows].to(dev)  # [N1, N1]
     emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))[None]  # [1, N1, H]
     positions = (t + tree.depth[rows]).to(dev)[None]
-    hidden = head.net(emb, positions, head._ctx_kv, None,
+    anchor = head.target_model.get_input_embeddings()(tree.tokens[:1].to(dev))[None]  # [1, 1, H]
+    hidden = head.net(emb, positions, head._ctx_kv, None, direct=head.round_direct(anchor, len(rows)),
                       attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
     return rows.tolist(), torch.log_softmax(head.lm_head(hidden[0]).double(), -1)
 
 
 def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "N1 V"], table: DraftOutput,
-                        width: int, budget: int, depth: int) -> DraftOutput:
+                        width: int, budget: int, depth: int, to_target=None) -> DraftOutput:
     """The candidate tree of step 4, grown best-first on the re-scored log-probs.
 
     A node that ran in the tree forward offers the top-W tokens of its own distribution (those
@@ -107,7 +110,8 @@ def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "N
     never run) falls back to the one-pass table of its depth, the best it has. Growth stops
     after ``budget`` nodes; the children those nodes were offered but did not take are added as
     leaves, so that the builder sees every node's complete candidate list (a fan-out cap reads
-    the top-2 gap from it).
+    the top-2 gap from it). ``to_target`` maps columns of ``logq`` to token ids (a reduced draft
+    vocabulary); by default column j is token j.
     """
     dist = dict(zip(rows, logq.cpu()))
     kids = tree.children()
@@ -124,7 +128,8 @@ def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "N
         if node in dist:  # ran in the tree forward: its own branch-conditioned distribution
             first = {toks[c]: c for c in kids[node]}
             top = torch.topk(dist[node], width)
-            pairs = [(tok, lp, first.get(tok)) for tok, lp in zip(top.indices.tolist(), top.values.tolist())]
+            ids = top.indices if to_target is None else to_target(top.indices)
+            pairs = [(tok, lp, first.get(tok)) for tok, lp in zip(ids.tolist(), top.values.tolist())]
         else:  # a new token: the one-pass table of depth d + 1
             pairs = [(tok, lp, None) for tok, lp in zip(*table_rows[d])]
         for tok, lp, child in pairs:
@@ -155,7 +160,8 @@ def draft(head, inp: DraftInput) -> DraftOutput:
     logq = torch.log_softmax(head.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth).double(), -1)
     w = min(inp.width, logq.shape[-1])
     top = torch.topk(logq, w, dim=-1)  # [D, W]
-    table = DraftOutput(depth_tokens=top.indices.cpu(), depth_logprobs=top.values.float().cpu())
+    table = DraftOutput(depth_tokens=head.to_target_ids(top.indices).cpu(), depth_logprobs=top.values.float().cpu())
     first = grow_tree(table, int(inp.tokens[-1]), inp.budget, inp.depth, fanout=lambda lps: min(w, len(lps)))
     rows, node_logq = branch_logprobs(head, first, inp.tokens.shape[0] - 1, inp.depth)
-    return rescored_candidates(first, rows, node_logq, table, w, inp.budget, inp.depth)
+    return rescored_candidates(first, rows, node_logq, table, w, inp.budget, inp.depth,
+                               to_target=lambda ids: head.to_target_ids(ids.to(head.net.fuse.weight.device)).cpu())

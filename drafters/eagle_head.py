@@ -287,6 +287,8 @@ class EagleHead(L.LightningModule, Drafter):
         return self._frozen.model
 
     lm_head = ParallelHead.lm_head  # the target's lm_head, applied without copying it
+    draft_vocab = ParallelHead.draft_vocab  # None: the EAGLE head drafts in the full vocabulary
+    to_target_ids = ParallelHead.to_target_ids
 
     def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... H"]:
         return self.target_model.get_input_embeddings()(ids).to(self.net.fc.weight.dtype)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 import jetspec.drafters.conditioned as conditioned
 import jetspec.training as recipe
+from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
@@ -79,6 +80,9 @@ class HeadConfig:
     rms_norm_eps: Optional[float] = None
     rope_theta: Optional[float] = None
     conditioned: bool = False  # causal heads: re-score the tree in a 2nd forward (drafters/conditioned.py)
+    # Ablation switches (issue: stronger, cheaper heads); the defaults are the paper's design.
+    direct_path: bool = False  # add proj([embed(anchor), last context row]) to every block slot
+    draft_vocab_size: Optional[int] = None  # V': score only these many target tokens (drafters/draft_vocab.py)
     # The target the head was built for; filled by ``resolved`` and checked on load.
     target_hidden_size: Optional[int] = None
     target_vocab_size: Optional[int] = None
@@ -91,6 +95,8 @@ class HeadConfig:
             raise ValueError(f"block_size must be >= 2 (anchor + at least one MASK), got {self.block_size}")
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
+            raise ValueError(f"draft_vocab_size must be >= 1, got {self.draft_vocab_size}")
 
     def resolved(self, model: nn.Module) -> "HeadConfig":
         """A copy with every ``None`` filled from the target, checked against it."""
@@ -115,6 +121,8 @@ class HeadConfig:
         theta = self.rope_theta or rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
         if self.mask_token_id is not None and not 0 <= self.mask_token_id < v:
             raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {v}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size > v:
+            raise ValueError(f"draft_vocab_size {self.draft_vocab_size} is larger than the target's vocabulary {v}")
         return replace(self, tap_layers=tuple(taps), hidden_size=hd, num_heads=heads,
                        num_kv_heads=self.num_kv_heads or c.num_key_value_heads or heads, head_dim=head_dim,
                        intermediate_size=inter, qk_norm=bool(qk),
@@ -129,7 +137,7 @@ class HeadConfig:
 class ParallelDraftNet(nn.Module):
     """The head's own weights (all of them; nothing of the target). Takes a resolved config."""
 
-    def __init__(self, cfg: HeadConfig) -> None:
+    def __init__(self, cfg: HeadConfig, draft_ids: Optional[Tensor] = None) -> None:
         super().__init__()
         h, hd = cfg.target_hidden_size, cfg.hidden_size
         self.fuse = nn.Linear(len(cfg.tap_layers) * h, hd, bias=False)  # k*H -> H_d
@@ -142,24 +150,56 @@ class ParallelDraftNet(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg.layer_shape()) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # Direct path: [embed(anchor) (H), last context row (H_d)] -> H_d, added to every slot.
+        self.direct = nn.Linear(h + hd, hd, bias=False) if cfg.direct_path else None
+        # Reduced draft vocabulary (the ids are a buffer, so they are saved with the weights).
+        self.vocab = None
+        if cfg.draft_vocab_size is not None:
+            ids = torch.arange(cfg.draft_vocab_size) if draft_ids is None else draft_ids
+            if ids.numel() != cfg.draft_vocab_size:
+                raise ValueError(f"{ids.numel()} draft vocabulary ids given for draft_vocab_size "
+                                 f"{cfg.draft_vocab_size}")
+            self.vocab = DraftVocabulary(ids, cfg.target_vocab_size)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
+        if self.direct is not None:
+            # Zero: a fresh head with the direct path computes exactly what the paper's design does.
+            nn.init.zeros_(self.direct.weight)
 
-    def context_kv(self, taps: Float[Tensor, "B T F"],
-                   positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
+    def fuse_taps(self, taps: Float[Tensor, "B T F"]) -> Float[Tensor, "B T Hd"]:
+        """Context rows: the fused, normalised target features."""
+        return self.fuse_norm(self.fuse(taps.to(self.fuse.weight.dtype)))
+
+    def project_context(self, ctx: Float[Tensor, "B T Hd"],
+                        positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
         """Per layer, the keys/values [B, h_kv, T, K] of the context rows (cacheable: no block input)."""
-        ctx = self.fuse_norm(self.fuse(taps.to(self.fuse.weight.dtype)))  # [B, T, H_d]
         cos, sin = self.rotary(positions, ctx.dtype)
         return [layer.attn.project_kv(ctx, cos, sin) for layer in self.layers]
 
+    def context_kv(self, taps: Float[Tensor, "B T F"],
+                   positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
+        return self.project_context(self.fuse_taps(taps), positions)
+
+    def direct_input(self, anchor_emb: Float[Tensor, "B A H"], last_ctx: Float[Tensor, "B A Hd"]
+                     ) -> Optional[Float[Tensor, "B A Hd"]]:
+        """The direct path's term for each anchor's block (None when the switch is off)."""
+        if self.direct is None:
+            return None
+        return self.direct(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1))
+
     def forward(self, block_emb: Float[Tensor, "B M H"], positions: Int[Tensor, "B M"],
                 context_kv: list[tuple[Tensor, Tensor]], mask: Optional[Tensor],
-                attention_fn=None) -> Float[Tensor, "B M H"]:
-        """Final hidden states of the block rows, in the target's hidden size (ready for lm_head)."""
+                attention_fn=None, direct: Optional[Float[Tensor, "B M Hd"]] = None) -> Float[Tensor, "B M H"]:
+        """Final hidden states of the block rows, in the target's hidden size (ready for lm_head).
+
+        ``direct``: the direct path's term of each row's block, repeated over its rows.
+        """
         x = block_emb.to(self.fuse.weight.dtype)
         if self.in_proj is not None:
             x = self.in_proj(x)
+        if direct is not None:
+            x = x + direct
         cos, sin = self.rotary(positions, x.dtype)
         for layer, kv in zip(self.layers, context_kv):
             x = layer(x, cos, sin, mask, kv, attention_fn)
@@ -203,7 +243,7 @@ class ParallelHead(L.LightningModule, Drafter):
     causal: bool = True  # THE difference between JetSpec (True) and DFlash (False)
 
     def __init__(self, target, config: Optional[HeadConfig] = None, training: Optional[TrainConfig] = None,
-                 **options) -> None:
+                 draft_vocab: Optional[Tensor] = None, **options) -> None:
         super().__init__()
         head_opts, train_opts = split_options(options)
         model = target.model if isinstance(target, TargetModel) else target
@@ -211,12 +251,18 @@ class ParallelHead(L.LightningModule, Drafter):
             raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
         model.eval().requires_grad_(False)
         self._frozen = _Frozen(model)
+        if draft_vocab is not None:
+            draft_vocab = torch.as_tensor(draft_vocab, dtype=torch.long).flatten()
+            head_opts["draft_vocab_size"] = draft_vocab.numel()
         self.config = replace(config or HeadConfig(), **head_opts).resolved(model)
+        if self.config.draft_vocab_size is not None and draft_vocab is None:
+            raise ValueError("draft_vocab_size needs the ids: pass draft_vocab=<token ids>, e.g. from "
+                             "jetspec.drafters.draft_vocab.frequent_tokens(token_counts(data, V), size)")
         self.train_config = replace(training or TrainConfig(), **train_opts)
         if self.config.conditioned and not self.causal:
             raise ValueError("conditioned drafting needs a causal head (JetSpecHead): a bidirectional block "
                              "would let teacher-forced tokens leak into earlier slots")
-        self.net = ParallelDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
+        self.net = ParallelDraftNet(self.config, draft_vocab).to(model.get_output_embeddings().weight.dtype)
         # Drafter attributes the decoding loop reads.
         self.tap_layers = self.config.tap_layers
         self.vocab_size = self.config.target_vocab_size
@@ -230,9 +276,20 @@ class ParallelHead(L.LightningModule, Drafter):
     def target_model(self) -> nn.Module:
         return self._frozen.model
 
-    def lm_head(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... V"]:
+    @property
+    def draft_vocab(self) -> Optional[DraftVocabulary]:
+        return getattr(self.net, "vocab", None)
+
+    def lm_head(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... Vd"]:
+        """The target's lm_head, restricted to the draft vocabulary when the head has one (V' = V otherwise)."""
         head = self.target_model.get_output_embeddings()
+        if self.draft_vocab is not None:
+            return self.draft_vocab.logits(hidden, head)
         return F.linear(hidden.to(head.weight.dtype), head.weight, getattr(head, "bias", None))
+
+    def to_target_ids(self, draft_ids: Tensor) -> Tensor:
+        """Draft-vocabulary ids (indices into ``lm_head``'s output) as target token ids."""
+        return draft_ids if self.draft_vocab is None else self.draft_vocab.to_target(draft_ids)
 
     def block_embeddings(self, anchor_ids: Int[Tensor, "B A"], slots: int) -> Float[Tensor, "B A S H"]:
         """[embed(anchor), MASK, ..., MASK] for every anchor (``slots`` = S, or fewer at inference)."""
@@ -253,11 +310,24 @@ class ParallelHead(L.LightningModule, Drafter):
             return conditioned.packed_hidden(self, input_ids, taps, anchors)
         b, t = input_ids.shape
         s = self.config.block_size
-        ctx_kv = self.net.context_kv(taps, torch.arange(t, device=input_ids.device).expand(b, t))
-        emb = self.block_embeddings(input_ids.gather(1, anchors), s).flatten(1, 2)  # [B, A*S, H]
+        ctx = self.net.fuse_taps(taps)  # [B, T, H_d]
+        ctx_kv = self.net.project_context(ctx, torch.arange(t, device=input_ids.device).expand(b, t))
+        emb = self.block_embeddings(input_ids.gather(1, anchors), s)  # [B, A, S, H]
+        direct = self.packed_direct(emb[:, :, 0], ctx, anchors, s)
+        emb = emb.flatten(1, 2)  # [B, A*S, H]
         mask = packed_block_mask(anchors, t, s, self.causal, emb.dtype)  # [B, 1, A*S, T + A*S]
-        hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask)  # [B, A*S, H]
+        hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct)  # [B, A*S, H]
         return hidden.view(b, anchors.shape[1], s, -1)
+
+    def packed_direct(self, anchor_emb: Float[Tensor, "B A H"], ctx: Float[Tensor, "B T Hd"],
+                      anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B AS Hd"]]:
+        """The direct path's term for every packed slot: block a reads context row a-1 (none for a = 0)."""
+        if self.net.direct is None:
+            return None
+        rows = (anchors - 1).clamp_min(0)[..., None].expand(*anchors.shape, ctx.shape[-1])  # [B, A, H_d]
+        last = ctx.gather(1, rows) * (anchors > 0)[..., None].to(ctx.dtype)
+        d = self.net.direct_input(anchor_emb, last)  # [B, A, H_d]
+        return d[:, :, None].expand(*d.shape[:2], slots, d.shape[-1]).flatten(1, 2)
 
     def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
                 anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 V"]:
@@ -269,6 +339,7 @@ class ParallelHead(L.LightningModule, Drafter):
         """Forget the context K/V of the previous sequence."""
         self._ctx_kv: Optional[list[tuple[Tensor, Tensor]]] = None
         self._ctx_len = 0
+        self._last_ctx: Optional[Tensor] = None  # [1, H_d] the newest context row (direct path)
 
     def _extend_cache(self, taps: Float[Tensor, "T1 F"]) -> None:
         """Project only the context rows that are new since the last round and append them."""
@@ -276,7 +347,10 @@ class ParallelHead(L.LightningModule, Drafter):
         if new.shape[0] == 0 and self._ctx_kv is not None:
             return
         pos = torch.arange(self._ctx_len, taps.shape[0], device=new.device)[None]
-        kv = self.net.context_kv(new[None], pos)  # per layer [1, h_kv, T_new, K]
+        ctx = self.net.fuse_taps(new[None])  # [1, T_new, H_d]
+        if ctx.shape[1]:
+            self._last_ctx = ctx[:, -1]
+        kv = self.net.project_context(ctx, pos)  # per layer [1, h_kv, T_new, K]
         if self._ctx_kv is None:
             self._ctx_kv = kv
         else:
@@ -307,9 +381,17 @@ class ParallelHead(L.LightningModule, Drafter):
         positions = torch.arange(t, t + n, device=dev)[None]
         ancestor = (chain_ancestor if self.causal else full_ancestor)(n, device=dev)
         # The block's K/V exist only inside this call: they are dropped after the round.
-        hidden = self.net(emb, positions, self._ctx_kv, None,
+        hidden = self.net(emb, positions, self._ctx_kv, None, direct=self.round_direct(emb[:, :1], n),
                           attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
-        return self.lm_head(hidden[0, 1: depth + 1])  # [D, V]
+        return self.lm_head(hidden[0, 1: depth + 1])  # [D, V']
+
+    def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int) -> Optional[Float[Tensor, "1 M Hd"]]:
+        """This round's direct-path term (anchor + newest context row), repeated over ``rows`` rows."""
+        if self.net.direct is None:
+            return None
+        last = self._last_ctx if self._last_ctx is not None else anchor_emb.new_zeros(1, self.net.fuse.out_features)
+        d = self.net.direct_input(anchor_emb, last[:, None])  # [1, 1, H_d]
+        return d.expand(1, rows, d.shape[-1])
 
     def draft(self, inp: DraftInput) -> DraftOutput:
         if self.config.conditioned:  # one-pass tree, then one branch-conditioned forward over it
@@ -317,8 +399,8 @@ class ParallelHead(L.LightningModule, Drafter):
         logits = self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth)
         logq = torch.log_softmax(logits.double(), -1)
         top = torch.topk(logq, min(inp.width, logq.shape[-1]), dim=-1)  # sorted descending
-        return DraftOutput(depth_tokens=top.indices.cpu(), depth_logprobs=top.values.float().cpu(),
-                           forwards=1)
+        return DraftOutput(depth_tokens=self.to_target_ids(top.indices).cpu(),
+                           depth_logprobs=top.values.float().cpu(), forwards=1)
 
     # ------------------------------------------------------------------ Lightning
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -393,8 +475,10 @@ class ParallelHead(L.LightningModule, Drafter):
             raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
                              f"load it with {saved.__name__}.from_pretrained")
         training = replace(TrainConfig(**meta.get("training", {})), **training_options)
-        head = saved(target, config=HeadConfig(**meta["config"]), training=training)
-        head.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        state = load_file(str(folder / WEIGHTS_FILE))
+        head = saved(target, config=HeadConfig(**meta["config"]), training=training,
+                     draft_vocab=state.get("vocab.ids"))
+        head.net.load_state_dict(state)
         if dtype is not None:
             head.net.to(dtype)
         return head

@@ -158,9 +158,11 @@ def topk_forward_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "
     top-k labels, and it is 0 only when q puts the teacher's top-k mass where the teacher does.
     """
     dt = torch.promote_types(draft_logits.dtype, torch.float32)
-    logp = torch.log_softmax(top_values.to(dt), -1)  # [M, k]
+    logp = torch.log_softmax(top_values.to(dt), -1)  # [M, k]; -inf entries (masked tokens) get p = 0
     logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [M, k]
-    return (logp.exp() * (logp - logq)).sum(-1)
+    # A row with no unmasked token has NaN log p: p = 0 there keeps NaN out of the gradient too.
+    p = torch.nan_to_num(logp.exp(), nan=0.0)
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
 def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_tokens: Int[Tensor, " M"],
@@ -169,7 +171,8 @@ def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_token
     """Per-slot loss of the configured kind (no weighting, no reduction)."""
     if cfg.loss == "ce":
         dt = torch.promote_types(draft_logits.dtype, torch.float32)
-        return F.cross_entropy(draft_logits.to(dt), data_tokens, reduction="none")
+        # -1: a data token outside a reduced draft vocabulary (no loss; its weight is 0 too).
+        return F.cross_entropy(draft_logits.to(dt), data_tokens, reduction="none", ignore_index=-1)
     if top_values is not None:
         return topk_forward_kl(top_values, top_indices, draft_logits)
     return forward_kl(teacher_logits, draft_logits)
@@ -330,6 +333,42 @@ class TeacherCache:
             self.index[int(i)] = path
 
 
+def fill_teacher_cache(model: torch.nn.Module, datasets: Sequence, tap_layers: Sequence[int], topk: int,
+                       folder: str | os.PathLike, batch_size: int = 4, pad_id: int = 0, shard: int = 0,
+                       num_shards: int = 1, progress: bool = True) -> int:
+    """Run the teacher over datasets of a ``TokenDataModule`` into a ``TeacherCache``; returns rows done.
+
+    Resumable (rows already cached are skipped) and splittable: process ``shard`` of
+    ``num_shards`` takes the rows whose index is ``shard`` modulo ``num_shards``, so two 1-thread processes fill one cache
+    on two cores. Training then reads every step's teacher from disk: the target forward, which
+    is most of a step's cost on CPU, is paid once for all epochs, seeds and head variants.
+    """
+    from jetspec.data import collate
+
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in 0..{num_shards - 1}, got {shard}")
+    cache = TeacherCache(folder, tap_layers, topk, rank=shard)
+    teacher = Teacher(model, tap_layers, topk)
+    # Shares split by row index, so processes started at different times never overlap.
+    todo = [(ds, i) for ds in datasets for i in range(len(ds))
+            if ds.indices[i] % num_shards == shard and ds.indices[i] not in cache.index]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"teacher cache {shard}/{num_shards}", unit="row")
+    dev = next(model.parameters()).device
+    for start in range(0, len(todo), batch_size):
+        batch = collate([ds[i] for ds, i in todo[start: start + batch_size]], pad_id)
+        out = teacher(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+        cache.put(batch["index"].tolist(), batch["lengths"].tolist(), out)
+        if bar is not None:
+            bar.update(batch["index"].numel())
+    if bar is not None:
+        bar.close()
+    return len(todo)
+
+
 # ---------------------------------------------------------------------------------------- steps
 # The LightningModule's steps, as functions of a parallel head (duck-typed: the core does not
 # import drafters). ``head`` provides: config, train_config, causal, target_model, packed_hidden,
@@ -378,14 +417,23 @@ def slot_batch(head, batch: dict, epoch: int) -> SlotBatch:
     rows = rows.clamp(max=ids.shape[1] - 1)  # unsupervised slots may point past the end
     bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
     b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
-    logits = head.lm_head(hidden[:, :, 1:][ok])  # [M, V]: the lm_head only where there is a label
-    losses = slot_losses(cfg, logits, ids[b_ok, r_ok + 1],
-                         teacher.logits[b_ok, r_ok] if teacher.logits is not None else None,
-                         teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None,
-                         teacher.top_indices[b_ok, r_ok] if teacher.top_indices is not None else None)
+    logits = head.lm_head(hidden[:, :, 1:][ok])  # [M, V']: the lm_head only where there is a label
+    data = ids[b_ok, r_ok + 1]
+    t_logits = teacher.logits[b_ok, r_ok] if teacher.logits is not None else None
+    t_values = teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None
+    t_indices = teacher.top_indices[b_ok, r_ok] if teacher.top_indices is not None else None
+    vocab = getattr(head, "draft_vocab", None)
+    row_ok = None
+    if vocab is not None:  # compare on the draft vocabulary only (drafters/draft_vocab.py)
+        data, t_logits, t_values, t_indices, row_ok = vocab.restrict_teacher(data, t_logits, t_values, t_indices)
+        row_ok = row_ok & (data >= 0) if cfg.loss == "ce" else row_ok
+    losses = slot_losses(cfg, logits, data, t_logits, t_values, t_indices)
     weights = depth_weights(s - 1, cfg.decay_gamma, ids.device).expand(rows.shape)[ok].to(losses.dtype)
+    if row_ok is not None:
+        losses = torch.where(row_ok, losses, torch.zeros_like(losses))
+        weights = weights * row_ok.to(weights.dtype)
     draft_top1 = torch.full(rows.shape, -1, dtype=torch.long, device=ids.device)
-    draft_top1[ok] = logits.argmax(-1)
+    draft_top1[ok] = head.to_target_ids(logits.argmax(-1)) if vocab is not None else logits.argmax(-1)
     return SlotBatch(losses, weights, draft_top1, teacher.top1()[bidx, rows], ok)
 
 

@@ -86,6 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logger", choices=("csv", "tensorboard"), default="csv")
     p.add_argument("--save-dtype", choices=DTYPES, default="float32", help="dtype of the saved head weights")
     p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
+    p.add_argument("--data-seed", type=int, default=_default(TokenDataModule, "seed"),
+                   help="seed of the train/val split and of the shuffling (kept apart from --seed so "
+                   "runs with several seeds see identical data)")
+    p.add_argument("--cache-only", default=None, metavar="I/N",
+                   help="only fill --teacher-cache (share I of N: run N processes, 1 thread each) and exit")
     p.set_defaults(func=run)
 
 
@@ -111,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_target(args.target)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     dm = TokenDataModule.from_path(args.data, tok, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                                   max_length=args.max_length, pad_id=pad, seed=args.seed)
+                                   max_length=args.max_length, pad_id=pad, seed=args.data_seed)
+    if args.cache_only:
+        return _fill_cache(args, model, dm, pad)
     if args.head == "eagle":
         # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
         # and always works at the target's width.
@@ -147,4 +154,21 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_global_zero:
         folder = head.save_pretrained(out / "head", dtype=getattr(torch, args.save_dtype), state_dict=state)
         print(f"saved {type(head).__name__} to {folder} after {trainer.global_step} steps")
+    return 0
+
+
+def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:
+    from jetspec.drafters.parallel_head import default_tap_layers
+    from jetspec.training import fill_teacher_cache
+
+    if args.teacher_cache is None or args.kl_topk is None:
+        raise SystemExit("--cache-only needs --teacher-cache and --kl-topk")
+    try:
+        shard, num = (int(x) for x in args.cache_only.split("/"))
+    except ValueError:
+        raise SystemExit(f"--cache-only takes I/N (e.g. 0/2), got {args.cache_only!r}") from None
+    taps = args.tap_layers or default_tap_layers(model.config.num_hidden_layers)
+    n = fill_teacher_cache(model, [dm.train_set, dm.val_set], taps, args.kl_topk, args.teacher_cache,
+                           batch_size=args.batch_size, pad_id=pad, shard=shard, num_shards=num)
+    print(f"teacher cache {args.teacher_cache}: {n} rows added by share {shard}/{num}")
     return 0

@@ -97,11 +97,16 @@ def test_options_and_errors(targets):
 # ------------------------------------------------------------------------------ equivalences
 @settings(deadline=None, max_examples=12)
 @given(cls=st.sampled_from(HEADS), family=st.sampled_from(["llama", "qwen3"]), block=st.integers(2, 6),
-       mask_token=st.booleans(), seed=st.integers(0, 2**16))
-def test_packed_training_forward_equals_drafting_forward(targets, cls, family, block, mask_token, seed):
+       mask_token=st.booleans(), direct=st.booleans(), reduced=st.booleans(), seed=st.integers(0, 2**16))
+def test_packed_training_forward_equals_drafting_forward(targets, cls, family, block, mask_token, direct,
+                                                          reduced, seed):
     target = targets[family]
     torch.manual_seed(seed)
-    head = cls(target, block_size=block, mask_token_id=7 if mask_token else None)
+    vocab = torch.randperm(64)[:24] if reduced else None
+    head = cls(target, block_size=block, mask_token_id=7 if mask_token else None, direct_path=direct,
+               draft_vocab=vocab)
+    if direct:  # it starts at zero (= the paper's design); make it matter
+        torch.nn.init.normal_(head.net.direct.weight, std=0.3)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 64, (2, 14), generator=gen)
     taps = taps_of(target, head, ids)

@@ -1,0 +1,155 @@
+"""Replay: the exact greedy tau of a drafter, without running the target once per round.
+
+Greedy speculative decoding is lossless, so the tokens it commits are the target's greedy
+continuation, known in advance once plain decoding has produced it. What a round accepts depends
+only on the committed prefix: the drafter sees tokens x[0..a] and the target's tapped features of
+x[0..a-1], builds its tree, and the target accepts the longest root path that spells
+x[a+1], x[a+2], ... . Replay walks a *reference* sequence (prompt + the target's greedy answer)
+round by round exactly like that, with the taps of one teacher forward over the whole sequence.
+
+The accepted lengths it returns are the ones ``SpeculativeDecoder.generate`` would report on that
+prompt (a test checks equality in float64), at the cost of the drafter's forwards only: it is how
+training curves and the seed-level causal-vs-bidirectional comparison measure tau on CPU. Its
+only assumption is the one greedy equality already needs: no exact ties in the target's argmax.
+
+Shapes: T tokens of a reference sequence, F = k*H tap features, N tree nodes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from jetspec.interfaces import Drafter, TreeBuilder
+from jetspec.types import DraftInput, DraftTree
+
+
+@dataclass
+class Reference:
+    """A prompt and the target's greedy continuation of it (plain decoding, no drafting)."""
+
+    input_ids: list[int]  # prompt + greedy response
+    response_start: int  # index of the first generated token
+    set: str = "default"
+
+    def to_row(self) -> dict:
+        return {"input_ids": self.input_ids, "response_start": self.response_start, "set": self.set}
+
+
+def make_references(target, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    sets: Optional[Sequence[str]] = None, eos_token_id=None,
+                    progress: bool = True) -> list[Reference]:
+    """Greedy continuations of ``prompts`` (token ids) by plain decoding in jetspec's harness."""
+    from jetspec.decoding import autoregressive_generate
+
+    rows = []
+    it = enumerate(prompts)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(prompts), desc="references", unit="prompt")
+    for i, ids in it:
+        res = autoregressive_generate(target, torch.tensor([list(ids)]), max_new_tokens,
+                                      eos_token_id=eos_token_id)
+        rows.append(Reference(res.sequences[0].tolist(), len(ids), sets[i] if sets else "default"))
+    return rows
+
+
+def greedy_accept(tree: DraftTree, truth: Sequence[int]) -> list[int]:
+    """Nodes of the longest root path whose tokens equal ``truth[0], truth[1], ...``.
+
+    This is the greedy verifier's verdict when the target's argmax after the committed prefix is
+    ``truth`` (the reference continuation); siblings hold distinct tokens, so the path is unique.
+    """
+    kids = tree.children()
+    toks = tree.tokens.tolist()
+    node, path = 0, []
+    for want in truth:
+        nxt = next((c for c in kids[node] if toks[c] == want), None)
+        if nxt is None:
+            break
+        path.append(nxt)
+        node = nxt
+    return path
+
+
+def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, " T"], response_start: int,
+                    taps: Optional[Tensor] = None, max_new_tokens: Optional[int] = None) -> list[int]:
+    """Committed tokens per round (accepted drafts + 1) of greedy decoding along a reference.
+
+    ``taps``: [T, F] target features of every token (needed iff ``drafter.tap_layers``).
+    ``max_new_tokens`` cuts the walk like ``generate(max_new_tokens=...)`` would.
+    """
+    tokens = tokens.cpu()
+    end = tokens.shape[0] if max_new_tokens is None else min(tokens.shape[0], response_start + max_new_tokens)
+    if not 1 <= response_start < end:
+        raise ValueError(f"response_start {response_start} must leave at least one token to replay "
+                         f"(sequence of {tokens.shape[0]} tokens)")
+    if drafter.tap_layers and (taps is None or taps.shape[0] < end - 1):
+        raise ValueError("this drafter reads target taps: pass the [T, F] taps of the reference")
+    a, r, lengths = response_start - 1, 0, []
+    while a + 1 < end:
+        inp = DraftInput(tokens=tokens[: a + 1], depth=builder.depth, width=builder.width, budget=builder.budget,
+                         taps=None if not drafter.tap_layers else taps[:a], round_index=r)
+        tree = builder.build(drafter.draft(inp), int(tokens[a]))
+        path = greedy_accept(tree, tokens[a + 1: end].tolist())
+        n = min(len(path) + 1, end - a - 1)  # the bonus token, unless the reference ends first
+        lengths.append(n)
+        a += n
+        r += 1
+    return lengths
+
+
+@dataclass
+class ReplayReport:
+    """Per-sequence replay results and their summary."""
+
+    lengths: list[list[int]] = field(default_factory=list)  # committed tokens per round, per sequence
+    sets: list[str] = field(default_factory=list)
+
+    def taus(self) -> list[float]:
+        return [sum(x) / len(x) for x in self.lengths]
+
+    def pooled_tau(self, set_name: Optional[str] = None) -> float:
+        """Total tokens / total rounds (the benchmark's convention), over one set or all."""
+        rows = [x for x, s in zip(self.lengths, self.sets) if set_name in (None, s)]
+        rounds = sum(len(x) for x in rows)
+        return sum(sum(x) for x in rows) / rounds if rounds else float("nan")
+
+
+def replay(drafter: Drafter, builder: TreeBuilder, references: Iterable[Reference | dict], model=None,
+           max_new_tokens: Optional[int] = None) -> ReplayReport:
+    """Replay every reference; ``model`` (the target) supplies taps when the drafter reads them."""
+    from jetspec.training import Teacher
+
+    teacher = Teacher(model, drafter.tap_layers) if drafter.tap_layers else None
+    if teacher is not None and model is None:
+        raise ValueError("this drafter reads target taps: pass the target model")
+    report = ReplayReport()
+    for ref in references:
+        ref = Reference(**ref) if isinstance(ref, dict) else ref
+        ids = torch.tensor(ref.input_ids, dtype=torch.long)
+        taps = None
+        if teacher is not None:
+            dev = next(model.parameters()).device
+            taps = teacher(ids[None].to(dev)).taps[0].cpu()
+        report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, taps, max_new_tokens))
+        report.sets.append(ref.set)
+    return report
+
+
+def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation confidence interval (z * s / sqrt(n))."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = statistics.fmean(values)
+    if n == 1:
+        return mean, float("nan")
+    return mean, z * statistics.stdev(values) / math.sqrt(n)
