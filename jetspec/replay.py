@@ -123,24 +123,36 @@ class ReplayReport:
         return sum(sum(x) for x in rows) / rounds if rounds else float("nan")
 
 
-def replay(drafter: Drafter, builder: TreeBuilder, references: Iterable[Reference | dict], model=None,
-           max_new_tokens: Optional[int] = None) -> ReplayReport:
-    """Replay every reference; ``model`` (the target) supplies taps when the drafter reads them."""
+def reference_taps(model, tap_layers: Sequence[int], references: Sequence[Reference]) -> list[Tensor]:
+    """The [T, F] taps of every reference (one teacher forward each); reuse them across evaluations."""
     from jetspec.training import Teacher
 
-    teacher = Teacher(model, drafter.tap_layers) if drafter.tap_layers else None
-    if teacher is not None and model is None:
-        raise ValueError("this drafter reads target taps: pass the target model")
+    teacher = Teacher(model, tap_layers)
+    dev = next(model.parameters()).device
+    return [teacher(torch.tensor([r.input_ids], device=dev)).taps[0].cpu() for r in references]
+
+
+def as_references(rows: Iterable[Reference | dict]) -> list[Reference]:
+    keys = ("input_ids", "response_start", "set")
+    return [r if isinstance(r, Reference) else Reference(**{k: r[k] for k in keys if k in r}) for r in rows]
+
+
+def replay(drafter: Drafter, builder: TreeBuilder, references: Iterable[Reference | dict], model=None,
+           taps: Optional[Sequence[Tensor]] = None, max_new_tokens: Optional[int] = None) -> ReplayReport:
+    """Replay every reference. A drafter that reads taps needs ``taps`` (from ``reference_taps``) or
+    the target ``model`` to compute them."""
+    refs = as_references(references)
+    if drafter.tap_layers and taps is None:
+        if model is None:
+            raise ValueError("this drafter reads target taps: pass the target model or the references' taps")
+        taps = reference_taps(model, drafter.tap_layers, refs)
     report = ReplayReport()
-    for ref in references:
-        ref = Reference(**ref) if isinstance(ref, dict) else ref
-        ids = torch.tensor(ref.input_ids, dtype=torch.long)
-        taps = None
-        if teacher is not None:
-            dev = next(model.parameters()).device
-            taps = teacher(ids[None].to(dev)).taps[0].cpu()
-        report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, taps, max_new_tokens))
-        report.sets.append(ref.set)
+    with torch.no_grad():
+        for i, ref in enumerate(refs):
+            ids = torch.tensor(ref.input_ids, dtype=torch.long)
+            t = taps[i] if drafter.tap_layers else None
+            report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, t, max_new_tokens))
+            report.sets.append(ref.set)
     return report
 
 

@@ -64,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-size", type=int, default=_default(HeadConfig, "hidden_size"))
     p.add_argument("--mask-token-id", type=int, default=_default(HeadConfig, "mask_token_id"),
                    help="embed MASK as this token (default: a learned mask embedding)")
+    p.add_argument("--draft-vocab", type=int, default=_default(HeadConfig, "draft_vocab_size"), metavar="V'",
+                   help="score only the V' most frequent response tokens of the training data (default: all)")
+    p.add_argument("--vocab-data", default=None,
+                   help="count --draft-vocab frequencies on this data instead of the training split "
+                   "(same formats as --data; a larger sample of the target's text gives a better vocabulary)")
+    p.add_argument("--direct-path", action="store_true",
+                   help="add the anchor embedding and the last context row to every block slot")
     # Optimisation and loss (TrainConfig).
     p.add_argument("--lr", type=float, default=_default(TrainConfig, "lr"))
     p.add_argument("--weight-decay", type=float, default=_default(TrainConfig, "weight_decay"))
@@ -89,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", type=int, default=_default(TokenDataModule, "seed"),
                    help="seed of the train/val split and of the shuffling (kept apart from --seed so "
                    "runs with several seeds see identical data)")
+    p.add_argument("--eval-data", default=None,
+                   help="replay references (jsonl: input_ids, response_start, set) for the tau curve")
+    p.add_argument("--eval-every", type=int, default=100, help="replay tau every N steps (with --eval-data)")
+    p.add_argument("--eval-budgets", type=_int_list, default=(16,), help="comma-separated tree budgets")
+    p.add_argument("--eval-tokens", type=int, default=None, help="replay only the first N answer tokens")
     p.add_argument("--cache-only", default=None, metavar="I/N",
                    help="only fill --teacher-cache (share I of N: run N processes, 1 thread each) and exit")
     p.set_defaults(func=run)
@@ -119,12 +131,15 @@ def run(args: argparse.Namespace) -> int:
                                    max_length=args.max_length, pad_id=pad, seed=args.data_seed)
     if args.cache_only:
         return _fill_cache(args, model, dm, pad)
+    if args.head == "eagle" and (args.draft_vocab or args.direct_path):
+        raise SystemExit("--draft-vocab and --direct-path are parallel-head options (jetspec, dflash)")
     if args.head == "eagle":
         # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
         # and always works at the target's width.
         arch = dict(ttt_steps=args.block_size - 1)
     else:
-        arch = dict(block_size=args.block_size, hidden_size=args.hidden_size, mask_token_id=args.mask_token_id)
+        arch = dict(block_size=args.block_size, hidden_size=args.hidden_size, mask_token_id=args.mask_token_id,
+                    direct_path=args.direct_path, draft_vocab=_draft_vocab(args, model, tok, dm))
     head = DRAFTERS[args.head](
         model, num_layers=args.num_layers, tap_layers=args.tap_layers, **arch, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
@@ -144,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = L.Trainer(max_steps=args.max_steps, max_time=args.max_time, accelerator=args.accelerator,
                         devices=_devices(args.devices), strategy=args.strategy, precision=args.precision,
                         gradient_clip_val=args.grad_clip, logger=logger,
-                        callbacks=[ckpt, LearningRateMonitor("step")],
+                        callbacks=[ckpt, LearningRateMonitor("step")] + _tau_curve(args, out),
                         log_every_n_steps=min(50, args.max_steps), **val)
     resume = args.resume
     if resume == "last":
@@ -172,3 +187,32 @@ def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:
                            batch_size=args.batch_size, pad_id=pad, shard=shard, num_shards=num)
     print(f"teacher cache {args.teacher_cache}: {n} rows added by share {shard}/{num}")
     return 0
+
+
+def _draft_vocab(args: argparse.Namespace, model, tok, dm):
+    """The --draft-vocab most frequent response tokens of the training split (EOS always in)."""
+    if not args.draft_vocab:
+        return None
+    from jetspec.drafters.draft_vocab import coverage, frequent_tokens, token_counts
+    from jetspec.prompts import eos_ids
+
+    from jetspec.data import TokenDataModule
+
+    source = dm.train_set.examples
+    if args.vocab_data:
+        source = TokenDataModule.from_path(args.vocab_data, tok, val_fraction=0.0).train_set.examples
+    counts = token_counts(source, model.get_output_embeddings().weight.shape[0])
+    ids = frequent_tokens(counts, args.draft_vocab, always=eos_ids(tok, model))
+    print(f"draft vocabulary: {ids.numel()} ids cover {coverage(counts, ids):.2%} of the counted responses")
+    return ids
+
+
+def _tau_curve(args: argparse.Namespace, out) -> list:
+    if not args.eval_data:
+        return []
+    from jetspec.callbacks import TauCurve
+    from jetspec.prompts import read_jsonl
+
+    refs = list(read_jsonl(args.eval_data))
+    return [TauCurve(refs, budgets=args.eval_budgets, every_n_steps=args.eval_every,
+                     out_file=str(out / "tau_curve.jsonl"), max_new_tokens=args.eval_tokens)]
