@@ -29,11 +29,13 @@ class TauCurve(L.Callback):
         every_n_steps: evaluate every N optimizer steps (and once when training ends).
         out_file: JSON-lines file for the curve (appended); None = logger only.
         max_new_tokens: replay only the first N tokens of each answer (cheaper curves).
+        final_budgets: budgets of the evaluation when training ends (default: ``budgets``).
     """
 
     def __init__(self, references: Sequence[Reference | dict], budgets: Sequence[int] = (16,),
                  every_n_steps: int = 100, width: int = 4, depth: Optional[int] = None,
-                 out_file: Optional[str] = None, max_new_tokens: Optional[int] = None) -> None:
+                 out_file: Optional[str] = None, max_new_tokens: Optional[int] = None,
+                 final_budgets: Optional[Sequence[int]] = None) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if not budgets or min(budgets) < 1:
@@ -42,6 +44,7 @@ class TauCurve(L.Callback):
         if not self.references:
             raise ValueError("TauCurve needs at least one reference")
         self.budgets, self.every, self.width, self.depth = tuple(budgets), every_n_steps, width, depth
+        self.final_budgets = tuple(final_budgets) if final_budgets else self.budgets
         self.out_file = Path(out_file) if out_file else None
         self.max_new_tokens = max_new_tokens
         self.tokens_seen = 0  # real (unpadded) tokens of the batches trained on, all processes
@@ -71,11 +74,11 @@ class TauCurve(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+        if trainer.global_step != self._last_step or self.final_budgets != self.budgets:
+            self.evaluate(trainer, pl_module, self.final_budgets)
 
     # -------------------------------------------------------------- the evaluation
-    def evaluate(self, trainer, pl_module) -> dict:
+    def evaluate(self, trainer, pl_module, budgets: Optional[Sequence[int]] = None) -> dict:
         """Replay the references at every budget; log and append one row."""
         from jetspec.trees import BestFirstBuilder
 
@@ -88,13 +91,15 @@ class TauCurve(L.Callback):
         depth = min(self.depth or pl_module.max_depth, pl_module.max_depth)
         was_training = pl_module.training
         pl_module.eval()
+        budgets = tuple(budgets or self.budgets)
         row = {"step": trainer.global_step, "tokens_seen": self.tokens_seen, "wall_s": round(self._wall(), 1)}
         t0 = time.perf_counter()
         try:
-            for b in self.budgets:
+            for b in budgets:
                 report = replay(pl_module, BestFirstBuilder(budget=b, width=self.width, depth=depth),
                                 self.references, taps=self._taps, max_new_tokens=self.max_new_tokens)
                 row[f"tau_b{b}"] = round(report.pooled_tau(), 4)
+                row[f"taus_b{b}"] = [round(t, 4) for t in report.taus()]  # per reference, for intervals
                 for s in sorted(set(report.sets)):
                     row[f"tau_b{b}_{s}"] = round(report.pooled_tau(s), 4)
         finally:
@@ -103,13 +108,13 @@ class TauCurve(L.Callback):
                 pl_module.reset_cache()
         row["eval_s"] = round(time.perf_counter() - t0, 1)
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"replay/{k}": v for k, v in row.items() if k.startswith("tau")
-                                        or k in ("tokens_seen", "wall_s")}, step=trainer.global_step)
+            trainer.logger.log_metrics({f"replay/{k}": v for k, v in row.items()
+                                        if isinstance(v, (int, float)) and k != "step"}, step=trainer.global_step)
         if self.out_file is not None:
             self.out_file.parent.mkdir(parents=True, exist_ok=True)
             with self.out_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        shown = ["step", "tokens_seen", "wall_s"] + [f"tau_b{b}" for b in self.budgets] + ["eval_s"]
+        shown = ["step", "tokens_seen", "wall_s"] + [f"tau_b{b}" for b in budgets] + ["eval_s"]
         print("tau curve: " + ", ".join(f"{k}={row[k]}" for k in shown), flush=True)
         return row
 

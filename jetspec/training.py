@@ -338,9 +338,9 @@ def fill_teacher_cache(model: torch.nn.Module, datasets: Sequence, tap_layers: S
                        num_shards: int = 1, progress: bool = True) -> int:
     """Run the teacher over datasets of a ``TokenDataModule`` into a ``TeacherCache``; returns rows done.
 
-    Resumable (rows already cached are skipped) and splittable: process ``shard`` of
-    ``num_shards`` takes the rows whose index is ``shard`` modulo ``num_shards``, so two 1-thread processes fill one cache
-    on two cores. Training then reads every step's teacher from disk: the target forward, which
+    Resumable (rows already cached are skipped) and splittable: process ``shard`` of ``num_shards``
+    takes the rows whose index is ``shard`` modulo ``num_shards``, so two 1-thread processes fill
+    one cache on two cores. Training then reads every step's teacher from disk: the target forward, which
     is most of a step's cost on CPU, is paid once for all epochs, seeds and head variants.
     """
     from jetspec.data import collate

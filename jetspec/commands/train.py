@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-data", default=None,
                    help="count --draft-vocab frequencies on this data instead of the training split "
                    "(same formats as --data; a larger sample of the target's text gives a better vocabulary)")
+    p.add_argument("--conditioned", action="store_true",
+                   help="jetspec only: train for and draft with a second, branch-conditioned forward")
     p.add_argument("--direct-path", action="store_true",
                    help="add the anchor embedding and the last context row to every block slot")
     # Optimisation and loss (TrainConfig).
@@ -100,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replay references (jsonl: input_ids, response_start, set) for the tau curve")
     p.add_argument("--eval-every", type=int, default=100, help="replay tau every N steps (with --eval-data)")
     p.add_argument("--eval-budgets", type=_int_list, default=(16,), help="comma-separated tree budgets")
+    p.add_argument("--eval-final-budgets", type=_int_list, default=None,
+                   help="budgets of the last replay, when training ends (default: --eval-budgets)")
     p.add_argument("--eval-tokens", type=int, default=None, help="replay only the first N answer tokens")
     p.add_argument("--cache-only", default=None, metavar="I/N",
                    help="only fill --teacher-cache (share I of N: run N processes, 1 thread each) and exit")
@@ -131,15 +135,16 @@ def run(args: argparse.Namespace) -> int:
                                    max_length=args.max_length, pad_id=pad, seed=args.data_seed)
     if args.cache_only:
         return _fill_cache(args, model, dm, pad)
-    if args.head == "eagle" and (args.draft_vocab or args.direct_path):
-        raise SystemExit("--draft-vocab and --direct-path are parallel-head options (jetspec, dflash)")
+    if args.head == "eagle" and (args.draft_vocab or args.direct_path or args.conditioned):
+        raise SystemExit("--draft-vocab, --direct-path and --conditioned are parallel-head options")
     if args.head == "eagle":
         # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
         # and always works at the target's width.
         arch = dict(ttt_steps=args.block_size - 1)
     else:
         arch = dict(block_size=args.block_size, hidden_size=args.hidden_size, mask_token_id=args.mask_token_id,
-                    direct_path=args.direct_path, draft_vocab=_draft_vocab(args, model, tok, dm))
+                    direct_path=args.direct_path, conditioned=args.conditioned,
+                    draft_vocab=_draft_vocab(args, model, tok, dm))
     head = DRAFTERS[args.head](
         model, num_layers=args.num_layers, tap_layers=args.tap_layers, **arch, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
@@ -193,10 +198,9 @@ def _draft_vocab(args: argparse.Namespace, model, tok, dm):
     """The --draft-vocab most frequent response tokens of the training split (EOS always in)."""
     if not args.draft_vocab:
         return None
+    from jetspec.data import TokenDataModule
     from jetspec.drafters.draft_vocab import coverage, frequent_tokens, token_counts
     from jetspec.prompts import eos_ids
-
-    from jetspec.data import TokenDataModule
 
     source = dm.train_set.examples
     if args.vocab_data:
@@ -215,4 +219,5 @@ def _tau_curve(args: argparse.Namespace, out) -> list:
 
     refs = list(read_jsonl(args.eval_data))
     return [TauCurve(refs, budgets=args.eval_budgets, every_n_steps=args.eval_every,
-                     out_file=str(out / "tau_curve.jsonl"), max_new_tokens=args.eval_tokens)]
+                     out_file=str(out / "tau_curve.jsonl"), max_new_tokens=args.eval_tokens,
+                     final_budgets=args.eval_final_budgets)]

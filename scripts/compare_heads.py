@@ -1,0 +1,146 @@
+"""Seed-level comparison of head variants: same data, same steps, several seeds, replay tau with intervals.
+
+    python scripts/compare_heads.py --out runs/compare --data runs/data/train_v2.jsonl \
+        --refs runs/data/dev_refs.jsonl --teacher-cache runs/v2/teacher_cache \
+        --variant jetspec:--head=jetspec --variant dflash:--head=dflash --seeds 0,1,2 --steps 300 \
+        -- --draft-vocab 8192 --vocab-data runs/data/vocab_counts.jsonl
+
+Every (variant, seed) is one ``jetspec train`` run (``--data-seed 0`` for all, so the split and the
+batch order are identical; ``--seed`` changes the initialisation and the anchors). Runs go
+``--parallel`` at a time, one thread each, and a finished run is never redone (rerun to resume).
+Each run replays the references at the end (``TauCurve``), also every ``--eval-every`` steps for
+the tau curve. The report (``OUT/report.md`` and ``report.json``) gives, per variant and budget,
+the mean pooled tau over seeds with a 95% Student-t interval over seeds, and for every pair of
+variants the paired difference: over seeds (the run-to-run noise) and over prompts (averaged over
+seeds first; what the prompt sample leaves uncertain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+from jetspec.callbacks import load_curve
+from jetspec.replay import mean_ci
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, flags = text.partition(":")
+    return name, [f for f in flags.split(",") if f]
+
+
+def train_command(a, name: str, flags: list[str], seed: int, extra: list[str]) -> list[str]:
+    run = Path(a.out) / f"{name}-s{seed}"
+    cmd = [sys.executable, "-m", "jetspec.cli", "train", "--target", a.target, "--data", a.data, "--out", str(run),
+           "--max-steps", str(a.steps), "--seed", str(seed), "--data-seed", "0", "--eval-data", a.refs,
+           "--eval-every", str(a.eval_every), "--eval-budgets", a.curve_budgets,
+           "--eval-final-budgets", a.budgets, "--logger", "csv",
+           "--checkpoint-every", str(a.steps), "--teacher-cache", a.teacher_cache, "--kl-topk", "64"]
+    flag_args = [part for f in flags for part in f.split("=", 1)]
+    return cmd + flag_args + extra
+
+
+def run_all(a, variants, extra) -> None:
+    jobs = [(n, f, s) for n, f in variants for s in a.seeds]
+    pending = [j for j in jobs if not (Path(a.out) / f"{j[0]}-s{j[2]}" / "head" / "config.json").exists()]
+    running: list[tuple[subprocess.Popen, str]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    while pending or running:
+        while pending and len(running) < a.parallel:
+            name, flags, seed = pending.pop(0)
+            run = Path(a.out) / f"{name}-s{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            log = open(run / "train.log", "a")
+            cmd = train_command(a, name, flags, seed, extra)
+            (run / "cmd.txt").write_text(" ".join(cmd) + "\n")
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), str(run)))
+            print(f"started {run}", flush=True)
+        time.sleep(5)
+        for proc, run in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, run))
+                print(f"finished {run} (exit {proc.returncode})", flush=True)
+
+
+def final_row(run: Path) -> dict:
+    rows = load_curve(run / "tau_curve.jsonl")
+    return rows[-1]
+
+
+def report(a, variants) -> dict:
+    budgets = [int(b) for b in a.budgets.split(",")]
+    out: dict = {"steps": a.steps, "seeds": a.seeds, "budgets": budgets, "variants": {}, "pairs": {}}
+    per_ref: dict = {}
+    for name, _ in variants:
+        finals = [final_row(Path(a.out) / f"{name}-s{s}") for s in a.seeds]
+        v = out["variants"][name] = {}
+        for b in budgets:
+            mean, half = mean_ci([f[f"tau_b{b}"] for f in finals])
+            sets = sorted({k.split("_", 2)[2] for f in finals for k in f if k.startswith(f"tau_b{b}_")})
+            v[b] = {"mean": mean, "ci": half, "per_seed": [f[f"tau_b{b}"] for f in finals],
+                    "sets": {s: mean_ci([f[f"tau_b{b}_{s}"] for f in finals]) for s in sets}}
+            per_ref[(name, b)] = [f[f"taus_b{b}"] for f in finals]
+    for (x, _), (y, _) in combinations(variants, 2):
+        for b in budgets:
+            seeds_x, seeds_y = per_ref[(x, b)], per_ref[(y, b)]
+            by_seed = [out["variants"][x][b]["per_seed"][i] - out["variants"][y][b]["per_seed"][i]
+                       for i in range(len(a.seeds))]
+            n_ref = len(seeds_x[0])
+            by_prompt = [sum(sx[j] - sy[j] for sx, sy in zip(seeds_x, seeds_y)) / len(seeds_x) for j in range(n_ref)]
+            out["pairs"][f"{x} - {y} @ {b}"] = {"over_seeds": mean_ci(by_seed), "over_prompts": mean_ci(by_prompt),
+                                                "prompts_better": sum(d > 0 for d in by_prompt),
+                                                "prompts_worse": sum(d < 0 for d in by_prompt), "prompts": n_ref}
+    return out
+
+
+def markdown(rep: dict) -> str:
+    lines = [f"Replay tau (greedy, best-first trees, width 4), {rep['steps']} steps, seeds {rep['seeds']}: "
+             "mean over seeds +- 95% Student-t half-width over seeds.", "",
+             "| variant | " + " | ".join(f"budget {b}" for b in rep["budgets"]) + " |",
+             "|---|" + "---|" * len(rep["budgets"])]
+    for name, v in rep["variants"].items():
+        cells = [f"{v[b]['mean']:.3f} +- {v[b]['ci']:.3f}" for b in rep["budgets"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (first minus second): over seeds, and over prompts after averaging seeds.", "",
+              "| pair @ budget | over seeds | over prompts | prompts better / worse |", "|---|---|---|---|"]
+    for key, p in rep["pairs"].items():
+        (ms, hs), (mp, hp) = p["over_seeds"], p["over_prompts"]
+        lines.append(f"| {key} | {ms:+.3f} +- {hs:.3f} | {mp:+.3f} +- {hp:.3f} | "
+                     f"{p['prompts_better']} / {p['prompts_worse']} of {p['prompts']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--data", required=True)
+    p.add_argument("--refs", required=True, help="replay references (scripts/make_references.py)")
+    p.add_argument("--teacher-cache", required=True)
+    p.add_argument("--variant", action="append", required=True, metavar="NAME:--flag=value,...")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--budgets", default="8,16,32", help="budgets of the final replay (the report)")
+    p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--report-only", action="store_true")
+    a, extra = p.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    variants = [parse_variant(v) for v in a.variant]
+    if not a.report_only:
+        run_all(a, variants, extra)
+    rep = report(a, variants)
+    Path(a.out, "report.json").write_text(json.dumps(rep, indent=1, default=str))
+    Path(a.out, "report.md").write_text(markdown(rep))
+    print(markdown(rep))
+
+
+if __name__ == "__main__":
+    main()
