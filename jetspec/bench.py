@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import platform
 import time
@@ -191,10 +192,11 @@ class Method:
         return self.drafter if self.budget is None else f"{self.drafter}@{self.budget}"
 
 
-def make_drafter(name: str, model, head_dir: Path):
+def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None):
     """``(drafter, None)`` or ``(None, reason it cannot run here)``.
 
-    Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>``. Other drafters
+    Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>`` (or
+    ``head_dir/<subdir>``); ``label=folder`` loads whatever head ``folder`` holds. Other drafters
     are built from their constructor, which may only ask for ``target`` and ``vocab_size``.
     """
     if "+" in name:
@@ -208,11 +210,21 @@ def make_drafter(name: str, model, head_dir: Path):
                 return None, f"member '{part}': {reason}"
             members.append(drafter)
         return CompositeDrafter(members), None
+    if "=" in name:
+        # "label=folder": a head saved anywhere (an ablation run, say), labelled in the results
+        label, folder = name.split("=", 1)
+        meta = Path(folder) / "config.json"
+        if not meta.is_file():
+            return None, f"{label}: no saved head at {folder}"
+        kind = json.loads(meta.read_text()).get("head")
+        if kind not in DRAFTERS or not hasattr(DRAFTERS[kind], "from_pretrained"):
+            return None, f"{label}: {folder} holds no loadable head ('{kind}')"
+        return make_drafter(kind, model, Path(folder).parent, Path(folder).name)
     if name not in DRAFTERS:
         return None, f"not a registered drafter (known: {', '.join(sorted(DRAFTERS))})"
     cls = DRAFTERS[name]
     if hasattr(cls, "from_pretrained"):
-        folder = head_dir / name
+        folder = head_dir / (subdir or name)
         if not folder.is_dir():
             return None, f"no trained head at {folder}"
         try:
@@ -257,7 +269,8 @@ def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method]
             except ValueError as err:
                 skipped.append({"drafter": name, "reason": str(err)})
                 break
-            methods.append(Method(name, cfg.tree, b, builder.width, depth, target=target, decoder=dec))
+            label = "+".join(part.split("=", 1)[0] for part in name.split("+"))  # "label=folder" -> label
+            methods.append(Method(label, cfg.tree, b, builder.width, depth, target=target, decoder=dec))
     return methods, skipped
 
 

@@ -123,6 +123,20 @@ def test_trained_head_is_loaded_from_the_head_dir(tiny, tmp_path):
     assert [s["drafter"] for s in res["skipped"]] == ["dflash"]  # no dflash folder
 
 
+def test_a_head_folder_can_be_named_and_labelled(tiny, tmp_path):
+    torch.manual_seed(0)
+    head = DRAFTERS["dflash"](tiny, num_layers=1, block_size=4, draft_vocab=torch.arange(0, 64, 2))
+    head.save_pretrained(tmp_path / "runs" / "variant" / "head")
+    spec = f"small={tmp_path / 'runs' / 'variant' / 'head'}"
+    res = run_bench(model=tiny, prompts=PROMPTS[:1], drafters=f"{spec},{spec}+ngram,bad={tmp_path}",
+                    budgets="4", max_new_tokens=6, hf=False, out=str(tmp_path), threads=1, plots=False,
+                    progress=False)
+    names = {r["drafter"] for r in res["rows"] if r["prompt_set"] == "all"}
+    assert {"small", "small+ngram"} <= names
+    assert all(r["matches_ar"] == 1.0 for r in res["rows"] if r["prompt_set"] == "all")
+    assert [s["drafter"] for s in res["skipped"]] == [f"bad={tmp_path}"]
+
+
 def test_cli_flags_come_from_the_config(tiny, tmp_path):
     parser = build_parser()
     args = parser.parse_args(["bench"])

@@ -92,7 +92,8 @@ def test_pooled_tau_and_confidence_interval():
     r = ReplayReport(lengths=[[1, 3], [2, 2, 2]], sets=["a", "b"])
     assert r.taus() == [2.0, 2.0] and r.pooled_tau() == 2.0 and r.pooled_tau("a") == 2.0
     mean, half = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(1.96 / 3 ** 0.5)
+    assert mean == 2.0 and half == pytest.approx(4.303 / 3 ** 0.5)  # s = 1, t_{0.975, 2} = 4.303
+    assert mean_ci([5.0])[1] != mean_ci([5.0])[1]  # nan: no interval from one value
 
 
 def test_tau_curve_callback_logs_tokens_time_and_tau(target, tmp_path):

@@ -15,7 +15,7 @@ from jetspec import SpeculativeDecoder
 from jetspec.data import Example
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.draft_vocab import DraftVocabulary, coverage, frequent_tokens, token_counts
-from jetspec.training import TrainConfig, Teacher, slot_losses, topk_forward_kl
+from jetspec.training import Teacher, TrainConfig, slot_losses, topk_forward_kl
 from jetspec.trees import BestFirstBuilder, ChainBuilder
 
 HEADS = [JetSpecHead, DFlashHead]
