@@ -49,6 +49,7 @@ class TauCurve(L.Callback):
         self.max_new_tokens = max_new_tokens
         self.tokens_seen = 0  # real (unpadded) tokens of the batches trained on, all processes
         self.wall_seconds = 0.0  # training wall time, summed over resumed runs
+        self.history: list[dict] = []  # every row evaluated in this process
         self._taps = None
         self._t0: Optional[float] = None
         self._last_step = -1
@@ -107,6 +108,7 @@ class TauCurve(L.Callback):
             if hasattr(pl_module, "reset_cache"):
                 pl_module.reset_cache()
         row["eval_s"] = round(time.perf_counter() - t0, 1)
+        self.history.append(row)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"replay/{k}": v for k, v in row.items()
                                         if isinstance(v, (int, float)) and k != "step"}, step=trainer.global_step)

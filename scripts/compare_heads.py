@@ -43,7 +43,7 @@ def train_command(a, name: str, flags: list[str], seed: int, extra: list[str]) -
            "--eval-final-budgets", a.budgets, "--logger", "csv",
            "--checkpoint-every", str(a.steps), "--teacher-cache", a.teacher_cache, "--kl-topk", "64"]
     flag_args = [part for f in flags for part in f.split("=", 1)]
-    return cmd + flag_args + extra
+    return cmd + extra + flag_args  # a variant's own flags come last, so they win over the shared ones
 
 
 def run_all(a, variants, extra) -> None:
