@@ -1,0 +1,87 @@
+"""Replay tau of several drafters on one reference set, per prompt set and budget (no target per round).
+
+    python scripts/replay_table.py --refs runs/data/dev_refs.jsonl --budgets 8,16,32 \
+        --drafters "ngram,jetspec=runs/compare/jetspec-s0/head,jetspec=runs/compare/jetspec-s0/head+ngram" \
+        --out runs/replay_table.json
+
+Drafter specs are those of ``jetspec bench`` (registered names, heads from ``--head-dir``,
+``label=folder`` for any saved head, ``a+b`` composites). Greedy, best-first trees of ``--width``
+x ``--depth`` (clamped to what each drafter can draft). Prints a markdown table; ``--out`` keeps the
+per-reference taus as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
+from jetspec.loading import load_target
+from jetspec.prompts import read_jsonl
+from jetspec.replay import as_references, reference_taps, replay
+from jetspec.trees import BestFirstBuilder
+
+
+def split_specs(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--refs", required=True)
+    p.add_argument("--drafters", required=True)
+    p.add_argument("--head-dir", default=str(DEFAULT_HEAD_DIR))
+    p.add_argument("--budgets", default="8,16,32")
+    p.add_argument("--width", type=int, default=4)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
+    model, _ = load_target(a.target)
+    refs = as_references(read_jsonl(a.refs))
+    sets = sorted({r.set for r in refs})
+    budgets = [int(b) for b in a.budgets.split(",")]
+    taps_by_layers: dict = {}
+    results = []
+    for spec in split_specs(a.drafters):
+        drafter, reason = make_drafter(spec, model, Path(a.head_dir))
+        label = "+".join(part.split("=", 1)[0] for part in spec.split("+"))
+        if drafter is None:
+            print(f"skip {spec}: {reason}")
+            continue
+        taps = None
+        if drafter.tap_layers:
+            key = tuple(drafter.tap_layers)
+            if key not in taps_by_layers:
+                taps_by_layers[key] = reference_taps(model, key, refs)
+            taps = taps_by_layers[key]
+        depth = min(a.depth, drafter.max_depth or a.depth)
+        for b in budgets:
+            t0 = time.perf_counter()
+            rep = replay(drafter, BestFirstBuilder(budget=b, width=a.width, depth=depth), refs, taps=taps)
+            row = {"drafter": label, "spec": spec, "budget": b, "tau": rep.pooled_tau(),
+                   **{f"tau_{s}": rep.pooled_tau(s) for s in sets}, "taus": rep.taus(), "sets": rep.sets,
+                   "rounds": sum(len(x) for x in rep.lengths), "seconds": time.perf_counter() - t0}
+            row["draft_ms_per_round"] = 1000 * row["seconds"] / row["rounds"]
+            results.append(row)
+            print(f"{label:28s} b={b:3d} tau {row['tau']:.3f} " +
+                  " ".join(f"{s} {row[f'tau_{s}']:.3f}" for s in sets) +
+                  f"  ({row['draft_ms_per_round']:.1f} ms/round incl. tree)", flush=True)
+    print("\n| drafter | budget | tau (all) | " + " | ".join(sets) + " | draft+tree ms/round |")
+    print("|---|---|---|" + "---|" * len(sets) + "---|")
+    for r in results:
+        print(f"| {r['drafter']} | {r['budget']} | {r['tau']:.3f} | " +
+              " | ".join(f"{r[f'tau_{s}']:.3f}" for s in sets) + f" | {r['draft_ms_per_round']:.1f} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
