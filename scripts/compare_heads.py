@@ -73,12 +73,28 @@ def final_row(run: Path) -> dict:
     return rows[-1]
 
 
+def curve_summary(curves: list[list[dict]], budgets: str) -> list[dict]:
+    """Per logged step: tokens seen, wall time and tau at the curve budgets, mean over seeds."""
+    keys = [f"tau_b{b}" for b in budgets.split(",")]
+    steps = sorted({r["step"] for c in curves for r in c if all(k in r for k in keys)})
+    rows = []
+    for step in steps:
+        at = [r for c in curves for r in c if r["step"] == step and all(k in r for k in keys)]
+        rows.append({"step": step, "tokens_seen": at[0]["tokens_seen"],
+                     "wall_s": sum(r["wall_s"] for r in at) / len(at),
+                     **{k: mean_ci([r[k] for r in at]) for k in keys}})
+    return rows
+
+
 def report(a, variants) -> dict:
     budgets = [int(b) for b in a.budgets.split(",")]
     out: dict = {"steps": a.steps, "seeds": a.seeds, "budgets": budgets, "variants": {}, "pairs": {}}
     per_ref: dict = {}
+    out["curves"] = {}
     for name, _ in variants:
         finals = [final_row(Path(a.out) / f"{name}-s{s}") for s in a.seeds]
+        curves = [load_curve(Path(a.out) / f"{name}-s{s}" / "tau_curve.jsonl") for s in a.seeds]
+        out["curves"][name] = curve_summary(curves, a.curve_budgets)
         v = out["variants"][name] = {}
         for b in budgets:
             mean, half = mean_ci([f[f"tau_b{b}"] for f in finals])
@@ -113,6 +129,13 @@ def markdown(rep: dict) -> str:
         (ms, hs), (mp, hp) = p["over_seeds"], p["over_prompts"]
         lines.append(f"| {key} | {ms:+.3f} +- {hs:.3f} | {mp:+.3f} +- {hp:.3f} | "
                      f"{p['prompts_better']} / {p['prompts_worse']} of {p['prompts']} |")
+    lines += ["", "Tau curve during training (replay, mean over seeds; tokens = training tokens seen, "
+              "wall = training time of one run sharing 2 cores with another):", ""]
+    for name, rows in rep["curves"].items():
+        keys = [k for k in rows[0] if k.startswith("tau_b")] if rows else []
+        cells = "; ".join(f"step {r['step']} ({r['tokens_seen'] / 1000:.0f}k tok, {r['wall_s'] / 60:.0f} min): "
+                          + ", ".join(f"{r[k][0]:.3f}" for k in keys) for r in rows)
+        lines.append(f"- {name}: {cells}")
     return "\n".join(lines) + "\n"
 
 

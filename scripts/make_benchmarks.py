@@ -85,8 +85,7 @@ def render(results: dict[float, dict], args, command: str) -> str:
     out += ["## Setup", "",
             f"- Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch "
             f"thread(s), no GPU; torch {m['torch']}, transformers {m['transformers']}, Python "
-            f"{m['python']}. Load average at the start of the greedy run: {m.get('load_average')} "
-            "(other jobs were running).",
+            f"{m['python']}. Load average at the start of the greedy run: {m.get('load_average')}.",
             f"- Target: `{c['target']}` in fp32, batch 1.",
             f"- Prompts: the held-out dev splits of `scripts/prepare_data.py` ({', '.join(SETS)}), "
             "chat template applied; no head was trained on them.",
@@ -119,6 +118,8 @@ def render(results: dict[float, dict], args, command: str) -> str:
                     ""]
         out += [f"Raw results and plots: `{Path(res['config']['out'])}/` (results.json, runs.jsonl, "
                 "tau_vs_budget.png, tokens_per_s_vs_budget.png, depth_acceptance.png).", ""]
+    for path in args.include or []:  # sections written by other scripts (head comparison, replay tables)
+        out += [Path(path).read_text().rstrip(), ""]
     return "\n".join(out)
 
 
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"default: {defaults.max_new_tokens}; --quick: {QUICK['max_new_tokens']}")
     p.add_argument("--repeats", type=int, default=defaults.repeats)
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--include", action="append", default=None, metavar="MD",
+                   help="append this Markdown file (e.g. the report of scripts/compare_heads.py); repeatable")
     args = p.parse_args(argv)
 
     limit = args.limit if args.limit is not None else (QUICK["limit"] if args.quick else None)
