@@ -5,8 +5,9 @@
 # forward) and tokens/s change with the tree budget for the three learned heads shipped with
 # jetspec (JetSpec causal parallel, DFlash-style bidirectional, EAGLE-style autoregressive), on
 # this machine. The paper's claim: at equal budget the causal head's trees accept longer prefixes,
-# and the gap grows with the budget. Our heads are tiny and briefly trained on a CPU (see
+# and the gap grows with the budget. Our heads are tiny and trained for minutes on a CPU (see
 # `jetspec/assets/heads/MODEL_CARD.md`), so read the numbers as a measurement, not a replication.
+# The last row merges the JetSpec head's tree with prompt lookup under the same budget.
 
 # %%
 import matplotlib.pyplot as plt
@@ -15,6 +16,7 @@ import torch
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.bench import DEFAULT_HEAD_DIR
+from jetspec.drafters import CompositeDrafter, NGramDrafter
 from jetspec.prompts import builtin_prompts, chat_ids
 from jetspec.trees import BestFirstBuilder
 
@@ -22,6 +24,8 @@ torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads woul
 model, tok = jetspec.load_target("smollm2-135m-instruct")
 heads = {name: jetspec.DRAFTERS[name].from_pretrained(DEFAULT_HEAD_DIR / name, target=model)
          for name in ("jetspec", "dflash", "eagle")}
+# One tree from the JetSpec head and prompt lookup under one budget (drafters/composite.py).
+heads["jetspec+ngram"] = CompositeDrafter([heads["jetspec"], NGramDrafter()])
 prompts = [torch.tensor([chat_ids(tok, r["prompt"])]) for r in builtin_prompts(["math", "code"])[:2]]
 N_NEW, BUDGETS = 32, [4, 16, 32]
 

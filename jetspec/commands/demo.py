@@ -18,7 +18,7 @@ class DemoConfig:
 
     target: str = "smollm2-135m-instruct"
     head_dir: str | None = None  # default: the heads shipped inside the package
-    drafters: str = "ngram,jetspec,dflash,eagle"
+    drafters: str = "ngram,jetspec,dflash,eagle,jetspec+ngram"
     budgets: str = "16"
     prompts_per_set: int = 1
     max_new_tokens: int = 48
