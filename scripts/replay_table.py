@@ -40,7 +40,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=4)
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="JSON with per-reference taus")
+    p.add_argument("--md", default=None, help="write the Markdown table here (for make_benchmarks --include)")
+    p.add_argument("--title", default="Replay tau per drafter (greedy, held-out references)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
@@ -74,11 +76,17 @@ def main() -> None:
             print(f"{label:28s} b={b:3d} tau {row['tau']:.3f} " +
                   " ".join(f"{s} {row[f'tau_{s}']:.3f}" for s in sets) +
                   f"  ({row['draft_ms_per_round']:.1f} ms/round incl. tree)", flush=True)
-    print("\n| drafter | budget | tau (all) | " + " | ".join(sets) + " | draft+tree ms/round |")
-    print("|---|---|---|" + "---|" * len(sets) + "---|")
+    md = [f"### {a.title}", "",
+          f"{len(refs)} references ({', '.join(sets)}), best-first trees of width {a.width}, depth <= {a.depth}, "
+          f"{a.threads} thread(s); tau pooled over references; draft+tree time per round from the replay.", "",
+          "| drafter | budget | tau (all) | " + " | ".join(sets) + " | draft+tree ms/round |",
+          "|---|---|---|" + "---|" * len(sets) + "---|"]
     for r in results:
-        print(f"| {r['drafter']} | {r['budget']} | {r['tau']:.3f} | " +
-              " | ".join(f"{r[f'tau_{s}']:.3f}" for s in sets) + f" | {r['draft_ms_per_round']:.1f} |")
+        md.append(f"| {r['drafter']} | {r['budget']} | {r['tau']:.3f} | " +
+                  " | ".join(f"{r[f'tau_{s}']:.3f}" for s in sets) + f" | {r['draft_ms_per_round']:.1f} |")
+    print("\n" + "\n".join(md))
+    if a.md:
+        Path(a.md).write_text("\n".join(md) + "\n")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
 
