@@ -115,8 +115,9 @@ def report(a, variants) -> dict:
     return out
 
 
-def markdown(rep: dict) -> str:
-    lines = [f"Replay tau (greedy, best-first trees, width 4), {rep['steps']} steps, seeds {rep['seeds']}: "
+def markdown(rep: dict, title: str) -> str:
+    lines = [f"### {title}", "",
+             f"Replay tau (greedy, best-first trees, width 4), {rep['steps']} steps, seeds {rep['seeds']}: "
              "mean over seeds +- 95% Student-t half-width over seeds.", "",
              "| variant | " + " | ".join(f"budget {b}" for b in rep["budgets"]) + " |",
              "|---|" + "---|" * len(rep["budgets"])]
@@ -154,15 +155,18 @@ def main() -> None:
     p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--title", default="Head variants, several seeds")
+    p.add_argument("--report-name", default=None, help="OUT/<name>.md and .json (default: report)")
     a, extra = p.parse_known_args()
     extra = [e for e in extra if e != "--"]
     variants = [parse_variant(v) for v in a.variant]
     if not a.report_only:
         run_all(a, variants, extra)
     rep = report(a, variants)
-    Path(a.out, "report.json").write_text(json.dumps(rep, indent=1, default=str))
-    Path(a.out, "report.md").write_text(markdown(rep))
-    print(markdown(rep))
+    name = "report" if a.report_name is None else a.report_name
+    Path(a.out, f"{name}.json").write_text(json.dumps(rep, indent=1, default=str))
+    Path(a.out, f"{name}.md").write_text(markdown(rep, a.title))
+    print(markdown(rep, a.title))
 
 
 if __name__ == "__main__":
