@@ -121,9 +121,11 @@ class DraftVocabulary(nn.Module):
     def logits(self, hidden: Float[Tensor, "... H"], lm_head: nn.Module) -> Float[Tensor, "... Vd"]:
         """``lm_head`` restricted to the draft vocabulary (its sliced weight is cached, never trained)."""
         w = lm_head.weight
-        key = (w.data_ptr(), w.device, w.dtype, self.ids.data_ptr(), self.ids._version)
+        key = (w.data_ptr(), w._version, w.device, w.dtype, self.ids.data_ptr(), self.ids._version)
         if key != self._weight_key:
-            self._weight = w.detach()[self.ids.to(w.device)]
+            # A normal tensor even when first built under inference_mode, so training can reuse it.
+            with torch.inference_mode(False):
+                self._weight = w.detach()[self.ids.to(w.device)]
             self._weight_key = key
         bias = getattr(lm_head, "bias", None)
         bias = None if bias is None else bias[self.ids.to(bias.device)]

@@ -389,7 +389,8 @@ class ParallelHead(L.LightningModule, Drafter):
         """This round's direct-path term (anchor + newest context row), repeated over ``rows`` rows."""
         if self.net.direct is None:
             return None
-        last = self._last_ctx if self._last_ctx is not None else anchor_emb.new_zeros(1, self.net.fuse.out_features)
+        last = self._last_ctx if self._last_ctx is not None else self.net.fuse.weight.new_zeros(
+            1, self.net.fuse.out_features)
         d = self.net.direct_input(anchor_emb, last[:, None])  # [1, 1, H_d]
         return d.expand(1, rows, d.shape[-1])
 

@@ -48,7 +48,8 @@ class TauCurve(L.Callback):
         self.out_file = Path(out_file) if out_file else None
         self.max_new_tokens = max_new_tokens
         self.tokens_seen = 0  # real (unpadded) tokens of the batches trained on, all processes
-        self.wall_seconds = 0.0  # training wall time, summed over resumed runs
+        self.wall_seconds = 0.0  # training wall time without these evaluations, summed over resumed runs
+        self._eval_seconds = 0.0
         self.history: list[dict] = []  # every row evaluated in this process
         self._taps = None
         self._t0: Optional[float] = None
@@ -56,17 +57,20 @@ class TauCurve(L.Callback):
 
     # -------------------------------------------------------------- bookkeeping
     def state_dict(self) -> dict:
-        return {"tokens_seen": self.tokens_seen, "wall_seconds": self._wall()}
+        return {"tokens_seen": self.tokens_seen, "wall_seconds": self._wall(), "last_step": self._last_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.wall_seconds = float(state.get("wall_seconds", 0.0))
+        self._last_step = int(state.get("last_step", -1))  # a resumed run does not log a step twice
 
     def _wall(self) -> float:
-        return self.wall_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        if self._t0 is None:
+            return self.wall_seconds
+        return self.wall_seconds + time.perf_counter() - self._t0 - self._eval_seconds
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
+        self._t0, self._eval_seconds = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens_seen += int(batch["lengths"].sum()) * trainer.world_size
@@ -108,6 +112,7 @@ class TauCurve(L.Callback):
             if hasattr(pl_module, "reset_cache"):
                 pl_module.reset_cache()
         row["eval_s"] = round(time.perf_counter() - t0, 1)
+        self._eval_seconds += time.perf_counter() - t0
         self.history.append(row)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"replay/{k}": v for k, v in row.items()

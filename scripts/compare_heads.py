@@ -7,7 +7,8 @@
 
 Every (variant, seed) is one ``jetspec train`` run (``--data-seed 0`` for all, so the split and the
 batch order are identical; ``--seed`` changes the initialisation and the anchors). Runs go
-``--parallel`` at a time, one thread each, and a finished run is never redone (rerun to resume).
+``--parallel`` at a time, one thread each; a finished run is never redone, an unfinished one is
+started over when the script is rerun.
 Each run replays the references at the end (``TauCurve``), also every ``--eval-every`` steps for
 the tau curve. The report (``OUT/report.md`` and ``report.json``) gives, per variant and budget,
 the mean pooled tau over seeds with a 95% Student-t interval over seeds, and for every pair of
@@ -56,6 +57,8 @@ def run_all(a, variants, extra) -> None:
             name, flags, seed = pending.pop(0)
             run = Path(a.out) / f"{name}-s{seed}"
             run.mkdir(parents=True, exist_ok=True)
+            # An unfinished run starts over: drop the curve rows of the earlier attempt.
+            (run / "tau_curve.jsonl").unlink(missing_ok=True)
             log = open(run / "train.log", "a")
             cmd = train_command(a, name, flags, seed, extra)
             (run / "cmd.txt").write_text(" ".join(cmd) + "\n")
@@ -68,9 +71,15 @@ def run_all(a, variants, extra) -> None:
                 print(f"finished {run} (exit {proc.returncode})", flush=True)
 
 
-def final_row(run: Path) -> dict:
-    rows = load_curve(run / "tau_curve.jsonl")
-    return rows[-1]
+def final_row(run: Path, steps: int) -> dict:
+    """The replay row written when the run ended; refuses runs that did not finish."""
+    curve = run / "tau_curve.jsonl"
+    if not (run / "head" / "config.json").exists() or not curve.exists():
+        raise SystemExit(f"{run} did not finish (no saved head or no tau curve): rerun to train it")
+    row = load_curve(curve)[-1]
+    if row["step"] != steps:
+        raise SystemExit(f"{run} stopped at step {row['step']}, not {steps}")
+    return row
 
 
 def curve_summary(curves: list[list[dict]], budgets: str) -> list[dict]:
@@ -92,7 +101,7 @@ def report(a, variants) -> dict:
     per_ref: dict = {}
     out["curves"] = {}
     for name, _ in variants:
-        finals = [final_row(Path(a.out) / f"{name}-s{s}") for s in a.seeds]
+        finals = [final_row(Path(a.out) / f"{name}-s{s}", a.steps) for s in a.seeds]
         curves = [load_curve(Path(a.out) / f"{name}-s{s}" / "tau_curve.jsonl") for s in a.seeds]
         out["curves"][name] = curve_summary(curves, a.curve_budgets)
         v = out["variants"][name] = {}
@@ -124,7 +133,8 @@ def markdown(rep: dict, title: str) -> str:
     for name, v in rep["variants"].items():
         cells = [f"{v[b]['mean']:.3f} +- {v[b]['ci']:.3f}" for b in rep["budgets"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences (first minus second): over seeds, and over prompts after averaging seeds.", "",
+    lines += ["", "Paired differences (first minus second). Over seeds: of the pooled tau (tokens / rounds) of "
+              "each seed's run. Over prompts: of each prompt's own tau, averaged over seeds first.", "",
               "| pair @ budget | over seeds | over prompts | prompts better / worse |", "|---|---|---|---|"]
     for key, p in rep["pairs"].items():
         (ms, hs), (mp, hp) = p["over_seeds"], p["over_prompts"]

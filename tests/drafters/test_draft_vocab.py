@@ -118,8 +118,18 @@ def test_conditioned_head_with_reduced_vocabulary_is_lossless(target):
     prompt = torch.randint(0, 64, (1, 5))
     want = target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
+    drafted: set[int] = set()
+    original = head.draft
+
+    def spy(inp):
+        out = original(inp)  # a candidate tree: the one-pass table and the re-scored children
+        drafted.update(out.node_tokens.tolist())
+        return out
+
+    head.draft = spy
     res = SpeculativeDecoder(target, head, BestFirstBuilder(budget=10, width=3, depth=4)).generate(prompt, 16)
     assert torch.equal(res.sequences, want)
+    assert drafted and drafted <= set(ids.tolist())
 
 
 def test_zero_direct_path_is_the_papers_design(target):
@@ -171,6 +181,21 @@ def test_restricted_topk_kl_is_the_kl_of_the_renormalised_teacher():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     ce = slot_losses(TrainConfig(loss="ce"), draft, d)
     assert float(ce[1]) == 0.0 and float(ce[0]) == pytest.approx(-float(torch.log_softmax(draft[0], -1)[2]))
+
+
+def test_training_metrics_report_target_ids(target):
+    from jetspec.data import collate
+    from jetspec.training import slot_batch
+
+    torch.manual_seed(2)
+    ids = torch.randperm(64)[:16]
+    head = JetSpecHead(target, block_size=4, draft_vocab=ids, anchors_per_seq=5)
+    items = [{"input_ids": torch.randint(0, 64, (14,)), "response_start": 2, "index": i} for i in range(2)]
+    sb = slot_batch(head, collate(items), epoch=0)
+    got = sb.draft_top1[sb.ok]
+    # Unmapped draft indices would lie in 0..15, and most of those are not among the 16 random ids.
+    assert got.numel() > 0 and set(got.tolist()) <= set(ids.tolist())
+    assert not set(range(16)) <= set(ids.tolist())
 
 
 @pytest.mark.parametrize("loss,topk", [("kl", None), ("kl", 8), ("ce", None)])
