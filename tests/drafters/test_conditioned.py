@@ -45,14 +45,16 @@ def test_only_causal_heads_condition(targets):
     assert teacher_forced(5).tolist() == [False, True, False, True, False]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_packed_forward_equals_one_pass_and_tree_forwards(targets, family):
+@pytest.mark.parametrize("family,direct", [("llama", False), ("qwen3", False), ("llama", True)])
+def test_packed_forward_equals_one_pass_and_tree_forwards(targets, family, direct):
     """MASK anchors: the one-pass head's packed rows. Teacher-forced anchors: the tree forward."""
     target = targets[family]
     s = 5
     torch.manual_seed(0)
-    head = JetSpecHead(target, block_size=s, conditioned=True)
-    plain = JetSpecHead(target, block_size=s)
+    head = JetSpecHead(target, block_size=s, conditioned=True, direct_path=direct)
+    if direct:  # it starts at zero; make the anchor + last-context term matter
+        torch.nn.init.normal_(head.net.direct.weight, std=0.3)
+    plain = JetSpecHead(target, block_size=s, direct_path=direct)
     plain.net.load_state_dict(head.net.state_dict())
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 64, (2, 16), generator=gen)
