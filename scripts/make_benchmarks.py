@@ -118,8 +118,16 @@ def render(results: dict[float, dict], args, command: str) -> str:
                     ""]
         out += [f"Raw results and plots: `{Path(res['config']['out'])}/` (results.json, runs.jsonl, "
                 "tau_vs_budget.png, tokens_per_s_vs_budget.png, depth_acceptance.png).", ""]
-    for path in args.include or []:  # sections written by other scripts (head comparison, replay tables)
-        out += [Path(path).read_text().rstrip(), ""]
+    if args.include:  # sections written by other scripts (head comparison, replay tables, profiles)
+        out += ["## Head variants, seeds and per-round costs", "",
+                "These tables measure tau by *replay* (`jetspec.replay`): the drafter is run on every round's "
+                "committed prefix of the target's own greedy answer to a held-out prompt, and the longest "
+                "matching tree path is accepted, exactly as greedy speculative decoding would (tested to be "
+                "equal round for round). No target forward runs per round, so many heads, seeds and budgets "
+                "can be measured on a CPU. References: 8 held-out dev prompts per set, answers of <= 128 "
+                "tokens (`scripts/make_references.py`).", ""]
+        for path in args.include:
+            out += [Path(path).read_text().rstrip(), ""]
     return "\n".join(out)
 
 
