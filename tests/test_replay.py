@@ -122,3 +122,31 @@ def test_tau_curve_callback_logs_tokens_time_and_tau(target, tmp_path):
     assert json.dumps(curve.state_dict())  # checkpointable
     with pytest.raises(ValueError):
         TauCurve(refs, budgets=(0,))
+
+
+def test_tau_curve_survives_a_resume(target, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from jetspec.callbacks import TauCurve, load_curve
+    from jetspec.data import TokenDataModule
+
+    torch.manual_seed(0)
+    seqs = [torch.randint(0, 64, (12,)).tolist() for _ in range(4)]
+    refs = [r.to_row() for r in make_references(target, [[1, 2, 3]], max_new_tokens=6, progress=False)]
+    out = tmp_path / "curve.jsonl"
+
+    def fit(steps, resume=None):
+        curve = TauCurve(refs, budgets=(4,), every_n_steps=2, out_file=str(out))
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+        trainer = L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            accelerator="cpu", callbacks=[curve, ckpt])
+        trainer.fit(JetSpecHead(target, block_size=4, anchors_per_seq=3, seed=1),
+                    datamodule=TokenDataModule(seqs, batch_size=2, shuffle=False), ckpt_path=resume)
+        return curve
+
+    fit(2)  # evaluates at step 2 (every 2 steps; the end is the same step, so no second row)
+    resumed = fit(4, resume=str(tmp_path / "ckpt" / "last.ckpt"))
+    rows = load_curve(out)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[-1]["tokens_seen"] == 4 * 2 * 12 == resumed.tokens_seen  # counted across the resume
