@@ -111,7 +111,11 @@ def report(a, variants) -> dict:
             v[b] = {"mean": mean, "ci": half, "per_seed": [f[f"tau_b{b}"] for f in finals],
                     "sets": {s: mean_ci([f[f"tau_b{b}_{s}"] for f in finals]) for s in sets}}
             per_ref[(name, b)] = [f[f"taus_b{b}"] for f in finals]
-    for (x, _), (y, _) in combinations(variants, 2):
+    pairs = list(combinations(variants, 2))
+    if a.baseline:  # only "variant minus baseline", one row per variant
+        base = next(v for v in variants if v[0] == a.baseline)
+        pairs = [(v, base) for v in variants if v[0] != a.baseline]
+    for (x, _), (y, _) in pairs:
         for b in budgets:
             seeds_x, seeds_y = per_ref[(x, b)], per_ref[(y, b)]
             by_seed = [out["variants"][x][b]["per_seed"][i] - out["variants"][y][b]["per_seed"][i]
@@ -165,6 +169,7 @@ def main() -> None:
     p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--baseline", default=None, help="report only the differences to this variant")
     p.add_argument("--title", default="Head variants, several seeds")
     p.add_argument("--report-name", default=None, help="OUT/<name>.md and .json (default: report)")
     a, extra = p.parse_known_args()
