@@ -26,6 +26,15 @@ torch.set_num_threads(1)
 torch.set_flush_denormal(True)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one intra-op thread and leaves the count as it found it (some set more)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(family: str = "llama", vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4,
                 kv_heads: int = 2):
     """A small Llama or Qwen3 config (GQA) that builds in milliseconds."""

@@ -34,13 +34,6 @@ def tiny():
     return tiny_llama()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_schema_baselines_and_files(tiny, tmp_path):
     out = tmp_path / "bench"
     res = run_bench(model=tiny, prompts=PROMPTS, drafters="ar,ngram,random", budgets="4,8", max_new_tokens=10,

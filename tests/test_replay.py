@@ -20,14 +20,6 @@ from jetspec.trees import BestFirstBuilder, ChainBuilder
 from jetspec.types import DraftTree
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def target():
     return tiny_model("llama", seed=0)

@@ -42,15 +42,6 @@ from jetspec.trees import BestFirstBuilder
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPU is shared: two threads under contention are ~50x slower than one for these sizes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_seqs(n: int, vocab: int = 64, seed: int = 0, lo: int = 8, hi: int = 20) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(lo, hi, (n,), generator=gen).tolist()

@@ -21,17 +21,24 @@ from jetspec.trees import BestFirstBuilder, ChainBuilder
 HEADS = [JetSpecHead, DFlashHead]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def target():
     return tiny_model("qwen3", seed=1)
+
+
+def record_drafted_tokens(head) -> set[int]:
+    """Wrap ``head.draft``; the returned set fills with every token the head proposes."""
+    drafted: set[int] = set()
+    original = head.draft
+
+    def spy(inp):
+        out = original(inp)  # a per-depth table, or a candidate tree (conditioned drafting)
+        tokens = out.depth_tokens if out.depth_tokens is not None else out.node_tokens
+        drafted.update(tokens.flatten().tolist())
+        return out
+
+    head.draft = spy
+    return drafted
 
 
 # ------------------------------------------------------------------------------ choosing the ids
@@ -95,15 +102,7 @@ def test_reduced_vocabulary_drafts_only_its_ids_and_stays_lossless(target, cls):
     prompt = torch.randint(0, 64, (1, 6))
     want = target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
-    drafted: set[int] = set()
-    original = head.draft
-
-    def spy(inp):
-        out = original(inp)
-        drafted.update(out.depth_tokens.flatten().tolist())
-        return out
-
-    head.draft = spy
+    drafted = record_drafted_tokens(head)
     for builder in (ChainBuilder(depth=5), BestFirstBuilder(budget=12, width=3, depth=5)):
         res = SpeculativeDecoder(target, head, builder).generate(prompt, max_new_tokens=24)
         assert torch.equal(res.sequences, want), builder
@@ -118,15 +117,7 @@ def test_conditioned_head_with_reduced_vocabulary_is_lossless(target):
     prompt = torch.randint(0, 64, (1, 5))
     want = target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
-    drafted: set[int] = set()
-    original = head.draft
-
-    def spy(inp):
-        out = original(inp)  # a candidate tree: the one-pass table and the re-scored children
-        drafted.update(out.node_tokens.tolist())
-        return out
-
-    head.draft = spy
+    drafted = record_drafted_tokens(head)
     res = SpeculativeDecoder(target, head, BestFirstBuilder(budget=10, width=3, depth=4)).generate(prompt, 16)
     assert torch.equal(res.sequences, want)
     assert drafted and drafted <= set(ids.tolist())

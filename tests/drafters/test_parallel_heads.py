@@ -25,15 +25,6 @@ from jetspec.types import DraftInput
 HEADS = [JetSpecHead, DFlashHead]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPU is shared: two threads under contention are ~50x slower than one for these sizes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def targets():
     return {"llama": tiny_model("llama", seed=0), "qwen3": tiny_model("qwen3", seed=1)}
