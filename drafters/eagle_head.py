@@ -272,6 +272,9 @@ class EagleHead(L.LightningModule, Drafter):
         self._frozen = _Frozen(model)
         self.config = replace(config or EagleConfig(), **arch).resolved(model)
         self.train_config = replace(training or TrainConfig(), **train)
+        if self.train_config.on_policy:
+            raise ValueError("on_policy masks parallel-head block slots; EAGLE's training-time test "
+                             "feeds its own drafts back and has no such slots")
         self.net = EagleDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
         # Drafter attributes the decoding loop reads. Depth is unlimited: one forward per depth.
         self.tap_layers = self.config.tap_layers

@@ -47,6 +47,9 @@ class TrainConfig:
     kl_topk: Optional[int] = None  # KL against the teacher's top-k logits only (needed by the cache)
     decay_gamma: Optional[float] = None  # weight exp(-(k-1)/gamma) on slot k (DFlash); None = uniform
     teacher_cache: Optional[str] = None  # folder of safetensors shards with taps + top-k logits
+    # Supervise slot k only while the data's tokens a+1..a+k-1 are the target's own greedy choices
+    # (see ``on_policy_slots``); off = every slot of every block, the paper's recipe.
+    on_policy: bool = False
     seed: int = 0  # anchor sampling is a function of (seed, epoch, sequence index) only
 
     def __post_init__(self) -> None:
@@ -105,6 +108,28 @@ def block_targets(anchors: Int[Tensor, "B A"], valid: Bool[Tensor, "B A"], block
     rows = anchors[..., None] + k - 1  # [B, A, S1]
     ok = valid[..., None] & (rows + 1 < lengths.to(anchors.device)[:, None, None])
     return rows.clamp(min=0), ok
+
+
+def on_policy_slots(ids: Int[Tensor, "B T"], teacher_top1: Int[Tensor, "B T"],
+                    rows: Int[Tensor, "B A S1"]) -> Bool[Tensor, "B A S1"]:
+    """Slots whose block prefix the target itself would have written (greedy).
+
+    Slot k of the block at anchor a is taught the target's law at position a+k-1 given the data's
+    tokens a+1..a+k-1, but at drafting time the slots before k stand for the target's *own* next
+    tokens. On text the target wrote greedily the two agree; on other text (dataset answers) they
+    drift apart after the first token where the data and the target's argmax differ, and the
+    deeper slots would learn to predict a continuation the target never takes. This mask keeps
+    slot 1 always and slot k only while tokens a+1..a+k-1 all equal the teacher's argmax, so
+    plain text gives exactly on-policy labels from one teacher forward.
+    """
+    b = ids.shape[0]
+    agree = torch.zeros_like(ids, dtype=torch.bool)  # agree[b, p]: token p+1 == argmax at p
+    agree[:, :-1] = ids[:, 1:] == teacher_top1[:, :-1]
+    bidx = torch.arange(b, device=ids.device)[:, None, None].expand_as(rows)
+    step_ok = agree[bidx, rows]  # [B, A, S1]: slot k's own label token is the argmax
+    before = torch.ones_like(step_ok)
+    before[..., 1:] = step_ok[..., :-1].cumprod(-1).bool()  # every earlier slot's token was
+    return before
 
 
 def block_positions(anchors: Int[Tensor, "B A"], block_size: int) -> Int[Tensor, "B AS"]:
@@ -415,6 +440,8 @@ def slot_batch(head, batch: dict, epoch: int) -> SlotBatch:
     hidden = head.packed_hidden(ids, teacher.taps, anchors)  # [B, A, S, H]
     rows, ok = block_targets(anchors, valid, s, lengths)  # [B, A, S-1]
     rows = rows.clamp(max=ids.shape[1] - 1)  # unsupervised slots may point past the end
+    if cfg.on_policy:
+        ok = ok & on_policy_slots(ids, teacher.top1(), rows)
     bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
     b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
     logits = head.lm_head(hidden[:, :, 1:][ok])  # [M, V']: the lm_head only where there is a label

@@ -31,6 +31,7 @@ from jetspec.training import (
     block_targets,
     depth_weights,
     forward_kl,
+    on_policy_slots,
     packed_block_mask,
     sample_anchors,
     slot_batch,
@@ -93,6 +94,38 @@ def test_block_targets_supervise_slot_k_with_position_a_plus_k_minus_1():
     # Sequence 0 has 8 tokens: anchor 5's slot 3 would predict token 8, which does not exist.
     assert ok[0, 1].tolist() == [True, True, False]
     assert ok[1, 0].tolist() == [True, True, False] and not ok[1, 1].any()
+
+
+@settings(deadline=None, max_examples=40)
+@given(data=st.data(), t=st.integers(2, 16), s=st.integers(2, 6), vocab=st.integers(2, 4))
+def test_on_policy_slots_match_their_definition(data, t, s, vocab):
+    ids = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=t, max_size=t)))[None]
+    top1 = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=t, max_size=t)))[None]
+    anchors = torch.tensor(data.draw(st.lists(st.integers(0, t - 1), min_size=1, max_size=4)))[None]
+    rows, _ = block_targets(anchors, torch.ones_like(anchors, dtype=torch.bool), s, torch.tensor([t]))
+    rows = rows.clamp(max=t - 1)
+    got = on_policy_slots(ids, top1, rows)
+    for j, a in enumerate(anchors[0].tolist()):
+        for k in range(1, s):  # slot k: tokens a+1..a+k-1 must each be the argmax one position earlier
+            want = all(a + i < t and ids[0, a + i] == top1[0, a + i - 1] for i in range(1, k))
+            assert bool(got[0, j, k - 1]) == want, (a, k)
+
+
+def test_on_policy_keeps_greedy_text_and_cuts_other_text(llama64):
+    """On the target's own greedy text every slot stays; on random text deep slots are dropped."""
+    from jetspec import autoregressive_generate
+
+    greedy = autoregressive_generate(llama64, torch.tensor([[3, 4, 5]]), 24).sequences[0].tolist()
+    seqs = [{"input_ids": greedy, "response_start": 3}] + random_seqs(3, seed=1, lo=20, hi=27)
+    batch = collate([{"input_ids": torch.tensor(r["input_ids"]), "response_start": r["response_start"], "index": i}
+                     for i, r in enumerate(seqs)])
+    counts = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        head = JetSpecHead(llama64, block_size=4, anchors_per_seq=6, on_policy=on)
+        counts[on] = slot_batch(head, batch, epoch=0).ok.sum((1, 2))  # supervised slots per sequence
+    assert counts[True][0] == counts[False][0] > 0
+    assert (counts[True][1:] < counts[False][1:]).all()
 
 
 # ------------------------------------------------------------------------------ losses and metrics

@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=("kl", "ce"), default=_default(TrainConfig, "loss"))
     p.add_argument("--kl-topk", type=int, default=_default(TrainConfig, "kl_topk"))
     p.add_argument("--decay-gamma", type=float, default=_default(TrainConfig, "decay_gamma"))
+    p.add_argument("--on-policy", action="store_true",
+                   help="supervise block slot k only while the data's tokens before it are the target's "
+                        "greedy choices (exact labels from dataset text; see training.on_policy_slots)")
     p.add_argument("--teacher-cache", default=_default(TrainConfig, "teacher_cache"),
                    help="folder for cached taps + top-k teacher logits (needs --kl-topk)")
     # Lightning.
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     head = DRAFTERS[args.head](
         model, num_layers=args.num_layers, tap_layers=args.tap_layers, **arch, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
-        loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, teacher_cache=args.teacher_cache,
+        loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, on_policy=args.on_policy,
+        teacher_cache=args.teacher_cache,
         seed=args.seed)
     if args.logger == "csv":
         logger = L.pytorch.loggers.CSVLogger(out, name="logs")
