@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -80,6 +81,9 @@ class BenchConfig:
     """Drafted nodes per round, root excluded (comma list). A chain's budget is its depth."""
     width: int = 4
     """Candidates per depth (per node) the tree builder may use."""
+    node_costs: tuple[float, ...] = (0.0,)
+    """Tree builder node_cost values (comma list; 0 = spend the whole budget). Each drafter runs at
+    each; a drafter run with c > 0 is labelled 'name(c=...)'. See trees/best_first.py."""
     depth: int = 8
     """Deepest tree level (clamped to what a drafter can produce)."""
     temperature: float = 0.0
@@ -106,6 +110,9 @@ class BenchConfig:
     def __post_init__(self) -> None:
         self.drafters = _csv(str)(self.drafters)
         self.budgets = _csv(int)(self.budgets)
+        self.node_costs = _csv(float)(self.node_costs)
+        if not self.node_costs or min(self.node_costs) < 0:
+            raise ValueError(f"--node-costs must be numbers >= 0, got {self.node_costs}")
         if self.tree not in ("bestfirst", "chain", "fanout"):
             raise ValueError(f"--tree must be bestfirst, chain or fanout, got '{self.tree}'")
         if not self.budgets or min(self.budgets) < 1:
@@ -261,16 +268,17 @@ def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method]
             continue
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         budgets = [depth] if cfg.tree == "chain" else list(cfg.budgets)
-        for b in budgets:
-            builder = (TREE_BUILDERS[cfg.tree](depth=depth) if cfg.tree == "chain"
-                       else TREE_BUILDERS[cfg.tree](budget=b, width=cfg.width, depth=depth))
+        label = "+".join(part.split("=", 1)[0] for part in name.split("+"))  # "label=folder" -> label
+        for b, c in itertools.product(budgets, cfg.node_costs):
+            builder = (TREE_BUILDERS[cfg.tree](depth=depth, node_cost=c) if cfg.tree == "chain"
+                       else TREE_BUILDERS[cfg.tree](budget=b, width=cfg.width, depth=depth, node_cost=c))
             try:
                 dec = SpeculativeDecoder(target, drafter, builder)
             except ValueError as err:
                 skipped.append({"drafter": name, "reason": str(err)})
                 break
-            label = "+".join(part.split("=", 1)[0] for part in name.split("+"))  # "label=folder" -> label
-            methods.append(Method(label, cfg.tree, b, builder.width, depth, target=target, decoder=dec))
+            shown = label if c == 0 else f"{label}(c={c:g})"
+            methods.append(Method(shown, cfg.tree, b, builder.width, depth, target=target, decoder=dec))
     return methods, skipped
 
 

@@ -91,7 +91,11 @@ def render(results: dict[float, dict], args, command: str) -> str:
             "chat template applied; no head was trained on them.",
             f"- Tree: `{c['tree']}`, width {c['width']}, depth {c['depth']}, budgets {budgets} "
             f"(drafted nodes, root excluded); max_new_tokens {c['max_new_tokens']}; {c['repeats']} "
-            "repeat(s); methods interleaved per prompt in a random order.",
+            "repeat(s); methods interleaved per prompt in a random order."
+            + ("" if list(c.get("node_costs", [0.0])) == [0.0] else
+               " A label `name(c=x)` is that drafter with a cost-aware tree (node_cost x: the tree "
+               "stops growing where one more node would not pay for its verify cost, "
+               "`trees/best_first.py`); the budget is then a cap."),
             "- Anchors measured in the same process: `ar` (plain decoding with a KV cache in "
             "jetspec's harness), `hf_greedy` / `hf_sample` (Hugging Face `generate`) and "
             f"`hf_prompt_lookup` (`prompt_lookup_num_tokens={c['prompt_lookup_tokens']}`).",
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drafters", default=",".join(defaults.drafters))
     p.add_argument("--head-dir", default=defaults.head_dir)
     p.add_argument("--budgets", default=",".join(map(str, defaults.budgets)))
+    p.add_argument("--node-costs", default="0",
+                   help="tree node_cost values (comma list; 0 = whole budget): see trees/best_first.py")
     p.add_argument("--limit", type=int, default=None,
                    help=f"prompts per set (default: all; --quick: {QUICK['limit']})")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for temp in (float(t) for t in args.temperatures.split(",")):
         cfg = BenchConfig(target=args.target, drafters=args.drafters, head_dir=args.head_dir,
-                          budgets=args.budgets, temperature=temp, max_new_tokens=max_new,
+                          budgets=args.budgets, node_costs=args.node_costs, temperature=temp, max_new_tokens=max_new,
                           repeats=args.repeats, threads=args.threads, limit=limit,
                           out=str(Path(args.out) / f"t{temp:g}"))
         results[temp] = run_bench(cfg, model=model, tokenizer=tok, prompts=prompts)

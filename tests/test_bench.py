@@ -73,6 +73,17 @@ def test_schema_baselines_and_files(tiny, tmp_path):
     assert sum(1 for _ in open(out / "runs.jsonl")) == 3 * len([n for n in key if n[2] == "all"])
 
 
+def test_cost_aware_trees_are_benchmarked_beside_full_budget_trees(tiny, tmp_path):
+    res = run_bench(model=tiny, prompts=PROMPTS[:2], drafters="ngram", budgets="8", node_costs="0,0.5",
+                    max_new_tokens=10, out=str(tmp_path), threads=1, progress=False, plots=False, hf=False)
+    key = {r["drafter"]: r for r in res["rows"] if r["prompt_set"] == "all"}
+    assert set(key) == {"ar", "ngram", "ngram(c=0.5)"}
+    assert key["ngram(c=0.5)"]["matches_ar"] == 1.0
+    # The prompts' repeats end in different tokens, so the tries branch at q = 1/2; at c = 0.5 the
+    # first such branch does not pay (1/2 <= 0.5 * 1 / 1) and those rounds verify the bare root.
+    assert key["ngram(c=0.5)"]["mean_tree_size"] < key["ngram"]["mean_tree_size"]
+
+
 def test_divergence_locates_the_first_differing_token(tiny):
     from jetspec import autoregressive_generate
 
@@ -142,6 +153,8 @@ def test_cli_flags_come_from_the_config(tiny, tmp_path):
         BenchConfig(tree="star")
     with pytest.raises(ValueError, match="--budgets"):
         BenchConfig(budgets="0,8")
+    with pytest.raises(ValueError, match="--node-costs"):
+        BenchConfig(node_costs="0,-1")
 
     from jetspec.cli import main
 

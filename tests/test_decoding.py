@@ -40,14 +40,15 @@ def all_drafters(model):
 
 
 @given(family=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 10_000), length=st.integers(1, 24),
-       budget=st.integers(1, 24), width=st.integers(1, 4), depth=st.integers(1, 6), n=st.integers(1, 20))
-def test_greedy_output_equals_hugging_face(family, seed, length, budget, width, depth, n):
+       budget=st.integers(1, 24), width=st.integers(1, 4), depth=st.integers(1, 6), n=st.integers(1, 20),
+       node_cost=st.sampled_from([0.0, 0.02, 0.3]))
+def test_greedy_output_equals_hugging_face(family, seed, length, budget, width, depth, n, node_cost):
     model = TARGETS[family]
     ids = repetitive_prompt(seed, length)
     ref = hf_greedy(model, ids, n)
     for drafter in all_drafters(model):
-        for builder in (ChainBuilder(depth), BestFirstBuilder(budget, width, depth),
-                        FanoutCapBuilder(budget, width, depth)):
+        for builder in (ChainBuilder(depth, node_cost), BestFirstBuilder(budget, width, depth, node_cost),
+                        FanoutCapBuilder(budget, width, depth, node_cost=node_cost)):
             res = SpeculativeDecoder(model, drafter, builder).generate(ids, max_new_tokens=n)
             assert torch.equal(res.sequences, ref), f"{type(drafter).__name__} + {builder}"
             assert sum(res.accepted_lengths) == n

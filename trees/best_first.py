@@ -15,6 +15,17 @@ them: per-depth tables (every node at depth d shares row d's candidates) and can
 (each candidate has its own children). Sampled proposals (with q) are never re-ranked: choosing
 among random draws by their values would bias the output, so their structure is kept as drafted,
 cut to depth D and the budget in parent-before-child order.
+
+Cost-aware size (``node_cost`` c > 0). A verify forward over n drafted nodes costs about
+1 + c*n one-token forwards on a CPU (``scripts/profile_round.py`` measures c), and if q is
+calibrated the expected number of committed tokens is 1 + sum_i q(path_i). The ratio
+
+    (1 + sum_{i<=n} q_i) / (1 + c*n)
+
+grows with one more node iff its path probability q_{n+1} > c * (1 + sum q_i) / (1 + c*n). Nodes
+pop in decreasing q, so growth stops at the first node that fails the test: the tree is large
+where the drafter is sure and shrinks to the bare root where it is not. ``budget`` stays the cap.
+The stop rule only chooses which nodes to verify, so it cannot change what is committed.
 """
 
 from __future__ import annotations
@@ -38,8 +49,18 @@ def check_shape_args(budget: int, width: int, depth: int) -> None:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: Fanout) -> DraftTree:
-    """Grow a tree of at most ``budget`` drafted nodes and depth ``depth`` from ``draft``."""
+def check_node_cost(node_cost: float) -> None:
+    if not (isinstance(node_cost, (int, float)) and 0 <= node_cost < math.inf):
+        raise ValueError(f"node_cost must be a finite number >= 0, got {node_cost!r}")
+
+
+def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: Fanout,
+              node_cost: float = 0.0) -> DraftTree:
+    """Grow a tree of at most ``budget`` drafted nodes and depth ``depth`` from ``draft``.
+
+    ``node_cost`` > 0 also stops growth where one more node would lower the expected tokens per
+    unit of verify cost (module docstring); 0 spends the whole budget, the paper's design.
+    """
     if draft.sampled:
         return _keep_sampled(draft, anchor, budget, depth)
     children_of = _table_children if draft.depth_tokens is not None else _node_children
@@ -64,10 +85,16 @@ def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: 
 
     push_children(0)
     seen: set[tuple[int, int]] = set()  # (parent, token): siblings must carry distinct tokens
+    gain = 1.0  # 1 + sum of the path probabilities of the nodes taken so far
     while heap and len(tokens) - 1 < budget:
         _, _, parent, key, tok, s = heapq.heappop(heap)
         if (parent, tok) in seen:
             continue
+        if node_cost > 0:
+            n = len(tokens) - 1
+            if math.exp(s) <= node_cost * gain / (1.0 + node_cost * n):
+                break  # every later candidate has a lower score: none of them pays either
+            gain += math.exp(s)
         seen.add((parent, tok))
         tokens.append(tok)
         parents.append(parent)

@@ -1,13 +1,15 @@
 """The shipped tree builders: chain, best-first and fan-out cap (METHOD.md section 3).
 
 All three are thin configurations of ``grow_tree``; the budget counts drafted nodes with the
-root excluded, as everywhere in jetspec.
+root excluded, as everywhere in jetspec. ``node_cost`` (default 0 = off) turns the budget into a
+cap and lets each round's tree stop growing where more nodes would not pay for their verify cost
+(``best_first`` module docstring).
 """
 
 from __future__ import annotations
 
 from jetspec.interfaces import TreeBuilder, register_tree_builder
-from jetspec.trees.best_first import capped_fanout, check_shape_args, grow_tree
+from jetspec.trees.best_first import capped_fanout, check_node_cost, check_shape_args, grow_tree
 from jetspec.types import DraftOutput, DraftTree
 
 
@@ -15,31 +17,36 @@ from jetspec.types import DraftOutput, DraftTree
 class ChainBuilder(TreeBuilder):
     """The top-1 candidate at every depth: a single path of ``depth`` drafted tokens."""
 
-    def __init__(self, depth: int = 8) -> None:
+    def __init__(self, depth: int = 8, node_cost: float = 0.0) -> None:
         check_shape_args(depth, 1, depth)
-        self.depth, self.width, self.budget = depth, 1, depth
+        check_node_cost(node_cost)
+        self.depth, self.width, self.budget, self.node_cost = depth, 1, depth, node_cost
 
     def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
-        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(1, len(lps)))
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(1, len(lps)),
+                         node_cost=self.node_cost)
 
     def __repr__(self) -> str:
-        return f"ChainBuilder(depth={self.depth})"
+        return f"ChainBuilder(depth={self.depth}, node_cost={self.node_cost})"
 
 
 @register_tree_builder("bestfirst")
 class BestFirstBuilder(TreeBuilder):
     """Best-first growth on accumulated log-prob with up to ``width`` children per node."""
 
-    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8) -> None:
+    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, node_cost: float = 0.0) -> None:
         check_shape_args(budget, width, depth)
-        self.budget, self.width, self.depth = budget, width, depth
+        check_node_cost(node_cost)
+        self.budget, self.width, self.depth, self.node_cost = budget, width, depth, node_cost
 
     def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
         w = self.width
-        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(w, len(lps)))
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=lambda lps: min(w, len(lps)),
+                         node_cost=self.node_cost)
 
     def __repr__(self) -> str:
-        return f"BestFirstBuilder(budget={self.budget}, width={self.width}, depth={self.depth})"
+        return (f"BestFirstBuilder(budget={self.budget}, width={self.width}, depth={self.depth}, "
+                f"node_cost={self.node_cost})")
 
 
 @register_tree_builder("fanout")
@@ -47,17 +54,18 @@ class FanoutCapBuilder(TreeBuilder):
     """Best-first growth whose per-node fan-out shrinks where the top-2 log-prob gap is large."""
 
     def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, beta: float = 1.0,
-                 gap0: float = 1.0) -> None:
+                 gap0: float = 1.0, node_cost: float = 0.0) -> None:
         check_shape_args(budget, width, depth)
+        check_node_cost(node_cost)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.budget, self.width, self.depth = budget, width, depth
-        self.beta, self.gap0 = beta, gap0
+        self.beta, self.gap0, self.node_cost = beta, gap0, node_cost
 
     def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
         fanout = capped_fanout(self.width, self.beta, self.gap0)
-        return grow_tree(draft, anchor, self.budget, self.depth, fanout=fanout)
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=fanout, node_cost=self.node_cost)
 
     def __repr__(self) -> str:
         return (f"FanoutCapBuilder(budget={self.budget}, width={self.width}, depth={self.depth}, "
-                f"beta={self.beta}, gap0={self.gap0})")
+                f"beta={self.beta}, gap0={self.gap0}, node_cost={self.node_cost})")

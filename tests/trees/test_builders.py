@@ -37,7 +37,8 @@ def node_drafts(draw):
 
 def builders(budget, width, depth):
     return [ChainBuilder(depth), BestFirstBuilder(budget, width, depth),
-            FanoutCapBuilder(budget, width, depth, beta=1.5, gap0=0.5)]
+            FanoutCapBuilder(budget, width, depth, beta=1.5, gap0=0.5),
+            BestFirstBuilder(budget, width, depth, node_cost=0.05)]
 
 
 def closure_by_walking(parents):
@@ -134,3 +135,35 @@ def test_builder_arguments_are_validated(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name):
         BestFirstBuilder(**args)
+
+
+def tokens_per_cost(tree, n: int, c: float) -> float:
+    """Modelled committed tokens per verify cost when the first n drafted nodes are verified."""
+    probs = tree.score[1: n + 1].double().exp()
+    return (1.0 + float(probs.sum())) / (1.0 + c * n)
+
+
+@given(st.one_of(table_drafts(), node_drafts()), st.integers(1, 40), st.integers(1, 5), st.integers(1, 6),
+       st.floats(0.001, 2.0))
+def test_node_cost_keeps_the_best_prefix(draft, budget, width, depth, c):
+    """With node_cost c the tree is the prefix of the full-budget tree that maximises the model
+    (1 + sum q) / (1 + c n), checked against every prefix (an independent brute force)."""
+    full = BestFirstBuilder(budget, width, depth).build(draft, 0)
+    cut = BestFirstBuilder(budget, width, depth, node_cost=c).build(draft, 0)
+    n = cut.num_nodes
+    assert torch.equal(cut.tokens, full.tokens[:n]) and torch.equal(cut.parents, full.parents[:n])
+    best = max(tokens_per_cost(full, k, c) for k in range(full.num_nodes))
+    assert tokens_per_cost(full, n - 1, c) >= best - 1e-9
+
+
+def test_node_cost_shrinks_unsure_trees_and_rejects_bad_values():
+    sure = DraftOutput(depth_tokens=torch.tensor([[1, 2], [3, 4]]),
+                       depth_logprobs=torch.tensor([[-0.01, -5.0], [-0.01, -5.0]]))
+    unsure = DraftOutput(depth_tokens=torch.tensor([[1, 2], [3, 4]]),
+                         depth_logprobs=torch.tensor([[-4.0, -5.0], [-4.0, -5.0]]))
+    b = BestFirstBuilder(budget=6, width=2, depth=2, node_cost=0.05)
+    assert b.build(sure, 0).tokens.tolist() == [0, 1, 3]  # two likely nodes; the 1% ones do not pay
+    assert b.build(unsure, 0).num_nodes == 1  # nothing is worth verifying: plain decoding this round
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="node_cost"):
+            BestFirstBuilder(node_cost=bad)
