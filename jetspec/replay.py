@@ -80,11 +80,13 @@ def greedy_accept(tree: DraftTree, truth: Sequence[int]) -> list[int]:
 
 
 def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, " T"], response_start: int,
-                    taps: Optional[Tensor] = None, max_new_tokens: Optional[int] = None) -> list[int]:
+                    taps: Optional[Tensor] = None, max_new_tokens: Optional[int] = None,
+                    sizes: Optional[list[int]] = None) -> list[int]:
     """Committed tokens per round (accepted drafts + 1) of greedy decoding along a reference.
 
     ``taps``: [T, F] target features of every token (needed iff ``drafter.tap_layers``).
     ``max_new_tokens`` cuts the walk like ``generate(max_new_tokens=...)`` would.
+    ``sizes``: if given, each round's drafted node count (root excluded) is appended to it.
     """
     tokens = tokens.cpu()
     end = tokens.shape[0] if max_new_tokens is None else min(tokens.shape[0], response_start + max_new_tokens)
@@ -99,6 +101,8 @@ def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, 
                          taps=None if not drafter.tap_layers else taps[:a], round_index=r)
         tree = builder.build(drafter.draft(inp), int(tokens[a]))
         path = greedy_accept(tree, tokens[a + 1: end].tolist())
+        if sizes is not None:
+            sizes.append(tree.budget)
         n = min(len(path) + 1, end - a - 1)  # the bonus token, unless the reference ends first
         lengths.append(n)
         a += n
@@ -112,6 +116,7 @@ class ReplayReport:
 
     lengths: list[list[int]] = field(default_factory=list)  # committed tokens per round, per sequence
     sets: list[str] = field(default_factory=list)
+    sizes: list[list[int]] = field(default_factory=list)  # drafted nodes per round, per sequence
 
     def taus(self) -> list[float]:
         return [sum(x) / len(x) for x in self.lengths]
@@ -121,6 +126,19 @@ class ReplayReport:
         rows = [x for x, s in zip(self.lengths, self.sets) if set_name in (None, s)]
         rounds = sum(len(x) for x in rows)
         return sum(sum(x) for x in rows) / rounds if rounds else float("nan")
+
+    def modelled_speedup(self, node_cost: float, draft_cost: float = 0.0,
+                         set_name: Optional[str] = None) -> float:
+        """Speed vs plain decoding if a round costs 1 + draft_cost + node_cost * nodes forwards.
+
+        A cost model, not a measurement: ``node_cost`` is the verify slope per drafted node and
+        ``draft_cost`` the drafter's time per round, both in units of one plain decoding step
+        (``scripts/profile_round.py`` measures them). It ranks tree settings before timing them.
+        """
+        pick = [i for i, s in enumerate(self.sets) if set_name in (None, s)]
+        tokens = sum(sum(self.lengths[i]) for i in pick)
+        cost = sum(len(self.lengths[i]) * (1.0 + draft_cost) + node_cost * sum(self.sizes[i]) for i in pick)
+        return tokens / cost if cost else float("nan")
 
 
 def reference_taps(model, tap_layers: Sequence[int], references: Sequence[Reference]) -> list[Tensor]:
@@ -151,8 +169,11 @@ def replay(drafter: Drafter, builder: TreeBuilder, references: Iterable[Referenc
         for i, ref in enumerate(refs):
             ids = torch.tensor(ref.input_ids, dtype=torch.long)
             t = taps[i] if drafter.tap_layers else None
-            report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, t, max_new_tokens))
+            sizes: list[int] = []
+            report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, t, max_new_tokens,
+                                                  sizes))
             report.sets.append(ref.set)
+            report.sizes.append(sizes)
     return report
 
 

@@ -55,15 +55,27 @@ def test_replay_equals_speculative_decoding(target, kind):
     prompts = [torch.randint(0, 64, (n,), generator=gen).tolist() for n in (3, 8)]
     prompts.append([4, 5, 6, 4, 5, 6, 4, 5])  # something for the n-gram drafter to match
     refs = make_references(target, prompts, max_new_tokens=24, progress=False)
-    for builder in (ChainBuilder(depth=4), BestFirstBuilder(budget=10, width=3, depth=5)):
+    for builder in (BestFirstBuilder(budget=10, width=3, depth=5, node_cost=0.02), ChainBuilder(depth=4),
+                    BestFirstBuilder(budget=10, width=3, depth=5)):
         report = replay(drafter, builder, refs, model=target)
-        for ref, got in zip(refs, report.lengths):
+        for ref, got, sizes in zip(refs, report.lengths, report.sizes):
             res = SpeculativeDecoder(target, drafter, builder).generate(
                 torch.tensor([ref.input_ids[: ref.response_start]]), max_new_tokens=24)
             assert torch.equal(res.sequences[0], torch.tensor(ref.input_ids))
             assert got == res.accepted_lengths, (kind, builder)
+            assert sizes == res.tree_sizes  # drafted nodes per round, too
     if kind == "draft_model":  # the test means something only if drafts were accepted
         assert report.pooled_tau() > 1.2
+
+
+def test_modelled_speedup_is_tokens_over_modelled_cost():
+    from jetspec.replay import ReplayReport
+
+    rep = ReplayReport(lengths=[[3, 1], [2]], sets=["a", "b"], sizes=[[8, 0], [4]])
+    # 6 tokens; cost = 3 rounds * (1 + 0.1) + 0.05 * 12 nodes = 3.9
+    assert rep.modelled_speedup(0.05, 0.1) == pytest.approx(6 / 3.9)
+    assert rep.modelled_speedup(0.05, 0.1, "a") == pytest.approx(4 / (2 * 1.1 + 0.05 * 8))
+    assert rep.modelled_speedup(0.0) == pytest.approx(rep.pooled_tau())
 
 
 def test_replay_cut_and_errors(target):
