@@ -204,7 +204,8 @@ def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None)
 
     Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>`` (or
     ``head_dir/<subdir>``); ``label=folder`` loads whatever head ``folder`` holds. Other drafters
-    are built from their constructor, which may only ask for ``target`` and ``vocab_size``.
+    are built from their constructor, which may only ask for ``target`` and ``vocab_size``;
+    ``name:key=value:key=value`` sets constructor options (``ngram:smoothing=1``).
     """
     if "+" in name:
         # "jetspec+ngram": one tree from several drafters under one budget (CompositeDrafter)
@@ -217,6 +218,13 @@ def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None)
                 return None, f"member '{part}': {reason}"
             members.append(drafter)
         return CompositeDrafter(members), None
+    if ":" in name and name.split(":", 1)[0] in DRAFTERS:
+        base, *opts = name.split(":")
+        try:
+            options = dict(o.split("=", 1) for o in opts)
+        except ValueError:
+            return None, f"options are key=value after ':' (e.g. ngram:smoothing=1), got '{name}'"
+        return _build(DRAFTERS[base], model, options)
     if "=" in name:
         # "label=folder": a head saved anywhere (an ablation run, say), labelled in the results
         label, folder = name.split("=", 1)
@@ -238,16 +246,41 @@ def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None)
             return cls.from_pretrained(folder, target=model), None
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             return None, f"could not load {folder}: {err}"
+    return _build(cls, model, {})
+
+
+def _build(cls, model, options: dict[str, str]):
+    """A non-learned drafter from its constructor: target / vocab_size supplied, options parsed by
+    the type of each parameter's default."""
     supplied = {"target": model, "vocab_size": model.get_output_embeddings().weight.shape[0]}
+    params = dict(list(inspect.signature(cls.__init__).parameters.items())[1:])
+    unknown = set(options) - set(params)
+    if unknown:
+        return None, f"{cls.__name__} has no option(s) {sorted(unknown)}"
     kwargs = {}
-    for pname, p in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+    for pname, p in params.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        if pname in supplied:
+        if pname in options:
+            kind = type(p.default) if p.default not in (p.empty, None) else str
+            try:
+                kwargs[pname] = (options[pname].lower() in ("1", "true", "yes")) if kind is bool \
+                    else kind(options[pname])
+            except ValueError:
+                return None, f"option {pname}={options[pname]!r} is not a {kind.__name__}"
+        elif pname in supplied:
             kwargs[pname] = supplied[pname]
         elif p.default is p.empty:
             return None, f"needs a '{pname}' argument the bench cannot supply; use the Python API"
-    return cls(**kwargs), None
+    try:
+        return cls(**kwargs), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def spec_label(spec: str) -> str:
+    """How a drafter spec is named in results: 'label=folder' -> label; options stay visible."""
+    return "+".join(part if ":" in part else part.split("=", 1)[0] for part in spec.split("+"))
 
 
 def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method], list[dict]]:
@@ -268,7 +301,7 @@ def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method]
             continue
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         budgets = [depth] if cfg.tree == "chain" else list(cfg.budgets)
-        label = "+".join(part.split("=", 1)[0] for part in name.split("+"))  # "label=folder" -> label
+        label = spec_label(name)
         for b, c in itertools.product(budgets, cfg.node_costs):
             builder = (TREE_BUILDERS[cfg.tree](depth=depth, node_cost=c) if cfg.tree == "chain"
                        else TREE_BUILDERS[cfg.tree](budget=b, width=cfg.width, depth=depth, node_cost=c))

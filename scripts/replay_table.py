@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
+from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter, spec_label
 from jetspec.loading import load_target
 from jetspec.prompts import read_jsonl
 from jetspec.replay import as_references, reference_taps, replay
@@ -63,7 +63,7 @@ def main() -> None:
     results = []
     for spec in split_specs(a.drafters):
         drafter, reason = make_drafter(spec, model, Path(a.head_dir))
-        label = "+".join(part.split("=", 1)[0] for part in spec.split("+"))
+        label = spec_label(spec)
         if drafter is None:
             print(f"skip {spec}: {reason}")
             continue
@@ -86,7 +86,7 @@ def main() -> None:
             row["nodes_per_round"] = sum(map(sum, rep.sizes)) / row["rounds"]
             row["modelled_speedup"] = rep.modelled_speedup(a.verify_slope, row["draft_ms_per_round"] / a.forward_ms)
             results.append(row)
-            print(f"{label:28s} b={b:3d} tau {row['tau']:.3f} " +
+            print(f"{row['drafter']:28s} b={b:3d} tau {row['tau']:.3f} " +
                   " ".join(f"{s} {row[f'tau_{s}']:.3f}" for s in sets) +
                   f"  ({row['draft_ms_per_round']:.1f} ms/round incl. tree, {row['nodes_per_round']:.1f} nodes, "
                   f"modelled x{row['modelled_speedup']:.2f})", flush=True)

@@ -84,6 +84,19 @@ def test_cost_aware_trees_are_benchmarked_beside_full_budget_trees(tiny, tmp_pat
     assert key["ngram(c=0.5)"]["mean_tree_size"] < key["ngram"]["mean_tree_size"]
 
 
+def test_drafter_options_in_specs(tiny, tmp_path):
+    from jetspec.bench import make_drafter, spec_label
+
+    d, reason = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
+    assert reason is None and d.smoothing == 1.0 and d.max_ngram == 4
+    assert spec_label("ngram:smoothing=1+jetspec") == "ngram:smoothing=1+jetspec"
+    assert spec_label("mine=runs/x/head+ngram") == "mine+ngram"
+    for bad, why in (("ngram:nope=1", "no option"), ("ngram:smoothing", "key=value"),
+                     ("ngram:smoothing=x", "not a float"), ("ngram:smoothing=-1", "smoothing")):
+        d, reason = make_drafter(bad, tiny, tmp_path)
+        assert d is None and why in reason, (bad, reason)
+
+
 def test_divergence_locates_the_first_differing_token(tiny):
     from jetspec import autoregressive_generate
 
