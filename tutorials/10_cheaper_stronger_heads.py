@@ -154,3 +154,39 @@ for name, curve in curves.items():
 #     --eval-data runs/data/dev_refs.jsonl --eval-every 100 --max-time 00:02:00:00 --resume last
 # python scripts/compare_heads.py --help   # several seeds per variant, intervals over seeds and prompts
 # ```
+
+# %% [markdown]
+# ## 4. Verify only what pays: cost-aware trees
+#
+# A bigger tree is not free: on the 2-core CPU of BENCHMARKS.md a verify forward over n drafted
+# nodes costs about 1 + 0.035 n plain decoding steps. If the drafter's q were calibrated, the
+# expected number of committed tokens would be 1 + (sum of the path probabilities of the verified
+# nodes), so one more node pays only if its path probability q exceeds
+# c * (1 + sum q so far) / (1 + c n). `BestFirstBuilder(node_cost=c)` stops growing at the first
+# node that fails the test (the budget becomes a cap). It chooses which nodes are verified, never
+# what is committed: output is unchanged.
+#
+# Replay reports the drafted nodes of every round, and `modelled_speedup` turns tokens and nodes
+# into a speed under that cost model (a ranking tool; `jetspec bench --node-costs` times it for real).
+# The tiny target's verify is cheap per node, so we pretend it costs c = 0.05 per node.
+
+# %%
+head = heads["V'=48 + direct path"]
+for c in (0.0, 0.05, 0.2):
+    rep = replay(head, BestFirstBuilder(budget=16, width=4, depth=6, node_cost=c), refs, model=target)
+    nodes = sum(map(sum, rep.sizes)) / sum(map(len, rep.sizes))
+    print(f"node_cost {c:4.2f}: tau {rep.pooled_tau():.2f}, {nodes:4.1f} nodes/round, "
+          f"modelled speedup {rep.modelled_speedup(0.05):.2f}x")
+
+# %% [markdown]
+# A count-based drafter is not calibrated out of the box: prompt lookup gives a lone match q = 1 at
+# every depth, so no cost rule can tell a sure continuation from a guess. `NGramDrafter(smoothing=1)`
+# adds one pseudo-count for "the target writes something else here" (a lone match then scores 1/2
+# per step), which is close to the acceptance rates measured on SmolLM2's answers.
+
+# %%
+for s in (0.0, 1.0):
+    rep = replay(NGramDrafter(smoothing=s), BestFirstBuilder(budget=16, width=4, depth=6, node_cost=0.05), refs)
+    nodes = sum(map(sum, rep.sizes)) / sum(map(len, rep.sizes))
+    print(f"n-gram smoothing {s}: tau {rep.pooled_tau():.2f}, {nodes:4.1f} nodes/round, "
+          f"modelled speedup {rep.modelled_speedup(0.05):.2f}x")
