@@ -181,3 +181,20 @@ def test_cli_flags_come_from_the_config(tiny, tmp_path):
     assert main(argv) == 0
     rows = json.loads((tmp_path / "o" / "results.json").read_text())["rows"]
     assert {r["prompt_set"] for r in rows} == {"all", "x", "p"}  # unnamed rows take the file's stem
+
+
+def test_cli_generate_with_options_and_cost_aware_tree(tiny, tmp_path, capsys):
+    from jetspec.cli import main
+
+    tiny_tokenizer().save_pretrained(tmp_path / "target")
+    tiny.save_pretrained(tmp_path / "target")
+    base = ["generate", "--target", str(tmp_path / "target"), "--prompt", "w3 w4 w3 w4 w3", "--max-new-tokens", "6"]
+    outs = []
+    for extra in ([], ["--drafter", "ngram:smoothing=1", "--node-cost", "0.035"]):
+        assert main(base + extra) == 0
+        outs.append(capsys.readouterr().out.split("\n[tau")[0])
+    assert outs[0] == outs[1]  # greedy: the drafter and the tree never change the text
+    with pytest.raises(SystemExit, match="node_cost"):
+        main(base + ["--node-cost", "-1"])
+    with pytest.raises(SystemExit, match="no option"):
+        main(base + ["--drafter", "ngram:nope=1"])

@@ -10,13 +10,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
     p.add_argument("--prompt", required=True)
     p.add_argument("--drafter", default="ngram",
-                   help="registered drafter name, or a+b for a composite (default: ngram)")
+                   help="registered drafter name, a+b for a composite, name:key=value for options "
+                        "(e.g. ngram:smoothing=1) (default: ngram)")
     p.add_argument("--head-dir", default=None,
                    help="folder with trained heads in <dir>/<name> (default: the shipped heads)")
     p.add_argument("--tree", default="bestfirst", help="chain | bestfirst | fanout")
     p.add_argument("--budget", type=int, default=32)
     p.add_argument("--width", type=int, default=4)
     p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--node-cost", type=float, default=0.0,
+                   help="verify cost per drafted node in plain steps: trees stop growing where a node "
+                        "would not pay (0 = spend the whole budget; about 0.035 on a 2-core CPU)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=None)
@@ -41,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
     if drafter is None:
         raise SystemExit(f"cannot use drafter '{args.drafter}': {reason}")
     depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
-    builders = {"chain": lambda: ChainBuilder(depth),
-                "bestfirst": lambda: BestFirstBuilder(args.budget, args.width, depth),
-                "fanout": lambda: FanoutCapBuilder(args.budget, args.width, depth)}
+    c = args.node_cost
+    builders = {"chain": lambda: ChainBuilder(depth, node_cost=c),
+                "bestfirst": lambda: BestFirstBuilder(args.budget, args.width, depth, node_cost=c),
+                "fanout": lambda: FanoutCapBuilder(args.budget, args.width, depth, node_cost=c)}
     if args.tree not in builders:
         raise SystemExit(f"--tree must be one of {', '.join(builders)}")
-    dec = SpeculativeDecoder(model, drafter, builders[args.tree]())
+    try:
+        dec = SpeculativeDecoder(model, drafter, builders[args.tree]())
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     msgs = [{"role": "user", "content": args.prompt}]
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     ids = ids["input_ids"]
