@@ -18,8 +18,9 @@ class DemoConfig:
 
     target: str = "smollm2-135m-instruct"
     head_dir: str | None = None  # default: the heads shipped inside the package
-    drafters: str = "ngram,jetspec,dflash,eagle,jetspec+ngram"
+    drafters: str = "ngram:smoothing=1,jetspec,dflash,eagle,jetspec+ngram:smoothing=1"
     budgets: str = "16"
+    node_costs: str = "0,0.035"  # whole-budget trees and cost-aware ones, side by side
     prompts_per_set: int = 1
     max_new_tokens: int = 48
     threads: int = 2
@@ -67,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
     for s in ("math", "code", "chat"):
         prompts += [r for r in builtin_prompts([s])][: args.prompts_per_set]
     result = run_bench(model=model, tokenizer=tok, prompts=prompts, drafters=args.drafters,
-                       budgets=args.budgets, max_new_tokens=args.max_new_tokens, head_dir=args.head_dir,
+                       budgets=args.budgets, node_costs=args.node_costs, max_new_tokens=args.max_new_tokens, head_dir=args.head_dir,
                        out=args.out, threads=args.threads)
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
-    print(f"\n{'drafter':18s} {'budget':>6s} {'tau':>5s} {'tok/s':>7s} {'vs HF greedy':>12s} {'vs ar':>6s}")
+    width = max(18, max(len(r["drafter"]) for r in rows))
+    print(f"\n{'drafter':{width}s} {'budget':>6s} {'tau':>5s} {'tok/s':>7s} {'vs HF greedy':>12s} {'vs ar':>6s}")
     for r in sorted(rows, key=lambda r: (-(r["tokens_per_s"] or 0))):
         budget = "-" if r.get("budget") in (None, 0) else str(r["budget"])
-        print(f"{r['drafter']:18s} {budget:>6s} {r['tau']:5.2f} {r['tokens_per_s']:7.1f} "
+        print(f"{r['drafter']:{width}s} {budget:>6s} {r['tau']:5.2f} {r['tokens_per_s']:7.1f} "
               f"{(r['speedup_vs_hf'] or 0):11.2f}x {(r['speedup_vs_ar'] or 0):5.2f}x")
     print(f"\n[demo] tables and plots written to {args.out}/")
 
