@@ -60,6 +60,7 @@ def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: 
 
     ``node_cost`` > 0 also stops growth where one more node would lower the expected tokens per
     unit of verify cost (module docstring); 0 spends the whole budget, the paper's design.
+    Sampled drafts ignore it: cutting random draws by their values would bias the output.
     """
     if draft.sampled:
         return _keep_sampled(draft, anchor, budget, depth)
