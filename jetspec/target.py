@@ -9,6 +9,12 @@ P + depth with an additive float mask in which the cached prefix is visible and 
 the ancestor mask. Commit keeps the prefix plus the K/V rows of the accepted path, so the cache is
 an ordinary causal prefix again. Plain decoding is the same forward with a one-node tree.
 
+Small trees are padded. CPU BLAS computes a product with 2 or 3 rows as that many matrix-vector
+products, so on the 2-core CPU of BENCHMARKS.md a forward over 2-3 tokens took longer than one over
+4-8 (scripts/profile_round.py). ``min_rows`` (default 4 on CPU, 1 elsewhere) pads any multi-node
+tree with dummy rows: each sees the prefix and itself only, no real node sees them, their logits
+and taps are dropped and commit removes their K/V rows, so they cannot change any output.
+
 Tapped hidden states (outputs of chosen decoder layers, the features parallel and EAGLE heads
 read) are captured by forward hooks on those layers only, not by asking the model for every
 layer's hidden states.
@@ -37,7 +43,8 @@ class TargetOutput:
 class TargetModel:
     """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1)."""
 
-    def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None) -> None:
+    def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None,
+                 min_rows: Optional[int] = None) -> None:
         if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
             raise TypeError("target must be a Hugging Face causal LM (a PreTrainedModel with an lm_head)")
         self.model = model.eval()
@@ -48,8 +55,12 @@ class TargetModel:
         self.hidden_size: int = self.config.hidden_size
         self.num_layers: int = self.config.num_hidden_layers
         self.attn_backend = attn_backend
+        if min_rows is not None and min_rows < 1:
+            raise ValueError(f"min_rows must be >= 1, got {min_rows}")
+        self.min_rows = min_rows if min_rows is not None else (4 if self.device.type == "cpu" else 1)
         self.tap_layers: tuple[int, ...] = ()
         self.cache: Optional[DynamicCache] = None
+        self._padded = 0  # dummy rows the last verify appended to the cache
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -114,6 +125,7 @@ class TargetModel:
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")
         self.cache = DynamicCache(config=self.config)
+        self._padded = 0
         ctx = tokens[:-1].to(self.device)
         if ctx.numel() == 0:
             if not self.tap_layers:
@@ -123,11 +135,22 @@ class TargetModel:
         return out.taps
 
     def verify(self, tree: DraftTree) -> TargetOutput:
-        """One forward over all tree nodes against the cached prefix (appends N rows to the cache)."""
-        p = self.cache_length
-        positions = (tree.depth + p).to(self.device)
-        mask = None if tree.num_nodes == 1 else tree_attention_mask(tree.ancestor, p, self.dtype, self.device)
-        return self._forward(tree.tokens.to(self.device), positions, mask)
+        """One forward over all tree nodes against the cached prefix (appends N rows to the cache,
+        plus dummy rows up to ``min_rows`` for a multi-node tree; commit removes them)."""
+        p, n = self.cache_length, tree.num_nodes
+        pad = self.min_rows - n if 1 < n < self.min_rows else 0
+        tokens, depth, ancestor = tree.tokens, tree.depth, tree.ancestor
+        if pad:
+            tokens = torch.cat([tokens, tokens[:1].expand(pad)])  # the anchor again, at its position
+            depth = torch.cat([depth, depth[:1].expand(pad)])
+            ancestor = torch.block_diag(ancestor, torch.eye(pad, dtype=torch.bool))  # dummies see only themselves
+        self._padded = pad
+        positions = (depth + p).to(self.device)
+        mask = None if n == 1 else tree_attention_mask(ancestor, p, self.dtype, self.device)
+        out = self._forward(tokens.to(self.device), positions, mask)
+        if pad:
+            out = TargetOutput(logits=out.logits[:n], taps=None if out.taps is None else out.taps[:n])
+        return out
 
     def commit(self, keep_nodes: Sequence[int], num_tree_nodes: int) -> None:
         """Compact the cache to prefix + the K/V rows of ``keep_nodes`` (root and accepted path).
@@ -136,11 +159,12 @@ class TargetModel:
         causal prefix of the committed tokens again.
         """
         total = self.cache_length
-        prefix = total - num_tree_nodes
+        num_rows, self._padded = num_tree_nodes + self._padded, 0
+        prefix = total - num_rows
         keep_nodes = list(keep_nodes)
         if keep_nodes == list(range(len(keep_nodes))):
             # The accepted path is the first rows of the tree (chains, the one-node tree): crop.
-            drop = num_tree_nodes - len(keep_nodes)
+            drop = num_rows - len(keep_nodes)
             if drop:
                 self.cache.crop(-drop)
             return
@@ -151,6 +175,7 @@ class TargetModel:
 
     def reset(self) -> None:
         self.cache = None
+        self._padded = 0
 
 
 def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, device) -> Float[Tensor, "1 1 N PN"]:

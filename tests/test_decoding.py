@@ -111,11 +111,39 @@ class CheckingDecoder(SpeculativeDecoder):
 
 @pytest.mark.parametrize("drafter_fn", [lambda m: NGramDrafter(), lambda m: OracleDrafter(m),
                                         lambda m: RandomDrafter(VOCAB)])
-def test_kv_cache_after_commit_equals_fresh_prefill(qwen64, drafter_fn):
+@pytest.mark.parametrize("builder", [BestFirstBuilder(16, 3, 5), BestFirstBuilder(2, 2, 2), ChainBuilder(1)])
+def test_kv_cache_after_commit_equals_fresh_prefill(qwen64, drafter_fn, builder):
+    """Also for 2- and 3-row trees, which the target pads with dummy rows (target.py)."""
     before = CheckingDecoder.checked
-    dec = CheckingDecoder(qwen64, drafter_fn(qwen64), BestFirstBuilder(16, 3, 5))
+    dec = CheckingDecoder(qwen64, drafter_fn(qwen64), builder)
     dec.generate(repetitive_prompt(7, 15), max_new_tokens=25)
     assert CheckingDecoder.checked > before
+
+
+@pytest.mark.parametrize("num_nodes", [2, 3])
+def test_padding_small_trees_changes_no_logit(qwen64, num_nodes):
+    from jetspec.target import TargetModel
+    from jetspec.types import DraftTree
+
+    tokens = torch.tensor([5, 9, 11][:num_nodes])
+    parents = torch.tensor([-1, 0, 0][:num_nodes])
+    tree = DraftTree(tokens=tokens, parents=parents, depth=(parents >= 0).long(), score=torch.zeros(num_nodes))
+    outs = []
+    for rows in (1, 4):
+        target = TargetModel(qwen64, min_rows=rows)
+        target.set_taps([0])
+        target.prefill(torch.arange(1, 9))
+        out = target.verify(tree)
+        assert target.cache_length == 7 + (rows if rows > num_nodes else num_nodes)
+        target.commit([0, 1], num_nodes)
+        assert target.cache_length == 9
+        outs.append((out, [layer.keys.clone() for layer in target.cache.layers]))
+    (a, ka), (b, kb) = outs
+    assert a.logits.shape == b.logits.shape == (num_nodes, qwen64.config.vocab_size)
+    assert torch.allclose(a.logits, b.logits, atol=1e-10) and torch.allclose(a.taps, b.taps, atol=1e-10)
+    assert all(torch.allclose(x, y, atol=1e-10) for x, y in zip(ka, kb))
+    with pytest.raises(ValueError, match="min_rows"):
+        TargetModel(qwen64, min_rows=0)
 
 
 def test_timings_and_round_records(llama64):
