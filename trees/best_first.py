@@ -92,10 +92,10 @@ def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: 
         if (parent, tok) in seen:
             continue
         if node_cost > 0:
-            n = len(tokens) - 1
-            if math.exp(s) <= node_cost * gain / (1.0 + node_cost * n):
+            q, n = math.exp(s), len(tokens) - 1
+            if q <= node_cost * gain / (1.0 + node_cost * n):
                 break  # every later candidate has a lower score: none of them pays either
-            gain += math.exp(s)
+            gain += q
         seen.add((parent, tok))
         tokens.append(tok)
         parents.append(parent)

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec import SpeculativeDecoder
     from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
+    from jetspec.interfaces import TREE_BUILDERS
     from jetspec.loading import load_target
-    from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
     model, tok = load_target(args.target)
     head_dir = Path(args.head_dir) if args.head_dir else DEFAULT_HEAD_DIR
@@ -45,14 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if drafter is None:
         raise SystemExit(f"cannot use drafter '{args.drafter}': {reason}")
     depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
-    c = args.node_cost
-    builders = {"chain": lambda: ChainBuilder(depth, node_cost=c),
-                "bestfirst": lambda: BestFirstBuilder(args.budget, args.width, depth, node_cost=c),
-                "fanout": lambda: FanoutCapBuilder(args.budget, args.width, depth, node_cost=c)}
-    if args.tree not in builders:
-        raise SystemExit(f"--tree must be one of {', '.join(builders)}")
+    if args.tree not in TREE_BUILDERS:
+        raise SystemExit(f"--tree must be one of {', '.join(sorted(TREE_BUILDERS))}")
+    shape = dict(depth=depth, node_cost=args.node_cost)
+    if args.tree != "chain":
+        shape.update(budget=args.budget, width=args.width)
     try:
-        dec = SpeculativeDecoder(model, drafter, builders[args.tree]())
+        dec = SpeculativeDecoder(model, drafter, TREE_BUILDERS[args.tree](**shape))
     except ValueError as err:
         raise SystemExit(str(err)) from None
     msgs = [{"role": "user", "content": args.prompt}]
