@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for s in ("math", "code", "chat"):
         prompts += [r for r in builtin_prompts([s])][: args.prompts_per_set]
     result = run_bench(model=model, tokenizer=tok, prompts=prompts, drafters=args.drafters,
-                       budgets=args.budgets, node_costs=args.node_costs, max_new_tokens=args.max_new_tokens, head_dir=args.head_dir,
+                       budgets=args.budgets, node_costs=args.node_costs, max_new_tokens=args.max_new_tokens,
+                       head_dir=args.head_dir,
                        out=args.out, threads=args.threads)
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
     width = max(18, max(len(r["drafter"]) for r in rows))
