@@ -236,10 +236,9 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     tokens = input_ids[0].cpu().tolist()
     with timer("prefill"):
         tgt.prefill(input_ids[0].cpu())
-    anchor = torch.tensor([tokens[-1]])
     for _ in range(max_new_tokens):
         with timer("verify"):
-            logits = tgt.model(input_ids=anchor[None].to(tgt.device), cache=tgt.cache, use_cache=True).logits[0, -1]
+            logits = tgt.step(tokens[-1])
         with timer("accept"):
             if cfg.greedy:
                 nxt = int(logits.argmax())
@@ -248,7 +247,6 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
         tokens.append(nxt)
         res.accepted_lengths.append(1)
         res.draft_forwards.append(0)
-        anchor = torch.tensor([nxt])
         if nxt in eos:
             break
     tgt.reset()

@@ -5,19 +5,31 @@ The wrapper owns the target's KV cache and keeps one invariant between rounds:
     cache = K/V of the committed tokens x[0..t-1]; the anchor x[t] is NOT cached yet.
 
 A round then runs one forward over the N tree nodes (node 0 = the anchor), each at RoPE position
-P + depth with an additive float mask in which the cached prefix is visible and the tree part is
-the ancestor mask. Commit keeps the prefix plus the K/V rows of the accepted path, so the cache is
-an ordinary causal prefix again. Plain decoding is the same forward with a one-node tree.
+P + depth, in which the cached prefix is visible and the tree part is the ancestor mask. Commit
+keeps the prefix plus the K/V rows of the accepted path, so the cache is an ordinary causal prefix
+again. Plain decoding (``step``) is the same forward with one row.
 
-Small trees are padded. CPU BLAS computes a product with 2 or 3 rows as that many matrix-vector
-products, so on the 2-core CPU of BENCHMARKS.md a forward over 2-3 tokens took longer than one over
-4-8 (scripts/profile_round.py). ``min_rows`` (default 4 on CPU, 1 elsewhere) pads any multi-node
-tree with dummy rows: each sees the prefix and itself only, no real node sees them, their logits
-and taps are dropped and commit removes their K/V rows, so they cannot change any output.
+Two engines run that forward; both give the same logits up to floating-point rounding:
+
+* ``"fast"``: ``jetspec.fast_forward.CompactForward``, a compact forward for Llama-family models
+  with prepacked, fused products, a preallocated KV buffer and GQA-folded attention. On the CPU
+  of BENCHMARKS.md it halves the one-token step and more than halves a 17-row verify.
+* ``"hf"``: the model's own Hugging Face forward with a ``DynamicCache`` and an additive float
+  mask; it runs any causal LM and any ``attn_backend`` (the Triton tree kernel included).
+
+``engine="auto"`` (the default) takes ``"fast"`` on CPU when the model qualifies
+(``fast_forward_support``) and no attention backend is asked for, else ``"hf"``.
+
+Small trees are padded on the ``"hf"`` engine. CPU BLAS computes a product with 2 or 3 rows as
+that many matrix-vector products, so a forward over 2-3 tokens took longer than one over 4-8.
+``min_rows`` (default 4 for the ``"hf"`` engine on CPU, else 1; the prepacked products of the
+fast engine have no such step) pads any multi-node tree with dummy rows: each sees the prefix and
+itself only, no real node sees them, their logits and taps are dropped and commit removes their
+K/V rows, so they cannot change any output.
 
 Tapped hidden states (outputs of chosen decoder layers, the features parallel and EAGLE heads
-read) are captured by forward hooks on those layers only, not by asking the model for every
-layer's hidden states.
+read) come back with the logits: the fast engine keeps them as it goes, the ``"hf"`` engine
+captures them by forward hooks on those layers only.
 """
 
 from __future__ import annotations
@@ -31,7 +43,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
+from jetspec.fast_forward import CompactForward, KVBuffer, fast_forward_support
+from jetspec.kernels import chain_ancestor
 from jetspec.types import DraftTree
+
+ENGINES = ("auto", "fast", "hf")
 
 
 @dataclass
@@ -44,7 +60,9 @@ class TargetModel:
     """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1)."""
 
     def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None,
-                 min_rows: Optional[int] = None) -> None:
+                 min_rows: Optional[int] = None, engine: str = "auto", linear_backend: str = "auto") -> None:
+        """``engine``: ``"auto"``, ``"fast"`` or ``"hf"`` (module docstring); ``linear_backend``: how the
+        fast engine runs its products (``jetspec.kernels.PackedLinear``)."""
         if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
             raise TypeError("target must be a Hugging Face causal LM (a PreTrainedModel with an lm_head)")
         self.model = model.eval()
@@ -55,12 +73,30 @@ class TargetModel:
         self.hidden_size: int = self.config.hidden_size
         self.num_layers: int = self.config.num_hidden_layers
         self.attn_backend = attn_backend
+        self.engine = self._choose_engine(engine)
+        self._fast = CompactForward(model, linear_backend) if self.engine == "fast" else None
         if min_rows is not None and min_rows < 1:
             raise ValueError(f"min_rows must be >= 1, got {min_rows}")
-        self.min_rows = min_rows if min_rows is not None else (4 if self.device.type == "cpu" else 1)
+        if min_rows is None:
+            min_rows = 4 if self.engine == "hf" and self.device.type == "cpu" else 1
+        self.min_rows = min_rows
         self.tap_layers: tuple[int, ...] = ()
-        self.cache: Optional[DynamicCache] = None
+        self.cache: Optional[DynamicCache | KVBuffer] = None
         self._padded = 0  # dummy rows the last verify appended to the cache
+
+    def _choose_engine(self, engine: str) -> str:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        reason = fast_forward_support(self.model)
+        if engine == "fast" and reason is not None:
+            raise ValueError(f"engine='fast' cannot run this model: {reason}; use engine='hf'")
+        if engine == "fast" and self.attn_backend not in (None, "sdpa"):
+            raise ValueError(f"engine='fast' runs its own attention; attn_backend={self.attn_backend!r} "
+                             "needs engine='hf'")
+        if engine == "auto":
+            fits = reason is None and self.attn_backend in (None, "sdpa") and self.device.type == "cpu"
+            return "fast" if fits else "hf"
+        return engine
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -109,7 +145,16 @@ class TargetModel:
         return attention_backend(self.model, self.attn_backend)
 
     @torch.no_grad()
-    def _forward(self, ids: Tensor, positions: Tensor, mask: Optional[Tensor]) -> TargetOutput:
+    def _forward(self, ids: Tensor, positions: Tensor, ancestor: Optional[Tensor]) -> TargetOutput:
+        """One forward over ``ids`` against the cache, appending their rows. ``ancestor``: which rows
+        of this forward each row sees (None: a single row, or a causal prefill from an empty cache)."""
+        if self._fast is not None:
+            if ancestor is None and ids.numel() > 1:
+                ancestor = chain_ancestor(ids.numel())
+            logits, taps = self._fast(self.cache, ids, positions, ancestor, self.tap_layers)
+            return TargetOutput(logits=logits, taps=taps)
+        p = self.cache_length
+        mask = None if ancestor is None else tree_attention_mask(ancestor, p, self.dtype, self.device)
         with self._capture_taps() as captured, self._attention():
             out = self.model(input_ids=ids[None], position_ids=positions[None], attention_mask=mask,
                              cache=self.cache, use_cache=True)
@@ -124,7 +169,7 @@ class TargetModel:
         """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")
-        self.cache = DynamicCache(config=self.config)
+        self.cache = self._fast.new_cache() if self._fast is not None else DynamicCache(config=self.config)
         self._padded = 0
         ctx = tokens[:-1].to(self.device)
         if ctx.numel() == 0:
@@ -146,8 +191,7 @@ class TargetModel:
             ancestor = torch.block_diag(ancestor, torch.eye(pad, dtype=torch.bool))  # dummies see only themselves
         self._padded = pad
         positions = (depth + p).to(self.device)
-        mask = None if n == 1 else tree_attention_mask(ancestor, p, self.dtype, self.device)
-        out = self._forward(tokens.to(self.device), positions, mask)
+        out = self._forward(tokens.to(self.device), positions, None if n == 1 else ancestor)
         if pad:
             out = TargetOutput(logits=out.logits[:n], taps=None if out.taps is None else out.taps[:n])
         return out
@@ -162,6 +206,9 @@ class TargetModel:
         num_rows, self._padded = num_tree_nodes + self._padded, 0
         prefix = total - num_rows
         keep_nodes = list(keep_nodes)
+        if isinstance(self.cache, KVBuffer):
+            self.cache.keep(prefix, keep_nodes)
+            return
         if keep_nodes == list(range(len(keep_nodes))):
             # The accepted path is the first rows of the tree (chains, the one-node tree): crop.
             drop = num_rows - len(keep_nodes)
@@ -172,6 +219,13 @@ class TargetModel:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(-2, keep)
             layer.values = layer.values.index_select(-2, keep)
+
+    def step(self, token: int) -> Float[Tensor, " V"]:
+        """Plain decoding: forward the one token ``token`` at the next position, cache it, return its
+        next-token logits. The baseline every speedup is measured against runs this."""
+        p = self.cache_length
+        ids = torch.tensor([int(token)], device=self.device)
+        return self._forward(ids, torch.tensor([p], device=self.device), None).logits[0]
 
     def reset(self) -> None:
         self.cache = None
@@ -194,6 +248,9 @@ def as_target(target, attn_backend: Optional[str] = None) -> TargetModel:
     """Accept a ``TargetModel`` or wrap a Hugging Face model."""
     if isinstance(target, TargetModel):
         if attn_backend is not None:
+            if target.engine == "fast" and attn_backend != "sdpa":
+                raise ValueError(f"attn_backend={attn_backend!r} needs a TargetModel with engine='hf'; this one "
+                                 "runs the fast engine (TargetModel(model, attn_backend=..., engine='hf'))")
             target.attn_backend = attn_backend
         return target
     return TargetModel(target, attn_backend=attn_backend)

@@ -5,11 +5,14 @@ belongs to an unrelated package that transformers probes for). Importing it has 
 and does not import triton; the kernel is compiled on first use.
 
     tree_attention(q, k, v, ancestor, scale=None, backend="auto")
+    PackedLinear(weights, biases=None, backend="auto")   # a frozen model's products, prepacked
+
 
 A drafting head's block attention is the same call with a chain (causal) or all-True
 (bidirectional) ancestor mask; see ``chain_ancestor`` and ``full_ancestor``.
 """
 
+from .packed_linear import PackedLinear, onednn_available
 from .reference import (
     ancestor_from_parents,
     chain_ancestor,
@@ -21,6 +24,8 @@ from .reference import (
 from .tree_attention import pack_ancestor_bits, tree_attention, tree_attention_triton
 
 __all__ = [
+    "PackedLinear",
+    "onednn_available",
     "ancestor_from_parents",
     "chain_ancestor",
     "full_ancestor",

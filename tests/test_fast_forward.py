@@ -1,0 +1,140 @@
+"""The fast engine (CompactForward + KVBuffer) against the Hugging Face engine it replaces.
+
+Both engines run the same target; in float64 every logit, tap and cached key/value must agree to
+1e-10 (only the order of additions differs), on random trees, across cache growth and commits.
+In float32 the fast engine runs prepacked oneDNN products, so agreement is to rounding and the
+greedy output must still equal Hugging Face ``generate`` on a tie-free model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.drafters import NGramDrafter, RandomDrafter
+from jetspec.fast_forward import KVBuffer, fast_forward_support
+from jetspec.target import TargetModel
+from jetspec.trees import BestFirstBuilder
+from jetspec.types import DraftTree
+
+MODELS = {"llama": tiny_model("llama", seed=0), "qwen3": tiny_model("qwen3", seed=1)}
+
+
+def qwen2_with_biases():
+    """Qwen2 has q/k/v biases: the fused product must carry them."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(3)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    return AutoModelForCausalLM.from_config(cfg).to(torch.float64).eval()
+
+
+MODELS["qwen2"] = qwen2_with_biases()
+
+
+def random_tree(g: torch.Generator, n: int) -> DraftTree:
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+    depth = [0] * n
+    for i in range(1, n):
+        depth[i] = depth[parents[i]] + 1
+    return DraftTree(tokens=torch.randint(0, 64, (n,), generator=g), parents=torch.tensor(parents),
+                     depth=torch.tensor(depth), score=torch.zeros(n))
+
+
+def assert_same_cache(a: TargetModel, b: TargetModel, atol: float) -> None:
+    assert a.cache_length == b.cache_length
+    if a.cache_length == 0:  # an empty DynamicCache holds None, not empty tensors
+        return
+    for x, y in zip(a.cache.layers, b.cache.layers, strict=True):
+        torch.testing.assert_close(x.keys, y.keys, atol=atol, rtol=0)
+        torch.testing.assert_close(x.values, y.values, atol=atol, rtol=0)
+
+
+@given(family=st.sampled_from(sorted(MODELS)), seed=st.integers(0, 10_000), prompt=st.integers(1, 40),
+       sizes=st.lists(st.integers(1, 20), min_size=1, max_size=4))
+def test_fast_engine_equals_hugging_face_engine(family, seed, prompt, sizes):
+    model, g = MODELS[family], torch.Generator().manual_seed(seed)
+    fast, hf = TargetModel(model, engine="fast"), TargetModel(model, engine="hf", min_rows=1)
+    assert fast.engine == "fast" and hf.engine == "hf"
+    for t in (fast, hf):
+        t.set_taps([0, model.config.num_hidden_layers - 1])
+    tokens = torch.randint(0, 64, (prompt,), generator=g)
+    torch.testing.assert_close(fast.prefill(tokens), hf.prefill(tokens), atol=1e-10, rtol=0)
+    assert_same_cache(fast, hf, 1e-10)
+    for n in sizes:  # rounds: verify a random tree, keep a random root-to-node path
+        tree = random_tree(g, n)
+        a, b = fast.verify(tree), hf.verify(tree)
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-10, rtol=0)
+        torch.testing.assert_close(a.taps, b.taps, atol=1e-10, rtol=0)
+        keep = [0] + tree.path_to(int(torch.randint(0, n, (1,), generator=g)))
+        fast.commit(keep, n)
+        hf.commit(keep, n)
+        assert_same_cache(fast, hf, 1e-10)
+    torch.testing.assert_close(fast.step(5), hf.step(5), atol=1e-10, rtol=0)
+
+
+def test_cache_grows_past_its_capacity():
+    model = MODELS["llama"]
+    fast, hf = TargetModel(model, engine="fast"), TargetModel(model, engine="hf")
+    tokens = torch.arange(300) % 64  # more than the initial 256 rows
+    fast.prefill(tokens)
+    hf.prefill(tokens)
+    assert fast.cache.keys.shape[2] >= 299
+    for tok in (3, 4, 5):
+        torch.testing.assert_close(fast.step(tok), hf.step(tok), atol=1e-10, rtol=0)
+    assert_same_cache(fast, hf, 1e-10)
+
+
+def test_kv_buffer_keep_and_crop():
+    buf = KVBuffer(layers=2, kv_heads=1, head_dim=1, dtype=torch.float64, device="cpu", capacity=2)
+    buf.reserve(6)
+    assert buf.keys.shape[2] == 8  # doubled until it fits
+    buf.keys[:, 0, :6, 0] = torch.arange(6.0)
+    buf.advance(6)
+    buf.keep(prefix=2, rows=[0, 2, 3])  # rows 2, 4, 5 after the prefix 0, 1
+    assert buf.length == 5 and buf.layers[1].keys.flatten().tolist() == [0, 1, 2, 4, 5]
+    buf.crop(-2)
+    assert buf.get_seq_length() == 3
+
+
+def test_float32_fast_engine_greedy_equals_hugging_face():
+    """oneDNN products round differently; on a tie-free target greedy output must not change."""
+    model = tiny_model("llama", seed=4, dtype=torch.float32)
+    target = TargetModel(model)
+    assert target.engine == "fast"
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    assert torch.equal(autoregressive_generate(target, ids, 24).sequences, ref)
+    for drafter in (NGramDrafter(), RandomDrafter(64, seed=2)):
+        res = SpeculativeDecoder(target, drafter, BestFirstBuilder(12, 3, 4)).generate(ids, max_new_tokens=24)
+        assert torch.equal(res.sequences, ref)
+    target.prefill(ids[0])  # caches all but the last token; the step forwards that one
+    torch.testing.assert_close(target.step(int(ids[0, -1])), model(ids).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_models_fall_back_with_a_reason():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=64)).eval()
+    assert "model_type 'gpt2'" in fast_forward_support(gpt2)
+    assert TargetModel(gpt2).engine == "hf"
+    with pytest.raises(ValueError, match="engine='fast' cannot run this model: model_type 'gpt2'"):
+        TargetModel(gpt2, engine="fast")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        TargetModel(MODELS["llama"], engine="compiled")
+
+
+def test_attention_backends_select_the_hugging_face_engine():
+    model = MODELS["llama"]
+    assert TargetModel(model, attn_backend="torch").engine == "hf"
+    with pytest.raises(ValueError, match="runs its own attention"):
+        TargetModel(model, attn_backend="torch", engine="fast")
+    with pytest.raises(ValueError, match="needs a TargetModel with engine='hf'"):
+        SpeculativeDecoder(TargetModel(model), NGramDrafter(), attn_backend="torch")
