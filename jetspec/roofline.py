@@ -196,7 +196,33 @@ class RooflineConfig:
     split_rows: tuple[int, ...] = (1, 17, 33)
     """forward sizes whose time is split into components with torch.profiler"""
     competing: bool = True
-    """also measure the fast engine's ratios while one other CPU-bound process runs"""
+    """also measure the first engine's ratios at 1 and N threads while one other CPU-bound process runs"""
+    threads: int = 2
+    """torch CPU threads (set by the command, not by the library)"""
+    out: str | None = None
+    """also write the Markdown report to this file"""
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "split_rows", "engines"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if name != "engines":
+                try:
+                    value = tuple(int(v) for v in value)
+                except ValueError as err:
+                    raise ValueError(f"--{name.replace('_', '-')} takes whole numbers like 1,17,33") from err
+                if not value or min(value) < 1:
+                    raise ValueError(f"--{name.replace('_', '-')} needs row counts >= 1, got {value}")
+            setattr(self, name, value)
+        bad = [e for e in self.engines if e not in ("fast", "hf")]
+        if bad or not self.engines:
+            raise ValueError(f"--engines takes fast and/or hf, got {','.join(self.engines) or 'nothing'}")
+        if not set(self.split_rows) <= set(self.rows) or self.rows[0] != 1:
+            raise ValueError("--rows must start with 1 (the plain step every ratio uses) and include --split-rows")
+        for name in ("prefix", "repeats", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 BURNER = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"

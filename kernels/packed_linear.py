@@ -4,21 +4,24 @@ On a CPU, a target forward over a few rows is almost all matrix products against
 (``y = x @ W^T``). PyTorch's default CPU path hands each product to a BLAS ``sgemm`` that re-packs
 ``W`` into its blocked layout on every call and picks kernels tuned for large matrices. For the
 skinny shapes of decoding (M = 1 to 65 rows against 576 x 1536 weights) that wastes most of the
-machine: on the 2-core CPU of BENCHMARKS.md the 30 layers' products of SmolLM2-135M took
-24 ms at M = 1 and 47 ms at M = 17 that way, and 12 ms / 18 ms with the weights packed once into
-oneDNN's layout (``scripts/roofline`` numbers are in BENCHMARKS.md).
+machine: on the 2-core CPU of BENCHMARKS.md the 30 layers' products of SmolLM2-135M took 24 ms at
+M = 1 and 47 ms at M = 17 that way (the roofline table in BENCHMARKS.md has the current numbers).
 
 ``PackedLinear`` packs one or more weights that read the same input (q/k/v, or gate/up) into one
-matrix, so a decoder layer runs 4 products instead of 7, each wider. It has two backends:
+matrix, so a decoder layer runs 4 products instead of 7, each wider. Three backends compute it:
 
+* ``"skinny"``: jetspec's own AVX-512 kernel (``skinny_gemm.cpp``, compiled on first use with the
+  machine's C++ compiler and cached by PyTorch). It streams each weight panel once for all rows,
+  so a 17-row product costs little more than a 1-row one. fp32 on x86 CPUs with AVX-512.
 * ``"onednn"``: the weight is reordered once (``torch.ops.mkldnn._reorder_linear_weight``, the
   op PyTorch's own compiler uses when it freezes a CPU model) and every call runs
-  ``torch.ops.mkldnn._linear_pointwise``. fp32 / bf16 / fp16 on CPU only.
+  ``torch.ops.mkldnn._linear_pointwise``. fp32 / bf16 / fp16 on CPU.
 * ``"torch"``: ``F.linear`` on the concatenated dense weight. This is the reference twin, and
-  what runs for fp64, on GPUs and where PyTorch was built without oneDNN.
+  what runs for fp64, on GPUs and where neither of the others can.
 
-``backend="auto"`` picks oneDNN where it applies. Both compute the same product; they differ only
-in the order of the floating-point additions (the tests bound the difference).
+``backend="auto"`` takes the first that can run here, in that order; a kernel that fails to
+compile is reported once (``logging``) and skipped. All three compute the same product; they
+differ only in the order of the floating-point additions (the tests bound the difference).
 
 The packed weight is a *copy*, made once: later in-place edits of the model's weights are not
 seen. This is for frozen targets; build a new one after changing weights.
@@ -26,6 +29,9 @@ seen. This is for frozen targets; build a new one after changing weights.
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -33,8 +39,38 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-BACKENDS = ("auto", "onednn", "torch")
+BACKENDS = ("auto", "skinny", "onednn", "torch")
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_log = logging.getLogger(__name__)
+_skinny = {}  # the compiled extension module (or the reason it is unavailable), built once per process
+
+
+def skinny_kernel():
+    """The compiled ``skinny_gemm.cpp`` module, or None when it cannot be built here (reason logged once)."""
+    if "module" not in _skinny:
+        _skinny["module"], _skinny["reason"] = None, None
+        if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+            _skinny["reason"] = f"the CPU lacks AVX-512 (capability {torch.backends.cpu.get_cpu_capability()})"
+        elif shutil.which("c++") is None and shutil.which("g++") is None:
+            _skinny["reason"] = "no C++ compiler on PATH"
+        else:
+            try:
+                from torch.utils.cpp_extension import load
+
+                _log.info("compiling jetspec's skinny GEMM kernel (once per machine, ~30-60 s)")
+                _skinny["module"] = load("jetspec_skinny_gemm", [str(Path(__file__).with_name("skinny_gemm.cpp"))],
+                                         extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],
+                                         extra_ldflags=["-fopenmp"], verbose=False)
+            except Exception as err:  # a missing ninja, headers or a compiler error: fall back
+                _skinny["reason"] = f"compiling skinny_gemm.cpp failed: {str(err).splitlines()[0][:200]}"
+        if _skinny["reason"]:
+            _log.warning("jetspec skinny GEMM kernel unavailable (%s); using oneDNN or torch", _skinny["reason"])
+    return _skinny["module"]
+
+
+def skinny_available(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether the skinny AVX-512 kernel can run for weights of this dtype on this device (compiles it)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and skinny_kernel() is not None
 
 
 def onednn_available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -46,15 +82,19 @@ def onednn_available(dtype: torch.dtype, device: torch.device | str) -> bool:
 
 
 def resolve_linear_backend(backend: str, dtype: torch.dtype, device) -> str:
-    """``"onednn"`` or ``"torch"`` for ``backend``; an explicit ``"onednn"`` that cannot run raises."""
+    """The backend that will run for ``backend``; an explicit backend that cannot run here raises."""
     if backend not in BACKENDS:
         raise ValueError(f"linear backend must be one of {BACKENDS}, got {backend!r}")
-    available = onednn_available(dtype, device)
-    if backend == "onednn" and not available:
+    if backend == "auto":
+        if skinny_available(dtype, device):
+            return "skinny"
+        return "onednn" if onednn_available(dtype, device) else "torch"
+    if backend == "skinny" and not skinny_available(dtype, device):
+        reason = _skinny.get("reason") or f"it needs fp32 on CPU, got {dtype} on {device}"
+        raise ValueError(f"linear backend 'skinny' cannot run here: {reason}. Use backend='auto'.")
+    if backend == "onednn" and not onednn_available(dtype, device):
         raise ValueError(f"linear backend 'onednn' needs a CPU tensor of dtype {ONEDNN_DTYPES} and a PyTorch "
                          f"built with oneDNN; got {dtype} on {device}. Use backend='torch' or 'auto'.")
-    if backend == "auto":
-        return "onednn" if available else "torch"
     return backend
 
 
@@ -88,12 +128,19 @@ class PackedLinear:
             self.bias = torch.cat([b.detach() if b is not None else weight.new_zeros(o)
                                    for b, o in zip(biases, self.sizes)])
         self.backend = resolve_linear_backend(backend, weight.dtype, weight.device)
-        if self.backend == "onednn":
+        if self.backend == "skinny":
+            self.weight = skinny_kernel().pack_weight(weight.contiguous())  # [ceil(O/32), I, 32] panels
+        elif self.backend == "onednn":
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
         else:
             self.weight = weight  # a view of the model's own weight when there is only one
 
     def __call__(self, x: Float[Tensor, "*B I"]) -> Float[Tensor, "*B O"]:
+        if self.backend == "skinny":
+            y = skinny_kernel().skinny_matmul(x.reshape(-1, self.in_features).contiguous(), self.weight,
+                                              self.out_features)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
         if self.backend == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)

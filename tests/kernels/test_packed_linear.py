@@ -9,9 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetspec.kernels import PackedLinear, onednn_available
+from jetspec.kernels.packed_linear import skinny_available
 
 needs_onednn = pytest.mark.skipif(not onednn_available(torch.float32, "cpu"),
                                   reason="this PyTorch build has no oneDNN")
+# The skinny kernel needs AVX-512 and a C++ compiler; the machines CI runs on have both, so there
+# this mark never skips (test_auto_prefers_the_skinny_kernel_where_it_builds checks that it built).
+needs_skinny = pytest.mark.skipif(not skinny_available(torch.float32, "cpu"),
+                                  reason="no AVX-512 CPU or no C++ compiler: the skinny kernel cannot build")
 
 
 @needs_onednn
@@ -30,6 +35,60 @@ def test_onednn_equals_separate_f_linear(rows, in_features, outs, bias, seed):
         ref = F.linear(x.double(), w.double(), None if b is None else b.double())
         assert part.shape == (1, rows, w.shape[0])
         torch.testing.assert_close(part.double(), ref, atol=1e-4 * in_features ** 0.5, rtol=1e-4)
+
+
+@needs_skinny
+@given(rows=st.integers(1, 40), in_features=st.integers(1, 70), outs=st.lists(st.integers(1, 70), min_size=1,
+       max_size=3), bias=st.booleans(), seed=st.integers(0, 1000))
+def test_skinny_kernel_equals_f_linear(rows, in_features, outs, bias, seed):
+    """Odd widths (partial 32-column panels), 1-40 rows (several 12-row passes), fused weights, biases."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o, in_features, generator=g) for o in outs]
+    biases = [torch.randn(o, generator=g) if bias else None for o in outs]
+    x = torch.randn(2, rows, in_features, generator=g)
+    packed = PackedLinear(weights, biases, backend="skinny")
+    y = packed(x)
+    assert y.shape == (2, rows, sum(outs)) and y.dtype == torch.float32
+    ref = F.linear(x.double(), torch.cat(weights).double(),
+                   torch.cat([b if b is not None else torch.zeros(o) for b, o in zip(biases, outs)]).double()
+                   if bias else None)
+    torch.testing.assert_close(y.double(), ref, atol=1e-4 * in_features ** 0.5, rtol=1e-4)
+
+
+@needs_skinny
+def test_skinny_rows_do_not_depend_on_the_other_rows():
+    """Each output is one sequential sum over K: a row's result is the same bits at any M and thread count
+    (so a tree row equals the same row decoded alone). BLAS F.linear does not promise this."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(200, 96, generator=g), torch.randn(40, 96, generator=g)
+    packed = PackedLinear([w], backend="skinny")
+    full = packed(x)
+    for m in (1, 2, 11, 12, 13, 25, 39):
+        assert torch.equal(packed(x[:m]), full[:m])
+        assert torch.equal(packed(x[m - 1: m + 1]), full[m - 1: m + 1])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(packed(x), full)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_prefers_the_skinny_kernel_where_it_builds():
+    """On an AVX-512 CPU with a compiler (this project's machines) auto must pick the skinny kernel, and
+    a kernel that cannot build must say why instead of failing silently."""
+    from jetspec.kernels.packed_linear import _skinny, skinny_kernel
+
+    module = skinny_kernel()
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX512", "AMX"):
+        assert module is not None, _skinny.get("reason")
+        assert PackedLinear([torch.randn(4, 4)]).backend == "skinny"
+    else:
+        assert module is None and "AVX-512" in _skinny["reason"]
+        with pytest.raises(ValueError, match="'skinny' cannot run here"):
+            PackedLinear([torch.randn(4, 4)], backend="skinny")
+    assert PackedLinear([torch.randn(4, 4, dtype=torch.bfloat16)]).backend in ("onednn", "torch")
 
 
 def test_torch_backend_is_f_linear_on_the_fused_weight():

@@ -1,0 +1,55 @@
+"""``jetspec roofline``: what a k-row target forward costs here, beside the hardware's floor.
+
+Example::
+
+    jetspec roofline --rows 1,4,17,33,65 --threads 2 --out runs/roofline.md
+
+Measures this machine's memory bandwidth and matrix throughput, the target's own product shapes
+at skinny row counts on both product backends, each engine's forward over k rows (ratios to its
+own one-token step), where that time goes (torch.profiler), and the ratios again while one other
+CPU-bound process runs. Every flag is generated from a field of ``jetspec.roofline.RooflineConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from jetspec.commands.bench import _arg_type, field_docs
+    from jetspec.roofline import RooflineConfig
+
+    p = sub.add_parser("roofline", help="verify-forward cost vs the machine's roofline floor",
+                       description=__doc__.splitlines()[0])
+    docs, hints = field_docs(RooflineConfig), typing.get_type_hints(RooflineConfig)
+    for f in dataclasses.fields(RooflineConfig):
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_arg_type(hints[f.name]),
+                       default=shown, help=f"{docs.get(f.name, '')} (default: {shown})")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from jetspec.loading import load_target
+    from jetspec.roofline import RooflineConfig, roofline_markdown, run_roofline
+
+    names = {f.name for f in dataclasses.fields(RooflineConfig)}
+    try:
+        cfg = RooflineConfig(**{k: v for k, v in vars(args).items() if k in names})
+    except ValueError as err:
+        raise SystemExit(f"jetspec roofline: {err}") from err
+    torch.set_num_threads(cfg.threads)
+    model, _ = load_target(cfg.target)
+    text = roofline_markdown(run_roofline(cfg, model), cfg)
+    print(text)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(text)
+        print(f"wrote {cfg.out}")
+    return 0
