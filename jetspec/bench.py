@@ -49,6 +49,7 @@ from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.plots import write_outputs
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.target import TargetModel
+from jetspec.threads import choose_threads
 
 DEFAULT_HEAD_DIR = Path(__file__).parent / "assets" / "heads"
 
@@ -100,8 +101,9 @@ class BenchConfig:
     """Run every method once, untimed, before measuring."""
     seed: int = 0
     """Seed of sampling (temperature > 0) and of the method order per prompt."""
-    threads: Optional[int] = None
-    """torch CPU threads (default: torch's choice)."""
+    threads: Optional[str] = None
+    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py);
+    default: torch's choice."""
     out: str = "runs/bench"
     """Output folder for results.json, results.md, runs.jsonl and the plots."""
     plots: bool = True
@@ -122,6 +124,8 @@ class BenchConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.threads is not None and str(self.threads).lower() != "auto":
+            choose_threads(self.threads)  # a number is taken as given; anything else but auto raises
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
 
@@ -389,8 +393,10 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         progress: show a tqdm bar.
     """
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
+    threads = None
     if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+        threads = choose_threads(cfg.threads)
+        torch.set_num_threads(threads.count)
     # Denormal floats make some CPU matmuls many times slower; flushing them is standard for inference.
     torch.set_flush_denormal(True)
     if model is None:
@@ -408,6 +414,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     for reason in skipped:
         print(f"[bench] skipped {reason['drafter']}: {reason['reason']}", flush=True)
     machine = machine_info()
+    machine["threads_choice"] = threads.reason if threads else "torch's default"
 
     if cfg.warmup:
         warm = rows_in[0]["ids"]

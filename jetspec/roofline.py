@@ -197,8 +197,8 @@ class RooflineConfig:
     """forward sizes whose time is split into components with torch.profiler"""
     competing: bool = True
     """also measure the first engine's ratios at 1 and N threads while one other CPU-bound process runs"""
-    threads: int = 2
-    """torch CPU threads (set by the command, not by the library)"""
+    threads: str = "2"
+    """torch CPU threads: a number, or auto (measured at start; set by the command, not the library)"""
     out: str | None = None
     """also write the Markdown report to this file"""
 
@@ -220,7 +220,7 @@ class RooflineConfig:
             raise ValueError(f"--engines takes fast and/or hf, got {','.join(self.engines) or 'nothing'}")
         if not set(self.split_rows) <= set(self.rows) or self.rows[0] != 1:
             raise ValueError("--rows must start with 1 (the plain step every ratio uses) and include --split-rows")
-        for name in ("prefix", "repeats", "threads"):
+        for name in ("prefix", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 

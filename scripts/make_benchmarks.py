@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"default: {defaults.max_new_tokens}; --quick: {QUICK['max_new_tokens']}")
     p.add_argument("--repeats", type=int, default=defaults.repeats)
-    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--threads", default=defaults.threads, help="a number, or auto (measured at start)")
     p.add_argument("--include", action="append", default=None, metavar="MD",
                    help="append this Markdown file (e.g. the report of scripts/compare_heads.py); repeatable")
     args = p.parse_args(argv)

@@ -20,10 +20,10 @@ class DemoConfig:
     head_dir: str | None = None  # default: the heads shipped inside the package
     drafters: str = "ngram:smoothing=1,jetspec,dflash,eagle,jetspec+ngram:smoothing=1"
     budgets: str = "16"
-    node_costs: str = "0,0.035"  # whole-budget trees and cost-aware ones, side by side
+    node_costs: str = "0,0.05"  # whole-budget trees and cost-aware ones, side by side (c from `jetspec roofline`)
     prompts_per_set: int = 1
     max_new_tokens: int = 48
-    threads: int = 2
+    threads: str = "auto"  # a number, or auto: measure 1 thread vs all cores at start (jetspec/threads.py)
     out: str = "runs/demo"
 
 
@@ -58,10 +58,16 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.decoding import SpeculativeDecoder
     from jetspec.loading import load_target
     from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
+    from jetspec.threads import choose_threads
     from jetspec.trees import BestFirstBuilder
 
     t0 = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    try:
+        threads = choose_threads(args.threads)
+    except ValueError as err:
+        raise SystemExit(f"jetspec demo: {err}") from None
+    torch.set_num_threads(threads.count)
+    print(f"[demo] torch threads: {threads.reason}")
     model, tok = load_target(args.target)
     print(f"[demo] target {args.target} loaded in {time.perf_counter() - t0:.1f}s")
     prompts = []
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(model=model, tokenizer=tok, prompts=prompts, drafters=args.drafters,
                        budgets=args.budgets, node_costs=args.node_costs, max_new_tokens=args.max_new_tokens,
                        head_dir=args.head_dir,
-                       out=args.out, threads=args.threads)
+                       out=args.out, threads=threads.count)
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
     width = max(18, max(len(r["drafter"]) for r in rows))
     print(f"\n{'drafter':{width}s} {'budget':>6s} {'tau':>5s} {'tok/s':>7s} {'vs HF greedy':>12s} {'vs ar':>6s}")

@@ -20,12 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--node-cost", type=float, default=0.0,
                    help="verify cost per drafted node in plain steps: trees stop growing where a node "
-                        "would not pay (0 = spend the whole budget; about 0.035 on a 2-core CPU)")
+                        "would not pay (0 = spend the whole budget; about 0.05 on a 2-core CPU, "
+                        "measured by `jetspec roofline`)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", default="auto",
+                   help="torch CPU threads: a number, or auto = measure 1 vs all cores at start (default: auto)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
     from jetspec.interfaces import TREE_BUILDERS
     from jetspec.loading import load_target
+    from jetspec.threads import choose_threads
 
+    try:
+        threads = choose_threads(args.threads)
+    except ValueError as err:
+        raise SystemExit(f"jetspec generate: {err}") from None
+    torch.set_num_threads(threads.count)
     model, tok = load_target(args.target)
     head_dir = Path(args.head_dir) if args.head_dir else DEFAULT_HEAD_DIR
     drafter, reason = make_drafter(args.drafter, model, head_dir)
@@ -61,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
                        top_k=args.top_k, top_p=args.top_p, eos_token_id=tok.eos_token_id,
                        generator=torch.Generator().manual_seed(args.seed))
     print(tok.decode(res.sequences[0, ids.shape[1]:], skip_special_tokens=True))
-    print(f"\n[tau {res.tau:.2f} over {len(res.accepted_lengths)} rounds]")
+    print(f"\n[tau {res.tau:.2f} over {len(res.accepted_lengths)} rounds; threads {threads.reason}]")
     return 0

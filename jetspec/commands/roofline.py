@@ -38,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.loading import load_target
     from jetspec.roofline import RooflineConfig, roofline_markdown, run_roofline
+    from jetspec.threads import choose_threads
 
     names = {f.name for f in dataclasses.fields(RooflineConfig)}
     try:
         cfg = RooflineConfig(**{k: v for k, v in vars(args).items() if k in names})
+        threads = choose_threads(cfg.threads)
     except ValueError as err:
         raise SystemExit(f"jetspec roofline: {err}") from err
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(threads.count)
+    print(f"torch threads: {threads.reason}")
     model, _ = load_target(cfg.target)
     text = roofline_markdown(run_roofline(cfg, model), cfg)
     print(text)
