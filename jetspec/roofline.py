@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from jetspec.kernels import PackedLinear, onednn_available
+from jetspec.kernels.packed_linear import SKINNY_EVENT, skinny_available
 from jetspec.target import TargetModel
 from jetspec.types import DraftTree
 
@@ -132,6 +133,9 @@ def _component(name: str, shapes, sizes: dict[str, set[tuple[int, int]]]) -> str
     """Which component a profiled operator belongs to (products are told apart by weight shape)."""
     if "attention" in name:
         return "attention"
+    if name.startswith(SKINNY_EVENT):  # "jetspec::skinny_matmul[O,I]"
+        shapes = [[int(v) for v in name[len(SKINNY_EVENT) + 1: -1].split(",")]]
+        name = "aten::mm"
     if name in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm") and shapes:
         dims = {tuple(s) for s in shapes if isinstance(s, list) and len(s) == 2}
         for comp, known in sizes.items():
@@ -234,7 +238,8 @@ def run_roofline(cfg: RooflineConfig, model) -> dict:
     import sys
 
     ceilings = measure_ceilings()
-    backends = ["torch"] + (["onednn"] if onednn_available(model.dtype, "cpu") else [])
+    backends = ["torch"] + (["onednn"] if onednn_available(model.dtype, "cpu") else []) + (
+        ["skinny"] if skinny_available(model.dtype, "cpu") else [])
     products = {b: skinny_products(model, cfg.rows, b) for b in backends}
     groups = weight_groups(model)
     all_weights = [w for ws in groups.values() for w in ws]
@@ -265,6 +270,14 @@ def run_roofline(cfg: RooflineConfig, model) -> dict:
                 weight_mb=sum(w.numel() * w.element_size() for w in all_weights) / 1e6)
 
 
+def node_cost(forward_ms: dict[int, float]) -> float:
+    """The ``node_cost`` c of cost-aware trees: the slope of (verify / step - 1) over n = k - 1 nodes,
+    fitted through the origin (a one-row forward is the step itself)."""
+    step = forward_ms[1]
+    pairs = [(k - 1, ms / step - 1) for k, ms in forward_ms.items() if k > 1]
+    return sum(n * r for n, r in pairs) / max(1e-9, sum(n * n for n, _ in pairs))
+
+
 def roofline_markdown(r: dict, cfg: RooflineConfig) -> str:
     c: Ceilings = r["ceilings"]
     rows = cfg.rows
@@ -284,6 +297,10 @@ def roofline_markdown(r: dict, cfg: RooflineConfig) -> str:
         lines.append(f"| {engine} | " + " | ".join(f"{by_rows[k]:.1f} (x{by_rows[k] / base:.2f})" for k in rows) + " |")
     fl = r["floors"]
     lines.append("| roofline floor | " + " | ".join(f"{fl[k]:.1f} (x{fl[k] / fl[rows[0]]:.2f})" for k in rows) + " |")
+    lines.append("")
+    for engine, by_rows in r["forwards"].items():
+        lines.append(f"- Cost per drafted node for cost-aware trees ({engine} engine): c = {node_cost(by_rows):.3f} "
+                     "(a verify over n drafted nodes costs about 1 + c * n plain steps; fit over the k above).")
     for k in cfg.split_rows:
         lines += ["", f"Where a {k}-row forward's time goes (ms, torch.profiler; floor = roofline of that part):", "",
                   "| engine | " + " | ".join(COMPONENTS) + " | total |", "|---" * (len(COMPONENTS) + 2) + "|"]
