@@ -415,6 +415,8 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         print(f"[bench] skipped {reason['drafter']}: {reason['reason']}", flush=True)
     machine = machine_info()
     machine["threads_choice"] = threads.reason if threads else "torch's default"
+    shared = methods[0].target  # ar's wrapper, which every jetspec method shares
+    machine["engine"] = shared.engine + (f", products: {shared.linear_backend}" if shared.linear_backend else "")
 
     if cfg.warmup:
         warm = rows_in[0]["ids"]

@@ -75,6 +75,8 @@ class TargetModel:
         self.attn_backend = attn_backend
         self.engine = self._choose_engine(engine)
         self._fast = CompactForward(model, linear_backend) if self.engine == "fast" else None
+        # which product backend the fast engine runs (None on the "hf" engine)
+        self.linear_backend: Optional[str] = self._fast.linear_backend if self._fast is not None else None
         if min_rows is not None and min_rows < 1:
             raise ValueError(f"min_rows must be >= 1, got {min_rows}")
         if min_rows is None:

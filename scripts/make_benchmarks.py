@@ -85,7 +85,10 @@ def render(results: dict[float, dict], args, command: str) -> str:
     out += ["## Setup", "",
             f"- Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch "
             f"thread(s), no GPU; torch {m['torch']}, transformers {m['transformers']}, Python "
-            f"{m['python']}. Load average at the start of the greedy run: {m.get('load_average')}.",
+            f"{m['python']}. Load average at the start of the greedy run: {m.get('load_average')}. "
+            f"Threads: {m.get('threads_choice', m['threads'])}.",
+            f"- Engine of `ar` and the speculative methods: {m.get('engine', 'hf')} (`TargetModel`; "
+            "the `hf_*` anchors run Hugging Face `generate` on the same model).",
             f"- Target: `{c['target']}` in fp32, batch 1.",
             f"- Prompts: the held-out dev splits of `scripts/prepare_data.py` ({', '.join(SETS)}), "
             "chat template applied; no head was trained on them.",
@@ -122,14 +125,7 @@ def render(results: dict[float, dict], args, command: str) -> str:
                     ""]
         out += [f"Raw results and plots: `{Path(res['config']['out'])}/` (results.json, runs.jsonl, "
                 "tau_vs_budget.png, tokens_per_s_vs_budget.png, depth_acceptance.png).", ""]
-    if args.include:  # sections written by other scripts (head comparison, replay tables, profiles)
-        out += ["## Head variants, seeds and per-round costs", "",
-                "These tables measure tau by *replay* (`jetspec.replay`): the drafter is run on every round's "
-                "committed prefix of the target's own greedy answer to a held-out prompt, and the longest "
-                "matching tree path is accepted, exactly as greedy speculative decoding would (tested to be "
-                "equal round for round). No target forward runs per round, so many heads, seeds and budgets "
-                "can be measured on a CPU. References: 8 held-out dev prompts per set, answers of <= 128 "
-                "tokens (`scripts/make_references.py`).", ""]
+    if args.include:  # sections written by other commands (roofline, head comparison, replay tables)
         for path in args.include:
             out += [Path(path).read_text().rstrip(), ""]
     return "\n".join(out)

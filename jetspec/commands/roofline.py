@@ -52,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
     text = roofline_markdown(run_roofline(cfg, model), cfg)
     print(text)
     if cfg.out:
+        import sys
+
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(text)
+        command = "jetspec roofline " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "jetspec roofline"
+        Path(cfg.out).write_text(f"## Roofline: a k-row target forward on this CPU\n\nCommand: `{command}`; torch "
+                                 f"threads: {threads.reason}.\n\n{text}")
         print(f"wrote {cfg.out}")
     return 0
