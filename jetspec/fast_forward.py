@@ -30,6 +30,7 @@ rows, C cache capacity, V vocabulary, H hidden size.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -243,3 +244,29 @@ def _rope(x: Float[Tensor, "1 h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+# Packing a target's weights takes a second or two (SmolLM2-135M on the CPU of BENCHMARKS.md), and
+# tutorials and benchmarks wrap the same model many times. So the packed forward of a model is kept
+# while the model lives, and reused only while its weights are unchanged: the fingerprint (each
+# parameter's storage address and float64 sum, ~15 ms for 538 MB) changes with any in-place edit
+# that matters, such as a training step, and a changed model is packed again.
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, CompactForward]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: torch.nn.Module, linear_backend: str) -> tuple:
+    with torch.no_grad():
+        sums = tuple((p.data_ptr(), p.dtype, tuple(p.shape), float(torch.sum(p, dtype=torch.float64)))
+                     for p in model.parameters())
+    return (linear_backend,) + sums
+
+
+def compact_forward_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactForward:
+    """The ``CompactForward`` of ``model``, packed once and reused while its weights are unchanged."""
+    key = _fingerprint(model, linear_backend)
+    cached = _PACKED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fast = CompactForward(model, linear_backend)
+    _PACKED[model] = (key, fast)
+    return fast

@@ -43,7 +43,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from jetspec.fast_forward import CompactForward, KVBuffer, fast_forward_support
+from jetspec.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
 from jetspec.kernels import chain_ancestor
 from jetspec.types import DraftTree
 
@@ -74,7 +74,7 @@ class TargetModel:
         self.num_layers: int = self.config.num_hidden_layers
         self.attn_backend = attn_backend
         self.engine = self._choose_engine(engine)
-        self._fast = CompactForward(model, linear_backend) if self.engine == "fast" else None
+        self._fast = compact_forward_for(model, linear_backend) if self.engine == "fast" else None
         # which product backend the fast engine runs (None on the "hf" engine)
         self.linear_backend: Optional[str] = self._fast.linear_backend if self._fast is not None else None
         if min_rows is not None and min_rows < 1:

@@ -138,3 +138,20 @@ def test_attention_backends_select_the_hugging_face_engine():
         TargetModel(model, attn_backend="torch", engine="fast")
     with pytest.raises(ValueError, match="needs a TargetModel with engine='hf'"):
         SpeculativeDecoder(TargetModel(model), NGramDrafter(), attn_backend="torch")
+
+
+def test_packed_weights_are_reused_until_the_weights_change():
+    model = tiny_model("llama", seed=6, dtype=torch.float32)
+    a, b = TargetModel(model), TargetModel(model)
+    assert a._fast is b._fast  # packed once for both wrappers
+    ids = torch.arange(10)
+    a.prefill(ids)
+    before = a.step(3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)  # an in-place edit, as a training step would make
+    c = TargetModel(model)
+    assert c._fast is not a._fast
+    c.prefill(ids)
+    torch.testing.assert_close(c.step(3), model(torch.cat([ids[:-1], torch.tensor([3])])[None]).logits[0, -1],
+                               atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(c.step(4), before)
