@@ -54,8 +54,12 @@ def median_ms(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> fl
 class Ceilings:
     """The machine's two ceilings, as measured here."""
 
-    bandwidth_gbs: float  # streaming read of a large tensor
-    sgemm_gflops: dict[str, float]  # large square product per product backend ("torch", "onednn")
+    bandwidth_gbs: dict[str, float]  # streaming read of a large tensor, per method (see measure_ceilings)
+    sgemm_gflops: dict[str, float]  # large square product per product backend ("torch", "onednn", ...)
+
+    @property
+    def peak_gbs(self) -> float:
+        return max(self.bandwidth_gbs.values())
 
     @property
     def peak_gflops(self) -> float:
@@ -63,13 +67,28 @@ class Ceilings:
 
 
 def measure_ceilings(stream_mb: int = 512, gemm: int = 2048) -> Ceilings:
-    x = torch.randn(stream_mb * 1024 * 1024 // 4)
-    bandwidth = x.numel() * 4 / median_ms(x.sum, repeats=5) / 1e6
+    """Read bandwidth and matrix throughput, each the best of the ways this machine offers.
+
+    Bandwidth: ``x.sum()`` over a tensor far larger than the caches, and a one-row product through
+    the skinny kernel against a weight of the same size (it reads every weight byte once, so its
+    rate is a read rate too; on the 2-core EPYC of BENCHMARKS.md it streamed faster than ``sum``).
+    Throughput: a large square product on each product backend.
+    """
+    n = stream_mb * 1024 * 1024 // 4
+    x = torch.randn(n)
+    bandwidth = {"sum": n * 4 / median_ms(x.sum, repeats=5) / 1e6}
+    if skinny_available(torch.float32, "cpu"):
+        big = PackedLinear([x.view(-1, 1024)], backend="skinny")
+        row = torch.randn(1, 1024)
+        bandwidth["skinny 1-row product"] = n * 4 / median_ms(lambda: big(row), repeats=5) / 1e6
+        del big
     a, w = torch.randn(gemm, gemm), torch.randn(gemm, gemm)
     flops = {"torch": 2 * gemm ** 3 / median_ms(lambda: F.linear(a, w), repeats=5) / 1e6}
-    if onednn_available(torch.float32, "cpu"):
-        packed = PackedLinear([w], backend="onednn")
-        flops["onednn"] = 2 * gemm ** 3 / median_ms(lambda: packed(a), repeats=5) / 1e6
+    for backend, ok in (("onednn", onednn_available(torch.float32, "cpu")),
+                        ("skinny", skinny_available(torch.float32, "cpu"))):
+        if ok:
+            packed = PackedLinear([w], backend=backend)
+            flops[backend] = 2 * gemm ** 3 / median_ms(lambda: packed(a), repeats=5) / 1e6
     return Ceilings(bandwidth, flops)
 
 
@@ -91,7 +110,7 @@ def floor_ms(weights: Sequence[torch.Tensor], rows: int, ceilings: Ceilings) -> 
     """The roofline floor of multiplying ``rows`` rows against ``weights``: traffic or arithmetic."""
     count = sum(w.numel() for w in weights)
     nbytes = sum(w.numel() * w.element_size() for w in weights)
-    return max(nbytes / ceilings.bandwidth_gbs / 1e6, 2 * rows * count / ceilings.peak_gflops / 1e6)
+    return max(nbytes / ceilings.peak_gbs / 1e6, 2 * rows * count / ceilings.peak_gflops / 1e6)
 
 
 def skinny_products(model: torch.nn.Module, rows: Sequence[int], backend: str) -> dict[int, float]:
@@ -281,9 +300,11 @@ def node_cost(forward_ms: dict[int, float]) -> float:
 def roofline_markdown(r: dict, cfg: RooflineConfig) -> str:
     c: Ceilings = r["ceilings"]
     rows = cfg.rows
-    lines = [f"Ceilings ({r['threads']} threads): streaming read {c.bandwidth_gbs:.1f} GB/s; large product "
+    lines = [f"Ceilings ({r['threads']} threads): streaming read "
+             + ", ".join(f"{b} {g:.1f} GB/s" for b, g in c.bandwidth_gbs.items()) + "; large product "
              + ", ".join(f"{b} {g:.0f} GFLOP/s" for b, g in c.sgemm_gflops.items())
-             + f". The target's products read {r['weight_mb']:.0f} MB of weights per forward.", "",
+             + f". The target's products read {r['weight_mb']:.0f} MB of weights per forward; the floors use "
+             f"the best of each ({c.peak_gbs:.1f} GB/s, {c.peak_gflops:.0f} GFLOP/s).", "",
              "All of the target's products, one call per weight (ms):", "",
              "| backend | " + " | ".join(f"M = {k}" for k in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for b, by_rows in r["products"].items():

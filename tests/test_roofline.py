@@ -11,7 +11,7 @@ from jetspec.roofline import Ceilings, RooflineConfig, floor_ms, node_cost, roof
 
 
 def test_floor_is_the_larger_of_traffic_and_arithmetic():
-    ceilings = Ceilings(bandwidth_gbs=10.0, sgemm_gflops={"torch": 50.0, "onednn": 100.0})
+    ceilings = Ceilings(bandwidth_gbs={"sum": 10.0, "other": 4.0}, sgemm_gflops={"torch": 50.0, "onednn": 100.0})
     w = [torch.zeros(1000, 1000)]  # 4 MB of fp32, 1e6 weights
     assert floor_ms(w, 1, ceilings) == pytest.approx(0.4)  # 4e6 B / 10 GB/s; 2e6 FLOP at 100 GFLOP/s is 0.02
     assert floor_ms(w, 1000, ceilings) == pytest.approx(20.0)  # 2e9 FLOP / 100 GFLOP/s beats 0.4 ms
@@ -33,7 +33,7 @@ def test_config_errors_name_the_flag():
 
 
 def test_report_on_a_tiny_target(monkeypatch):
-    monkeypatch.setattr(roofline, "measure_ceilings", lambda: Ceilings(20.0, {"torch": 50.0}))
+    monkeypatch.setattr(roofline, "measure_ceilings", lambda: Ceilings({"sum": 20.0}, {"torch": 50.0}))
     # vocab 96: the lm_head [96, 32] must not share a shape with the fused q/k/v [64, 32], since the
     # split tells products apart by weight shape.
     model = tiny_model("llama", seed=0, dtype=torch.float32, vocab=96)
