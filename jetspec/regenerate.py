@@ -14,7 +14,9 @@ run for hours unattended:
   row), and each finished batch is appended and flushed at once, so an interrupted job loses at
   most one batch;
 * reproducible when sampling: each row's seed is derived from ``seed`` and the row's id, so an
-  interrupted and resumed job writes the same rows as an uninterrupted one, however it is batched;
+  interrupted and resumed job writes the same rows as an uninterrupted one, however it is batched
+  (bit for bit when padding does not change a row's logits, as in float64; in lower precision a
+  row in another batch can round differently, like greedy decoding);
 * a tqdm progress bar with the useful (non-padding) tokens per second.
 
 Each output row holds the token ids the head trains on, so nothing is re-tokenized later::

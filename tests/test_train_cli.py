@@ -69,6 +69,19 @@ def test_resume_check_in_the_lightning_hook(tmp_path):
         fit(DFlashHead(target, block_size=4), 2, str(tmp_path / "ck" / "last.ckpt"))
     with pytest.raises(ValueError, match="num_layers: 1 in the checkpoint, 2 requested"):
         fit(JetSpecHead(target, block_size=4, num_layers=2), 2, str(tmp_path / "ck" / "last.ckpt"))
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    assert state.pop("jetspec_head") == {"head": "jetspec", "config": state_config(target)}
+    torch.save(state, tmp_path / "old.ckpt")  # as written before checkpoints recorded the head
+    with pytest.warns(UserWarning, match="does not record its head kind and architecture"):
+        fit(JetSpecHead(target, block_size=4), 2, str(tmp_path / "old.ckpt"))
+
+
+def state_config(target) -> dict:
+    from dataclasses import asdict
+
+    from jetspec.drafters import JetSpecHead
+
+    return json.loads(json.dumps(asdict(JetSpecHead(target, block_size=4).config)))
 
 
 def test_rerun_into_a_used_out_needs_resume_or_overwrite(argv, tmp_path, capsys):
