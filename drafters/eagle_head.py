@@ -41,7 +41,6 @@ P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.eagle_training as ttt
+import jetspec.drafters.head_files as head_files
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -63,8 +63,6 @@ from jetspec.drafters.head_layers import (
     attend,
 )
 from jetspec.drafters.parallel_head import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     HeadConfig,
     ParallelHead,
     _Frozen,
@@ -405,23 +403,23 @@ class EagleHead(L.LightningModule, Drafter):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
                         **training_options) -> "EagleHead":
-        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape)."""
-        from safetensors.torch import load_file
+        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
 
+        The weights and architecture are verified against the checksums in ``config.json`` first.
+        """
         folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
-                                        "save_pretrained")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta, state = head_files.read_head_folder(folder)
         if DRAFTERS.get(meta.get("head")) is not cls:
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
         training = replace(TrainConfig(**meta.get("training", {})), **training_options)
         head = cls(target, config=EagleConfig(**meta["config"]), training=training)
-        head.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        head.net.load_state_dict(state)
         if dtype is not None:
             head.net.to(dtype)
         return head
+
+    on_save_checkpoint = ParallelHead.on_save_checkpoint  # record the head kind and architecture
+    on_load_checkpoint = ParallelHead.on_load_checkpoint  # and refuse a resume into another head
 
 
 class _DraftTree:

@@ -23,7 +23,6 @@ V vocab, D depth, W width, M query rows.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -37,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.conditioned as conditioned
+import jetspec.drafters.head_files as head_files
 import jetspec.training as recipe
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
@@ -45,8 +45,6 @@ from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
 from jetspec.target import TargetModel
 from jetspec.training import TrainConfig, block_positions, packed_block_mask
 from jetspec.types import DraftInput, DraftOutput
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def default_tap_layers(num_layers: int) -> tuple[int, ...]:
@@ -438,37 +436,25 @@ class ParallelHead(L.LightningModule, Drafter):
                         state_dict: Optional[dict] = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (the head's weights only, optionally cast).
 
+        ``config.json`` records checksums of the weights and the architecture (``head_files``).
         ``state_dict``: the module's full state dict when it is not in ``self`` (FSDP keeps only a
         shard per process; ``trainer.strategy.lightning_module_state_dict()`` gathers it).
         """
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         full = self.state_dict() if state_dict is None else state_dict
         state = {k[len("net."):]: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                  .detach().cpu().contiguous() for k, v in full.items() if k.startswith("net.")}
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta = {"head": self.registry_name, "config": asdict(self.config),
-                "training": asdict(self.train_config)}
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        return folder
+        return head_files.write_head_folder(folder, self, state)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
                         **training_options) -> "ParallelHead":
         """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
 
+        The weights and architecture are verified against the checksums in ``config.json`` first.
         Called on ``ParallelHead`` it builds whichever head the folder holds.
         """
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
-                                        "save_pretrained")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta, state = head_files.read_head_folder(folder)
         saved = DRAFTERS.get(meta.get("head"))
         if saved is None or not issubclass(saved, ParallelHead):
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not a parallel head")
@@ -476,13 +462,18 @@ class ParallelHead(L.LightningModule, Drafter):
             raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
                              f"load it with {saved.__name__}.from_pretrained")
         training = replace(TrainConfig(**meta.get("training", {})), **training_options)
-        state = load_file(str(folder / WEIGHTS_FILE))
         head = saved(target, config=HeadConfig(**meta["config"]), training=training,
                      draft_vocab=state.get("vocab.ids"))
         head.net.load_state_dict(state)
         if dtype is not None:
             head.net.to(dtype)
         return head
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        head_files.record_identity(self, checkpoint)  # so a resume into another head is refused
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        head_files.check_identity(self, checkpoint)
 
 
 @register_drafter("jetspec")

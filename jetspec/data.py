@@ -6,7 +6,9 @@ not prompts. Everything else here is plumbing around that:
 
 * ``TokenDataModule(sequences, batch_size=8)``: right-padded batches, an optional validation split,
   and a deterministic order that is the same for one process and for N DDP processes (the global
-  batch of step n is the same set of sequences either way).
+  batch of step n is the same set of sequences either way). The training loader is resumable: a run
+  killed mid-epoch and resumed from a checkpoint trains on exactly the batches an uninterrupted run
+  would (``ResumableSampler``).
 * ``TokenDataModule.from_jsonl / from_text / from_hf_dataset / from_path``: text front-ends that
   tokenize with the target's tokenizer and chat template.
 * ``sample_continuations``: let the target itself write the responses (METHOD.md 2.1: training on
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,6 +83,75 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
             "index": torch.tensor([it["index"] for it in items])}
 
 
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` that knows how far into its epoch training got, and resumes there.
+
+    The position counts this process's items that reached a training step, not the items the
+    loader has fetched: Lightning prefetches a batch ahead, so a count taken inside the iterator
+    would run ahead of training. ``TokenDataModule`` calls ``advance`` as each training batch is
+    handed to the model. ``state_dict``/``load_state_dict`` save and restore the position;
+    after ``load_state_dict`` the next iteration over the saved epoch skips the items already
+    trained on, and every later epoch is whole. ``__len__`` stays the full epoch's length, so
+    Lightning's step counts (and the LR schedule) are those of an uninterrupted run.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.position = 0  # items of epoch ``position_epoch`` trained on (this process)
+        self.position_epoch = 0
+        self.tracked = False  # set when a data module advances the position
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, items to skip) for the next iteration
+
+    def advance(self, items: int) -> None:
+        """Record that ``items`` more items of the current epoch reached a training step."""
+        if self.position_epoch != self.epoch:
+            self.position_epoch, self.position = self.epoch, 0
+        self.position += items
+
+    def _identity(self) -> dict:
+        # What must be equal for a saved position to mean the same items after a resume.
+        return {"num_replicas": self.num_replicas, "num_items": len(self.dataset), "seed": self.seed,
+                "shuffle": self.shuffle}
+
+    def state_dict(self) -> dict:
+        position = self.position if self.position_epoch == self.epoch else 0  # nothing yet of a new epoch
+        return {"epoch": self.epoch, "position": position if self.tracked else None, **self._identity()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``'s position; refuse a position that would mean other items now."""
+        if state.get("position") is None:
+            warnings.warn("the checkpoint holds no position within its epoch (the training loader ran "
+                          "without its TokenDataModule, e.g. fit(train_dataloaders=...)): the resumed "
+                          "epoch starts again at its first batch", stacklevel=2)
+            return
+        if state["position"]:
+            changed = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
+            if changed:
+                detail = ", ".join(f"{k} {old} in the checkpoint, {new} now" for k, (old, new) in changed.items())
+                raise ValueError(f"cannot resume in the middle of epoch {state['epoch']}: the training data "
+                                 f"order changed ({detail})")
+        self._resume = (int(state["epoch"]), int(state["position"]))
+        self.position_epoch, self.position = self._resume
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == self.epoch else 0
+        return iter(order[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a ``ResumableSampler``: Lightning stores its state in checkpoints
+    (loaders with ``state_dict``/``load_state_dict`` are "stateful" to Lightning) and restores it
+    before the resumed epoch's first batch."""
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
 class TokenDataModule(L.LightningDataModule):
     """Batches of token sequences for ``lightning.Trainer.fit(head, datamodule=...)``.
 
@@ -124,6 +196,7 @@ class TokenDataModule(L.LightningDataModule):
             self.val_set = TokenDataset(kept, range(len(examples), len(examples) + len(kept)))
         else:
             self.val_set = TokenDataset([examples[i] for i in val_idx], val_idx)
+        self._train_sampler: Optional[ResumableSampler] = None
 
     @staticmethod
     def _fit(ex: Example, max_length: Optional[int]) -> Optional[Example]:
@@ -133,19 +206,36 @@ class TokenDataModule(L.LightningDataModule):
             return None
         return Example(ids, ex.response_start)
 
-    def _loader(self, ds: TokenDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: TokenDataset, shuffle: bool) -> ResumableLoader:
         # Always a DistributedSampler (one replica without DDP): Lightning keeps it as is, and the
         # per-epoch permutation it draws is the same in every process, so rank r of N gets items
         # r, r+N, ... of the very order a single process walks through.
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate, pad_id=self.pad_id))
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                               collate_fn=partial(collate, pad_id=self.pad_id))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
+    def train_dataloader(self) -> ResumableLoader:
+        loader = self._loader(self.train_set, self.shuffle)
+        # Positions are counted only when Lightning runs this data module (on_before_batch_transfer).
+        loader.sampler.tracked = self.trainer is not None and self.trainer.datamodule is self
+        self._train_sampler = loader.sampler
+        return loader
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Advance the training position by each batch that reaches a training step.
+
+        Lightning calls this for the batch it is about to train on (not for the one it prefetched),
+        so a checkpoint taken after step n records exactly the items of steps <= n. A
+        LightningModule's own ``on_before_batch_transfer`` is not called while this data module is
+        in use (Lightning's rule for hooks both define).
+        """
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self._train_sampler is not None:
+            self._train_sampler.advance(int(batch["input_ids"].shape[0]))
+        return batch
 
     def val_dataloader(self):
         return self._loader(self.val_set, False) if len(self.val_set) else []

@@ -9,14 +9,20 @@ run for hours unattended:
 
 * batched Hugging Face ``generate`` with *left* padding (every row's last prompt token sits in the
   last column, so all rows start generating at the same step);
-* resumable: rows whose prompt is already in the output file are skipped, and each finished row is
-  appended and flushed at once, so an interrupted job loses at most one batch;
+* resumable: every output row carries the ``id`` of its prompt (its position in the prompt list),
+  rows whose id is already in the output file are skipped (repeated prompt texts each keep their
+  row), and each finished batch is appended and flushed at once, so an interrupted job loses at
+  most one batch;
+* reproducible when sampling: each row's seed is derived from ``seed`` and the row's id, so an
+  interrupted and resumed job writes the same rows as an uninterrupted one, however it is batched
+  (bit for bit when padding does not change a row's logits, as in float64; in lower precision a
+  row in another batch can round differently, like greedy decoding);
 * a tqdm progress bar with the useful (non-padding) tokens per second.
 
 Each output row holds the token ids the head trains on, so nothing is re-tokenized later::
 
-    {"prompt": str, "response": str, "input_ids": [prompt ids + response ids], "response_start": int,
-     "set": str | None, "finish_reason": "eos" | "length"}
+    {"id": int, "prompt": str, "response": str, "input_ids": [prompt ids + response ids],
+     "response_start": int, "set": str | None, "finish_reason": "eos" | "length"}
 
 ``write_distillation`` writes the same row format from the dataset's own answers. Those rows need
 no generation at all (only a teacher forward when training), so they are a fast first data set.
@@ -24,33 +30,101 @@ no generation at all (only a teacher forward when training), so they are a fast 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from jetspec.prompts import chat_ids, eos_ids, read_jsonl
 
 
-def done_prompts(out_path: str | os.PathLike) -> set[str]:
-    """Prompts that already have a row in ``out_path`` (empty if it does not exist yet).
+def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
+    """Rows already in ``out_path``: ``{id: prompt}``, and the prompts of rows without an id.
 
-    A final line cut off by an interrupted write is ignored (and overwritten on resume).
+    Rows without an id were written before rows had one. A final line cut off by an interrupted
+    write is ignored (and overwritten on resume); a row written twice counts once.
     """
-    done: set[str] = set()
+    done: dict[int, str] = {}
+    legacy: list[str] = []
     if not Path(out_path).exists():
-        return done
+        return done, legacy
     with open(out_path, encoding="utf-8") as f:
         for line in f:
             try:
-                done.add(json.loads(line)["prompt"])
-            except (json.JSONDecodeError, KeyError):
+                row = json.loads(line)
+                prompt = row["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    return done
+            if "id" in row:
+                done[int(row["id"])] = prompt
+            else:
+                legacy.append(prompt)
+    return done, legacy
+
+
+def pending_rows(rows: list[dict], out_path: str | os.PathLike) -> list[dict]:
+    """The rows of ``rows`` (with ids) that ``out_path`` does not hold yet.
+
+    Raises ``ValueError`` naming the file and the id when a row of the file was written for another
+    prompt than the one with that id now: the prompt list changed, and resuming would mix two lists.
+    Rows without an id (older files) count once per occurrence of their prompt text.
+    """
+    done, legacy = read_done(out_path)
+    for row in rows:
+        old = done.get(row["id"])
+        if old is not None and old != row["prompt"]:
+            raise ValueError(f"{out_path}: the row with id {row['id']} was written for the prompt {old[:60]!r}, "
+                             f"but prompt {row['id']} of this prompt list is {row['prompt'][:60]!r}; the prompt "
+                             "list changed since that run: write to a new output file")
+    unmatched = Counter(legacy)
+    todo = []
+    for row in rows:
+        if row["id"] in done:
+            continue
+        if unmatched[row["prompt"]] > 0:
+            unmatched[row["prompt"]] -= 1
+            continue
+        todo.append(row)
+    return todo
+
+
+def row_seed(seed: int, row_id: int) -> int:
+    """A row's sampling seed: a hash of (``seed``, id), independent of batching and of other rows."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(row_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
+
+
+class RowSampler(LogitsProcessor):
+    """A logits processor that samples every row's next token with that row's own generator.
+
+    Hugging Face ``generate`` samples a batch with one global generator, so a row's text would
+    depend on its batch neighbours and on the batch's position in the job. Here each row draws
+    from ``torch.Generator(seed)`` of its own; the processor returns 0 for the drawn token and
+    -inf elsewhere, and greedy decoding (``do_sample=False``) then emits exactly that token.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: Optional[float], device) -> None:
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
+        if self.top_p is not None and self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the most likely token always).
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        out = torch.full_like(scores, float("-inf"))
+        for b, gen in enumerate(self.generators):
+            out[b, torch.multinomial(probs[b], 1, generator=gen)] = 0.0
+        return out
 
 
 def _trim_partial_line(out_path: Path) -> None:
@@ -66,11 +140,11 @@ def _trim_partial_line(out_path: Path) -> None:
 
 
 def _as_rows(prompts: Iterable) -> list[dict]:
-    """Accept prompt strings or rows with a ``prompt`` (and optional ``set``) field."""
+    """Accept prompt strings or rows with a ``prompt`` (and optional ``set``) field; ids by position."""
     rows = []
-    for p in prompts:
-        rows.append({"prompt": p, "set": None} if isinstance(p, str) else
-                    {"prompt": p["prompt"], "set": p.get("set")})
+    for i, p in enumerate(prompts):
+        rows.append({"id": i, "prompt": p, "set": None} if isinstance(p, str) else
+                    {"id": i, "prompt": p["prompt"], "set": p.get("set")})
     return rows
 
 
@@ -111,19 +185,23 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     Args:
         model: a Hugging Face causal LM (the target).
         tokenizer: its tokenizer; its chat template is applied to every prompt.
-        prompts: strings, or rows with a ``prompt`` field and an optional ``set`` field.
-        out_path: output JSON-lines file; prompts already in it are skipped (resume).
+        prompts: strings, or rows with a ``prompt`` field and an optional ``set`` field. A prompt's
+            position in this list is its row's ``id``.
+        out_path: output JSON-lines file; ids already in it are skipped (resume). It must have been
+            written for the same prompt list (``ValueError`` naming the id otherwise).
         max_new_tokens: longest response; longer ones are cut and marked ``"length"``.
         batch_size: prompts per ``generate`` call. Larger batches give more tokens/s on a CPU,
             until the longest response of a batch dominates (the rest wait as padding).
         temperature: 0 = greedy (the target's most likely text); > 0 samples.
         top_p: nucleus sampling threshold when sampling.
-        seed: sampling seed; batch i uses ``seed + i`` so a resumed run stays reproducible per batch.
+        seed: sampling seed; row ``id`` samples with ``row_seed(seed, id)``, so its text does not
+            depend on batching or on where a previous run stopped.
         limit: take only the first ``limit`` prompts.
         progress: show a tqdm bar.
 
     Returns:
-        ``{"rows_written", "rows_skipped", "new_tokens", "seconds", "tokens_per_s"}``.
+        ``{"rows_written", "rows_skipped", "new_tokens", "seconds", "tokens_per_s"}``: rows written
+        by this call, and rows of this prompt list that the file already held.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
@@ -133,46 +211,50 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _trim_partial_line(out_path)
-    done = done_prompts(out_path)
-    todo = [r for r in rows if r["prompt"] not in done]
-    eos = set(eos_ids(tokenizer, model))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    todo = pending_rows(rows, out_path)
     model.eval()
-    device = next(model.parameters()).device
-
     stats = {"rows_written": 0, "rows_skipped": len(rows) - len(todo), "new_tokens": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, unit="row", desc="regenerate", dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as f:
         for i in range(0, len(todo), batch_size):
             batch = todo[i: i + batch_size]
-            prompt_ids = [chat_ids(tokenizer, r["prompt"]) for r in batch]
-            ids, mask = left_pad(prompt_ids, pad_id)
-            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None) \
-                if temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if temperature > 0:
-                torch.manual_seed(seed + i // batch_size)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                 eos_token_id=sorted(eos) or None, **sampling)
-            new = out[:, ids.shape[1]:].cpu().tolist()  # [B, generated]
-            for row, p_ids, gen in zip(batch, prompt_ids, new):
-                resp, reason = cut_response(gen, eos)
-                f.write(json.dumps({
-                    "prompt": row["prompt"], "response": tokenizer.decode(resp, skip_special_tokens=True),
-                    "input_ids": p_ids + resp, "response_start": len(p_ids), "set": row["set"],
-                    "finish_reason": reason,
-                }, ensure_ascii=False) + "\n")
-                stats["new_tokens"] += len(resp)
+            for row in _answer(model, tokenizer, batch, max_new_tokens, temperature, top_p, seed):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                stats["new_tokens"] += len(row["input_ids"]) - row["response_start"]
             f.flush()
             stats["rows_written"] += len(batch)
-            elapsed = time.perf_counter() - t0
             bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
     stats["tokens_per_s"] = stats["new_tokens"] / max(stats["seconds"], 1e-9)
     return stats
+
+
+def _answer(model, tokenizer, batch: list[dict], max_new_tokens: int, temperature: float,
+            top_p: Optional[float], seed: int) -> list[dict]:
+    """One left-padded ``generate`` call for ``batch``; its output rows, in order."""
+    eos = set(eos_ids(tokenizer, model))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    device = next(model.parameters()).device
+    prompt_ids = [chat_ids(tokenizer, r["prompt"]) for r in batch]
+    ids, mask = left_pad(prompt_ids, pad_id)
+    # Greedy decoding in both cases: when sampling, RowSampler has already drawn each row's token.
+    extra = {}
+    if temperature > 0:
+        seeds = [row_seed(seed, r["id"]) for r in batch]
+        extra["logits_processor"] = LogitsProcessorList([RowSampler(seeds, temperature, top_p, device)])
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                         pad_token_id=pad_id, eos_token_id=sorted(eos) or None, do_sample=False,
+                         temperature=None, top_p=None, top_k=None, **extra)
+    rows = []
+    for row, p_ids, gen in zip(batch, prompt_ids, out[:, ids.shape[1]:].cpu().tolist()):
+        resp, reason = cut_response(gen, eos)
+        rows.append({"id": row["id"], "prompt": row["prompt"],
+                     "response": tokenizer.decode(resp, skip_special_tokens=True), "input_ids": p_ids + resp,
+                     "response_start": len(p_ids), "set": row["set"], "finish_reason": reason})
+    return rows
 
 
 def distillation_rows(tokenizer, prompt_rows: Iterable[dict]) -> Iterable[dict]:

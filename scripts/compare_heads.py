@@ -42,7 +42,8 @@ def train_command(a, name: str, flags: list[str], seed: int, extra: list[str]) -
            "--max-steps", str(a.steps), "--seed", str(seed), "--data-seed", "0", "--eval-data", a.refs,
            "--eval-every", str(a.eval_every), "--eval-budgets", a.curve_budgets,
            "--eval-final-budgets", a.budgets, "--logger", "csv",
-           "--checkpoint-every", str(a.steps), "--teacher-cache", a.teacher_cache, "--kl-topk", "64"]
+           "--checkpoint-every", str(a.steps), "--teacher-cache", a.teacher_cache, "--kl-topk", "64",
+           "--overwrite"]  # an unfinished run starts over (its log and cmd.txt are kept)
     flag_args = [part for f in flags for part in f.split("=", 1)]
     return cmd + extra + flag_args  # a variant's own flags come last, so they win over the shared ones
 
@@ -57,8 +58,6 @@ def run_all(a, variants, extra) -> None:
             name, flags, seed = pending.pop(0)
             run = Path(a.out) / f"{name}-s{seed}"
             run.mkdir(parents=True, exist_ok=True)
-            # An unfinished run starts over: drop the curve rows of the earlier attempt.
-            (run / "tau_curve.jsonl").unlink(missing_ok=True)
             log = open(run / "train.log", "a")
             cmd = train_command(a, name, flags, seed, extra)
             (run / "cmd.txt").write_text(" ".join(cmd) + "\n")

@@ -19,6 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from jetspec.drafters.head_files import seal_head_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "jetspec" / "assets" / "heads"
 
@@ -67,6 +69,7 @@ def main() -> None:
             continue
         shutil.rmtree(DEST / name, ignore_errors=True)
         shutil.copytree(src, DEST / name)
+        seal_head_folder(DEST / name)  # heads saved before checksums existed get their integrity record
         size = sum(p.stat().st_size for p in (DEST / name).iterdir()) / 2**20
         rows = read_metrics(run)
         xs, ys = series(rows, "train/loss")

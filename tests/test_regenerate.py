@@ -16,8 +16,8 @@ from jetspec.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.regenerate import (
     cut_response,
     distillation_rows,
-    done_prompts,
     left_pad,
+    read_done,
     read_regenerated,
     regenerate,
     write_distillation,
@@ -101,7 +101,7 @@ def test_resume_skips_done_rows_and_repairs_a_cut_line(tiny, tmp_path):
     assert second["rows_skipped"] == 3 and second["rows_written"] == 3
     rows = read_regenerated(out)  # every line parses again
     assert sorted(r["prompt"] for r in rows) == sorted(PROMPTS)
-    assert done_prompts(out) == set(PROMPTS)
+    assert set(read_done(out)[0]) == set(range(len(PROMPTS)))
     third = regenerate(model, tok, PROMPTS, out, max_new_tokens=5, batch_size=2, progress=False)
     assert third["rows_written"] == 0 and len(read_regenerated(out)) == len(PROMPTS)
 
@@ -113,6 +113,81 @@ def test_sampling_is_seeded(tiny, tmp_path):
         regenerate(model, tok, PROMPTS[:3], path, max_new_tokens=6, batch_size=3, temperature=1.0, seed=7,
                    progress=False)
     assert [r["input_ids"] for r in read_regenerated(a)] == [r["input_ids"] for r in read_regenerated(b)]
+
+
+DUPES = ["w1 w2", "w3 .", "w1 w2", "w4", "w1 w2"]  # the same prompt text three times
+
+
+def test_resume_keeps_every_row_of_repeated_prompts(tiny, tmp_path):
+    model, tok = tiny
+    out = tmp_path / "regen.jsonl"
+    first = regenerate(model, tok, DUPES, out, max_new_tokens=4, batch_size=2, limit=1, progress=False)
+    assert (first["rows_written"], first["rows_skipped"]) == (1, 0)
+    second = regenerate(model, tok, DUPES, out, max_new_tokens=4, batch_size=2, progress=False)
+    assert (second["rows_written"], second["rows_skipped"]) == (4, 1)  # true counts
+    rows = read_regenerated(out)
+    assert sorted(r["id"] for r in rows) == list(range(len(DUPES)))
+    assert [r["prompt"] for r in sorted(rows, key=lambda r: r["id"])] == DUPES
+    third = regenerate(model, tok, DUPES, out, max_new_tokens=4, batch_size=2, progress=False)
+    assert (third["rows_written"], third["rows_skipped"]) == (0, len(DUPES))
+
+
+def test_resume_refuses_a_changed_prompt_list(tiny, tmp_path):
+    model, tok = tiny
+    out = tmp_path / "regen.jsonl"
+    regenerate(model, tok, DUPES, out, max_new_tokens=3, batch_size=2, limit=2, progress=False)
+    changed = ["w9"] + DUPES[1:]
+    with pytest.raises(ValueError, match=r"regen.jsonl: the row with id 0 .*'w1 w2'.*'w9'"):
+        regenerate(model, tok, changed, out, max_new_tokens=3, batch_size=2, progress=False)
+
+
+def test_resume_of_a_file_written_without_row_ids(tiny, tmp_path):
+    """Older files have no ids: their rows count once per occurrence of the prompt text."""
+    model, tok = tiny
+    out = tmp_path / "regen.jsonl"
+    regenerate(model, tok, DUPES, out, max_new_tokens=3, batch_size=2, limit=3, progress=False)
+    legacy = [{k: v for k, v in r.items() if k != "id"} for r in read_regenerated(out)]
+    write_jsonl(out, legacy)
+    stats = regenerate(model, tok, DUPES, out, max_new_tokens=3, batch_size=2, progress=False)
+    assert (stats["rows_written"], stats["rows_skipped"]) == (2, 3)
+    assert sorted(r["prompt"] for r in read_regenerated(out)) == sorted(DUPES)
+
+
+def test_sampled_rows_are_the_same_after_an_interruption(tiny, tmp_path):
+    """Each row's seed comes from its id: how the job was batched or cut does not change a row."""
+    model, tok = tiny
+    run = lambda path, **kw: regenerate(model, tok, PROMPTS, path, max_new_tokens=6, temperature=1.0,
+                                        progress=False, **{"seed": 7, "batch_size": 2, **kw})
+    run(tmp_path / "straight.jsonl")
+    run(tmp_path / "cut.jsonl", limit=3)
+    run(tmp_path / "cut.jsonl", batch_size=4)
+    run(tmp_path / "other.jsonl", seed=8)
+
+    def rows(name):  # in file order, which is prompt order here
+        return [r["input_ids"] for r in read_regenerated(tmp_path / name)]
+
+    assert rows("cut.jsonl") == rows("straight.jsonl")
+    assert rows("other.jsonl") != rows("straight.jsonl")  # control: the seed does matter
+
+
+def test_row_sampler_draws_from_the_tempered_nucleus():
+    from jetspec.regenerate import RowSampler
+
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]] * 2))
+
+    def counts(n, **kw):
+        sampler = RowSampler([1, 2], **{"temperature": 1.0, "top_p": None, "device": "cpu", **kw})
+        drawn = torch.stack([sampler(None, scores).argmax(-1) for _ in range(n)])  # [n, 2]
+        return torch.bincount(drawn.flatten(), minlength=4) / drawn.numel()
+
+    assert counts(20, top_p=0.5).tolist() == [1.0, 0.0, 0.0, 0.0]  # 0.6 >= 0.5: the first token only
+    two = counts(400, top_p=0.8)
+    assert two[2:].sum() == 0 and abs(float(two[0]) - 2 / 3) < 0.07  # renormalised over {0, 1}
+    full = counts(2000)
+    assert full[3] == 0 and (full[:3] - torch.tensor([0.6, 0.3, 0.1])).abs().max() < 0.04
+    hot = counts(2000, temperature=2.0)  # p^(1/2), renormalised
+    want = torch.tensor([0.6, 0.3, 0.1]).sqrt()
+    assert (hot[:3] - want / want.sum()).abs().max() < 0.04
 
 
 def test_prompt_formats_of_the_shared_data():

@@ -219,6 +219,33 @@ def test_datamodule_batches_and_splits():
         TokenDataModule([[1]])
 
 
+def test_resumable_sampler_skips_what_was_trained_and_refuses_other_data():
+    from jetspec.data import ResumableSampler
+
+    dm = TokenDataModule(random_seqs(10), batch_size=2, seed=5)
+    sampler = ResumableSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=5)
+    sampler.tracked = True
+    sampler.set_epoch(1)
+    whole = list(sampler)
+    sampler.advance(2)
+    sampler.advance(2)
+    state = sampler.state_dict()
+    assert (state["epoch"], state["position"]) == (1, 4)
+    again = ResumableSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=5)
+    again.tracked = True
+    again.load_state_dict(state)
+    again.set_epoch(1)
+    assert list(again) == whole[4:] and len(again) == len(whole)
+    assert list(again) == whole  # only the resumed epoch is cut
+    again.set_epoch(2)
+    assert again.state_dict()["position"] == 0  # nothing of epoch 2 trained yet
+    other = ResumableSampler(TokenDataModule(random_seqs(12), seed=5).train_set, 1, 0, True, 5)
+    with pytest.raises(ValueError, match="num_items 10 in the checkpoint, 12 now"):
+        other.load_state_dict(state)
+    with pytest.warns(UserWarning, match="no position"):
+        other.load_state_dict({**state, "position": None})
+
+
 def test_text_front_ends(tmp_path):
     tok = tiny_tokenizer()
     rows = [{"prompt": "w1 w2", "response": "w3 w4"},
@@ -310,6 +337,48 @@ def test_logging_validation_checkpoint_and_resume(qwen64, tmp_path):
     assert {"train/loss", "val/loss", "val/accept_len", "val/agree_d1", "val/agree_d3", "lr-AdamW"} <= keys
     acc = [float(r["val/accept_len"]) for r in rows if r.get("val/accept_len")]
     assert acc and all(1.0 <= a <= 4.0 for a in acc)
+
+
+def _resume_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "scripts" / "resume_train.py"
+    spec = importlib.util.spec_from_file_location("resume_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path, module
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Killed after step 3 (last checkpoint: step 2, mid-epoch), resumed: the weights of a straight run."""
+    import subprocess
+    import sys
+
+    script, run = _resume_script()
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "3"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL: no clean shutdown
+    ckpts = tmp_path / "killed" / "ckpt"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    straight = run.fit(str(tmp_path / "straight"))
+    want = straight.net.state_dict()
+
+    def same(head) -> bool:
+        return all(torch.allclose(a, want[k], rtol=1e-9, atol=1e-12) for k, a in head.net.state_dict().items())
+
+    assert same(run.fit(str(tmp_path / "resumed"), ckpt_path=str(ckpts / "last.ckpt")))
+    # Resuming in the second epoch (step 6 = batch 1 of epoch 1) works the same way.
+    assert same(run.fit(str(tmp_path / "resumed6"),
+                        ckpt_path=str(tmp_path / "straight" / "ckpt" / "epoch=1-step=6.ckpt")))
+    # Negative control: without the data position the resumed epoch starts over and the weights differ.
+    state = torch.load(ckpts / "last.ckpt", weights_only=False)
+    loader_states = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_states == [{"epoch": 0, "position": 4, "num_replicas": 1, "num_items": 10, "seed": 3,
+                              "shuffle": True}]  # 2 steps of 2 items
+    loader_states[0]["position"] = 0
+    torch.save(state, tmp_path / "blind.ckpt")
+    assert not same(run.fit(str(tmp_path / "blind"), ckpt_path=str(tmp_path / "blind.ckpt")))
 
 
 def test_bf16_mixed_precision_runs():

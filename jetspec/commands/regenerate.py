@@ -31,13 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JSON-lines prompt file: rows with 'prompt', or raw GSM8K / Code Alpaca / "
                         "Alpaca seed rows")
     p.add_argument("--out", required=True,
-                   help="output JSON-lines file (appended; prompts already in it are skipped)")
+                   help="output JSON-lines file (appended; rows already in it, keyed by the prompt's "
+                        "position in --prompts, are skipped)")
     p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--temperature", type=float, default=d["temperature"], help="0 = greedy")
     p.add_argument("--top-p", type=float, default=d["top_p"])
     p.add_argument("--limit", type=int, default=d["limit"], help="only the first N prompts of the file")
-    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="sampling seed; each row's own seed derives from it and the row's id")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 

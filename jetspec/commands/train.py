@@ -9,6 +9,12 @@ Writes ``OUT/head`` (``save_pretrained``: config.json + model.safetensors, the h
 only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest)
 and ``OUT/logs`` (CSV or TensorBoard). Every default comes from ``HeadConfig``, ``TrainConfig``
 or ``TokenDataModule``; none is written twice.
+
+A finished run is never overwritten by accident: a non-empty ``--out`` is refused unless the run
+resumes (``--resume``) or ``--overwrite`` replaces it (removing the previous run's ``head``,
+``checkpoints``, ``logs`` and ``tau_curve.jsonl``; other files stay). ``--resume last`` on an
+``--out`` without a checkpoint starts from scratch, so one command both starts and continues a
+run. A checkpoint written for another head kind or architecture is refused.
 """
 
 from __future__ import annotations
@@ -94,7 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
-    p.add_argument("--resume", default=None, help="checkpoint path, or 'last'")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint path, or 'last' (OUT/checkpoints/last.ckpt; none yet: start from scratch)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the previous run in a non-empty --out (its head, checkpoints, logs, tau curve)")
     p.add_argument("--logger", choices=("csv", "tensorboard"), default="csv")
     p.add_argument("--save-dtype", choices=DTYPES, default="float32", help="dtype of the saved head weights")
     p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
@@ -132,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_flush_denormal(True)
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)
+    resume = None if args.cache_only else _resume_path(args, out)
     model, tok = load_target(args.target)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     dm = TokenDataModule.from_path(args.data, tok, batch_size=args.batch_size, val_fraction=args.val_fraction,
@@ -154,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, on_policy=args.on_policy,
         teacher_cache=args.teacher_cache,
         seed=args.seed)
+    if resume is not None:
+        _check_checkpoint(head, resume)
+    elif args.overwrite:
+        _remove_previous_run(out)
     if args.logger == "csv":
         logger = L.pytorch.loggers.CSVLogger(out, name="logs")
     else:
@@ -162,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError as err:
             raise SystemExit("--logger tensorboard needs the tensorboard package: "
                              "pip install tensorboard") from err
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+    # No version counter: the newest run's checkpoint is always last.ckpt, never last-v1.ckpt.
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, enable_version_counter=False,
                            every_n_train_steps=args.checkpoint_every)
     val = dict(val_check_interval=args.val_every, check_val_every_n_epoch=None) if args.val_every else {}
     trainer = L.Trainer(max_steps=args.max_steps, max_time=args.max_time, accelerator=args.accelerator,
@@ -170,15 +185,61 @@ def run(args: argparse.Namespace) -> int:
                         gradient_clip_val=args.grad_clip, logger=logger,
                         callbacks=[ckpt, LearningRateMonitor("step")] + _tau_curve(args, out),
                         log_every_n_steps=min(50, args.max_steps), **val)
-    resume = args.resume
-    if resume == "last":
-        resume = str(out / "checkpoints" / "last.ckpt")
     trainer.fit(head, datamodule=dm, ckpt_path=resume)
     state = trainer.strategy.lightning_module_state_dict()  # every process: FSDP gathers its shards here
     if trainer.is_global_zero:
         folder = head.save_pretrained(out / "head", dtype=getattr(torch, args.save_dtype), state_dict=state)
         print(f"saved {type(head).__name__} to {folder} after {trainer.global_step} steps")
     return 0
+
+
+TRAIN_OUTPUTS = ("head", "checkpoints", "logs", "tau_curve.jsonl")  # what a run writes into --out
+
+
+def _resume_path(args: argparse.Namespace, out) -> "str | None":
+    """The checkpoint to resume from (None: a new run), after checking that ``out`` may be written."""
+    from pathlib import Path
+
+    if args.overwrite and args.resume:
+        raise SystemExit("--overwrite starts a new run and --resume continues one: give only one")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder")
+    if args.resume == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        print(f"note: --resume last: no checkpoint in {out / 'checkpoints'} yet, starting from scratch")
+    elif args.resume is not None:
+        if not Path(args.resume).is_file():
+            raise SystemExit(f"--resume {args.resume}: no such checkpoint file")
+        return args.resume
+    used = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if used and not args.overwrite:
+        raise SystemExit(f"--out {out} is not empty ({', '.join(used)}): continue its run with --resume last "
+                         "(or --resume PATH), or replace it with --overwrite")
+    return None
+
+
+def _check_checkpoint(head, path: str) -> None:
+    """Refuse a checkpoint of another head kind or architecture before anything is written."""
+    from jetspec.drafters.head_files import check_identity, peek_checkpoint
+
+    try:
+        check_identity(head, peek_checkpoint(path), where=path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+
+
+def _remove_previous_run(out) -> None:
+    """--overwrite: delete what an earlier run wrote into ``out`` (other files are left alone)."""
+    import shutil
+
+    for name in TRAIN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:

@@ -1,0 +1,104 @@
+"""``jetspec train`` as a user reruns it: resuming the right head, never overwriting a finished run silently.
+
+Every run here trains a tiny head for one or two steps on a tiny Llama saved to a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_training import random_seqs, tiny_tokenizer
+
+from jetspec.cli import main
+
+
+@pytest.fixture
+def argv(tmp_path):
+    """A `jetspec train` command line for a 1-step JetSpec run into tmp_path/out (append flags to it)."""
+    target, tok = tiny_model("llama", seed=4, dtype=torch.float32), tiny_tokenizer()
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in random_seqs(8)) + "\n")
+    return ["train", "--target", str(tmp_path / "target"), "--data", str(data), "--out", str(tmp_path / "out"),
+            "--batch-size", "4", "--accelerator", "cpu", "--devices", "1", "--checkpoint-every", "1",
+            "--max-steps", "1"]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_refuses_another_head_kind_or_architecture(argv, tmp_path):
+    assert main(argv + ["--head", "jetspec", "--block-size", "4"]) == 0
+    weights = tmp_path / "out" / "head" / "model.safetensors"
+    before = digest(weights)
+    more = ["--max-steps", "2", "--resume", "last"]
+    with pytest.raises(SystemExit, match=r"'jetspec' head.*'dflash' head") as err:
+        main(argv + ["--head", "dflash", "--block-size", "4"] + more)
+    assert "last.ckpt" in str(err.value)
+    with pytest.raises(SystemExit, match="block_size: 4 in the checkpoint, 8 requested"):
+        main(argv + ["--head", "jetspec", "--block-size", "8"] + more)
+    with pytest.raises(SystemExit, match="'jetspec' head.*'eagle' head"):
+        main(argv + ["--head", "eagle", "--block-size", "4"] + more)
+    assert digest(weights) == before  # nothing was overwritten
+    assert main(argv + ["--head", "jetspec", "--block-size", "4"] + more) == 0  # the matching head resumes
+
+
+def test_resume_check_in_the_lightning_hook(tmp_path):
+    """Library users resuming with Trainer.fit(ckpt_path=...) get the same refusal."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from jetspec.data import TokenDataModule
+    from jetspec.drafters import DFlashHead, JetSpecHead
+
+    target = tiny_model("llama", seed=4)
+
+    def fit(head, steps, ckpt=None):
+        L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[ModelCheckpoint(tmp_path / "ck", save_last=True)]
+                  ).fit(head, datamodule=TokenDataModule(random_seqs(8), batch_size=4), ckpt_path=ckpt)
+
+    fit(JetSpecHead(target, block_size=4), 1)
+    with pytest.raises(ValueError, match=r"'jetspec' head.*'dflash' head"):
+        fit(DFlashHead(target, block_size=4), 2, str(tmp_path / "ck" / "last.ckpt"))
+    with pytest.raises(ValueError, match="num_layers: 1 in the checkpoint, 2 requested"):
+        fit(JetSpecHead(target, block_size=4, num_layers=2), 2, str(tmp_path / "ck" / "last.ckpt"))
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    assert state.pop("jetspec_head") == {"head": "jetspec", "config": state_config(target)}
+    torch.save(state, tmp_path / "old.ckpt")  # as written before checkpoints recorded the head
+    with pytest.warns(UserWarning, match="does not record its head kind and architecture"):
+        fit(JetSpecHead(target, block_size=4), 2, str(tmp_path / "old.ckpt"))
+
+
+def state_config(target) -> dict:
+    from dataclasses import asdict
+
+    from jetspec.drafters import JetSpecHead
+
+    return json.loads(json.dumps(asdict(JetSpecHead(target, block_size=4).config)))
+
+
+def test_rerun_into_a_used_out_needs_resume_or_overwrite(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(argv + ["--resume", "last"]) == 0  # a fresh --out: --resume last starts from scratch
+    assert "starting from scratch" in capsys.readouterr().out
+    weights = out / "head" / "model.safetensors"
+    before = digest(weights)
+    for steps in ("0", "2"):
+        with pytest.raises(SystemExit, match=r"out is not empty.*--resume last.*--overwrite"):
+            main(argv + ["--max-steps", steps, "--seed", "1"])
+    assert digest(weights) == before
+    assert main(argv + ["--max-steps", "2", "--resume", "last"]) == 0
+    assert "after 2 steps" in capsys.readouterr().out
+    assert main(argv + ["--overwrite", "--seed", "1"]) == 0  # a new run: the old one's files are gone
+    assert "after 1 steps" in capsys.readouterr().out
+    assert digest(weights) != before
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["epoch=0-step=1.ckpt", "last.ckpt"]  # no last-v1.ckpt from the first run
+    assert [p.name for p in (out / "logs").iterdir()] == ["version_0"]
