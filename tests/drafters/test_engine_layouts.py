@@ -151,6 +151,10 @@ def test_eagle3_reduced_vocabulary_head_loads_drafts_and_exports(llama8, tmp_pat
     taps = Teacher(llama8, loaded.tap_layers)(x).taps[0, :-1]
     out = loaded.draft(DraftInput(tokens=x[0], depth=1, width=3, budget=8, taps=taps))
     assert out.node_tokens.tolist() == want[0].topk(3).indices.tolist()
+    # jetspec's own format keeps the vocabulary and its lm_head.
+    loaded.save_pretrained(tmp_path / "own")
+    again = EagleHead.from_pretrained(tmp_path / "own", llama8)
+    torch.testing.assert_close(jetspec_eagle_rows(again, x, child), want, rtol=1e-9, atol=1e-9)
     # Out again: the same vocabulary, lm_head and mapping; and decoding with it stays lossless.
     export_eagle3_checkpoint(loaded, tmp_path / "again")
     cfg, w = read(tmp_path / "again")
