@@ -165,3 +165,30 @@ class DraftVocabulary(nn.Module):
             top_indices = mapped.clamp_min(0)
             row_ok = inside.any(-1)
         return data, teacher_logits, top_values, top_indices, row_ok
+
+
+class OwnLMHead(DraftVocabulary):
+    """A draft vocabulary with its own output matrix: an imported head's trained lm_head.
+
+    Published EAGLE-3 heads score a reduced vocabulary with their own ``lm_head`` [V', H], and map
+    draft id j to target id ``ids[j]``. ``weight[j]`` scores draft id j; the target's lm_head is
+    not used. Rows are reordered with the ids, which are kept sorted like any draft vocabulary's.
+    """
+
+    def __init__(self, ids: Int[Tensor, " Vd"], vocab_size: int, weight: Float[Tensor, "Vd H"]) -> None:
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        if weight.dim() != 2 or weight.shape[0] != ids.numel():
+            raise ValueError(f"an own lm_head needs one row per draft id: {ids.numel()} ids, weight "
+                             f"{tuple(weight.shape)}")
+        super().__init__(ids, vocab_size)
+        self.weight = nn.Parameter(weight.detach()[ids.argsort()].clone())
+
+    def logits(self, hidden: Float[Tensor, "... H"], lm_head: Optional[nn.Module] = None) -> Float[Tensor, "... Vd"]:
+        return F.linear(hidden.to(self.weight.dtype), self.weight)
+
+
+def saved_vocabulary(state: dict, vocab_size: int) -> DraftVocabulary:
+    """The vocabulary module a saved head state holds (``vocab.ids``, and ``vocab.weight`` if its own)."""
+    if "vocab.weight" in state:
+        return OwnLMHead(state["vocab.ids"], vocab_size, state["vocab.weight"])
+    return DraftVocabulary(state["vocab.ids"], vocab_size)

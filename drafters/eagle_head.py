@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 import jetspec.drafters.eagle_training as ttt
 import jetspec.drafters.head_files as head_files
+from jetspec.drafters.draft_vocab import saved_vocabulary
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -288,7 +289,7 @@ class EagleHead(L.LightningModule, Drafter):
         return self._frozen.model
 
     lm_head = ParallelHead.lm_head  # the target's lm_head, applied without copying it
-    draft_vocab = ParallelHead.draft_vocab  # None: the EAGLE head drafts in the full vocabulary
+    draft_vocab = ParallelHead.draft_vocab  # None (full vocabulary) unless imported with one
     to_target_ids = ParallelHead.to_target_ids
 
     def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... H"]:
@@ -365,7 +366,7 @@ class EagleHead(L.LightningModule, Drafter):
             return DraftOutput(node_tokens=empty, node_parents=empty, node_logprobs=torch.zeros(0),
                                forwards=0)
         tree = _DraftTree(self, self._sync_context(inp.tokens, inp.taps, inp.round_index), t)
-        w = min(inp.width, self.vocab_size)
+        w = min(inp.width, tree.root_logq.shape[-1])  # the draft vocabulary may be smaller
         frontier = tree.offer(-1, tree.root_logq, w)
         # A tree of `budget` nodes is at most that deep: deeper forwards could never be used.
         for _ in range(2, min(inp.depth, inp.budget) + 1):
@@ -413,6 +414,8 @@ class EagleHead(L.LightningModule, Drafter):
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
         training = replace(TrainConfig(**meta.get("training", {})), **training_options)
         head = cls(target, config=EagleConfig(**meta["config"]), training=training)
+        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
+            head.net.vocab = saved_vocabulary(state, head.vocab_size)
         head.net.load_state_dict(state)
         if dtype is not None:
             head.net.to(dtype)
@@ -455,7 +458,8 @@ class _DraftTree:
     def offer(self, parent: int, logq: Float[Tensor, " V"], width: int) -> list[int]:
         """Add ``parent``'s top-``width`` children as candidates; return their indices."""
         top = torch.topk(logq, width)
-        return [self.add(parent, tok, lp) for tok, lp in zip(top.indices.tolist(), top.values.tolist())]
+        tokens = self.head.to_target_ids(top.indices).tolist()  # draft-vocabulary ids -> target ids
+        return [self.add(parent, tok, lp) for tok, lp in zip(tokens, top.values.tolist())]
 
     def ancestors(self, m: int) -> list[int]:
         path = []

@@ -65,7 +65,7 @@ def qwen():
 @pytest.mark.parametrize("cls", [JetSpecHead, DFlashHead])
 def test_dflash_layout_loads_to_identical_draft_logits(qwen, cls, tmp_path):
     torch.manual_seed(0)
-    head = cls(qwen, block_size=5, num_layers=2, mask_token_id=7)
+    head = cls(qwen, block_size=5, num_layers=2, mask_token_id=7, tap_layers=(0, 1, 2))
     write_dflash_layout(head, tmp_path / "ck", causal=cls is JetSpecHead)
     loaded = load_dflash_checkpoint(tmp_path / "ck", qwen)
     assert type(loaded) is cls and loaded.config == head.config
@@ -82,7 +82,7 @@ def test_dflash_layout_loads_to_identical_draft_logits(qwen, cls, tmp_path):
 
 
 def test_dflash_layout_errors(qwen, tmp_path, monkeypatch):
-    head = JetSpecHead(qwen, block_size=4, mask_token_id=3)
+    head = JetSpecHead(qwen, block_size=4, mask_token_id=3, tap_layers=(0, 2))
     write_dflash_layout(head, tmp_path / "ck", causal=True)
     for kw, what in ((dict(hidden=48), "hidden size"), (dict(vocab=80), "vocab size"),
                      (dict(layers=3), "number of layers")):
@@ -128,7 +128,10 @@ def test_eagle3_export_round_trip(tmp_path):
     assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and cfg["num_hidden_layers"] == 1
     sizes = (cfg["vocab_size"], cfg["draft_vocab_size"], cfg["target_hidden_size"], cfg["hidden_size"])
     assert sizes == (64, 64, 32, 32)
-    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]  # inputs of layers 1..3
+    # Not the engines' default capture for 4 layers: vLLM's numbering on top (inputs of layers 1..3),
+    # SGLang's in eagle_config (outputs of layers 0..2).
+    assert cfg["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0, 1, 2]
     weights = load_file(str(tmp_path / "e3" / "model.safetensors"))
     assert set(weights) == EAGLE3_NAMES
     assert weights["fc.weight"].shape == (32, 96)  # three taps of H
@@ -160,9 +163,142 @@ def test_eagle3_errors(tmp_path):
                      (dict(layers=5), "number of layers")):
         with pytest.raises(ValueError, match=f"target mismatch.*{what}"):
             load_eagle3_checkpoint(tmp_path / "e3", tiny_model("llama", **{"layers": 4, **kw}))
-    with pytest.raises(ValueError, match="own lm_head"):  # same shapes, another target's lm_head
+    # jetspec writes its target's lm_head into the file: another lm_head means another target.
+    with pytest.raises(ValueError, match="another target"):
         load_eagle3_checkpoint(tmp_path / "e3", tiny_model("llama", seed=5, layers=4))
     cfg = json.loads((tmp_path / "e3" / "config.json").read_text())
     (tmp_path / "e3" / "config.json").write_text(json.dumps({**cfg, "draft_vocab_size": 32}))
-    with pytest.raises(ValueError, match="reduced vocabulary"):
+    with pytest.raises(ValueError, match="draft_vocab_size 32"):
         load_eagle3_checkpoint(tmp_path / "e3", target)
+
+
+def edit(folder, config=None, drop=(), weights=None, remove=()):
+    """Change a written checkpoint: config keys (a dotted key reaches into a nested dict), weights."""
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in (config or {}).items():
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    for key in drop:
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    w = load_file(str(folder / "model.safetensors"))
+    w.update(weights or {})
+    for name in remove:
+        w.pop(name)
+    save_file(w, str(folder / "model.safetensors"))
+
+
+EAGLE3_REFUSED = [
+    ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ({"norm_before_residual": True}, "norm_before_residual"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"eagle_config.use_aux_hidden_state": False}, "use_aux_hidden_state"),
+    ({"fc_norm": True}, "fc_norm"),
+    ({"logit_scale": 0.5}, "logit_scale"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    ({"eagle_aux_hidden_state_layer_ids": [0, 1, 2]}, r"id 0.*embedding"),  # vLLM id 0: no layer output
+    ({"eagle_aux_hidden_state_layer_ids": [1, 2, 4], "eagle_config.eagle_aux_hidden_state_layer_ids": [0, 1, 3]},
+     "last layer"),
+    ({"eagle_aux_hidden_state_layer_ids": [1, 2], "eagle_config.eagle_aux_hidden_state_layer_ids": [0, 1]},
+     "exactly 3"),
+]
+
+
+@pytest.mark.parametrize("change,message", EAGLE3_REFUSED)
+def test_eagle3_import_refuses_what_it_cannot_run(change, message, tmp_path):
+    target = tiny_model("llama", seed=2, layers=4)
+    export_eagle3_checkpoint(EagleHead(target, tap_layers=(0, 1, 2)), tmp_path / "e3")
+    edit(tmp_path / "e3", config=change)
+    with pytest.raises(ValueError, match=message):
+        load_eagle3_checkpoint(tmp_path / "e3", target)
+
+
+def test_eagle3_import_refuses_inconsistent_vocabulary_files(tmp_path):
+    target = tiny_model("llama", seed=2, layers=4)
+    head = EagleHead(target, tap_layers=(0, 1, 2))
+    cases = [
+        (dict(config={"draft_vocab_size": 8}, weights={"lm_head.weight": torch.zeros(8, 32, dtype=torch.float64)},
+              remove=("d2t",)), "no d2t"),
+        (dict(weights={"d2t": torch.ones(64, dtype=torch.long)}), "outside the vocabulary"),  # maps 63 to 64
+        (dict(weights={"t2d": torch.zeros(64, dtype=torch.bool)}), "t2d"),
+        (dict(weights={"embed_tokens.weight": torch.ones(64, 32, dtype=torch.float64)}), "embed_tokens"),
+        (dict(weights={"mask_hidden": torch.zeros(96, dtype=torch.float64)}), "mask_hidden"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        export_eagle3_checkpoint(head, tmp_path / str(i))
+        edit(tmp_path / str(i), **change)
+        with pytest.raises(ValueError, match=message):
+            load_eagle3_checkpoint(tmp_path / str(i), target)
+    d2t = torch.zeros(64, dtype=torch.long)
+    d2t[:2] = torch.tensor([1, 0])  # draft ids 0 and 1 both name target token 1
+    export_eagle3_checkpoint(head, tmp_path / "dup")
+    edit(tmp_path / "dup", weights={"d2t": d2t})
+    with pytest.raises(ValueError, match="distinct"):
+        load_eagle3_checkpoint(tmp_path / "dup", target)
+
+
+def test_eagle3_export_refuses_taps_engines_cannot_capture(tmp_path):
+    target = tiny_model("llama", seed=2, layers=4)
+    with pytest.raises(ValueError, match="twice"):
+        export_eagle3_checkpoint(EagleHead(target, tap_layers=(0, 1, 1)), tmp_path / "x")
+
+
+DFLASH_REFUSED = [
+    ({"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8}, "sliding"),
+    ({"dflash_config.use_swa": True}, "sliding"),
+    ({"is_neox_style": False}, "is_neox_style"),
+    ({"rope_is_neox_style": False}, "rope_is_neox_style"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"architectures": ["DFlash2DraftModel"]}, "DFlash2DraftModel"),
+    ({"dflash_config.output_multiplier": 0.5}, "output_multiplier"),
+    ({"dflash_config.final_logit_softcapping": 20.0}, "final_logit_softcapping"),
+    ({"dflash_config.input_embedding_scale": 2.0}, "input_embedding_scale"),
+    ({"draft_vocab_size": 32}, "reduced"),
+    ({"dflash_config.target_layer_ids": [2, 0]}, "ascending"),
+    ({"dflash_config.target_layer_ids": [0, 0]}, "ascending"),
+    ({"dflash_config.target_layer_ids": [0, 3]}, "last layer"),
+    ({"is_causal": False}, r"is_causal.*causal_head"),
+    ({"dflash_config.causal": False}, r"causal.*causal_head"),
+    ({"eagle_aux_hidden_state_layer_ids": [2, 3]}, "eagle_aux_hidden_state_layer_ids"),
+    ({"dflash_config.block_size": 8}, "block_size"),
+    ({"rope_theta": None, "rope_parameters": None}, "rope_theta"),
+]
+
+
+@pytest.mark.parametrize("change,message", DFLASH_REFUSED)
+def test_dflash_import_refuses_what_it_cannot_run(qwen, change, message, tmp_path):
+    head = JetSpecHead(qwen, block_size=4, num_layers=2, mask_token_id=3, tap_layers=(0, 2))
+    export_dflash_checkpoint(head, tmp_path / "df")
+    edit(tmp_path / "df", config=change)
+    with pytest.raises(ValueError, match=message):
+        load_dflash_checkpoint(tmp_path / "df", qwen)
+
+
+def test_dflash_import_refuses_a_head_without_qk_norms(qwen, tmp_path):
+    export_dflash_checkpoint(JetSpecHead(qwen, block_size=4, mask_token_id=3, tap_layers=(0, 2)), tmp_path / "df")
+    edit(tmp_path / "df", remove=("layers.0.self_attn.q_norm.weight", "layers.0.self_attn.k_norm.weight"))
+    with pytest.raises(ValueError, match="q_norm"):
+        load_dflash_checkpoint(tmp_path / "df", qwen)
+
+
+def test_dflash_export_refuses_heads_the_layout_cannot_hold(qwen, tmp_path):
+    ok = dict(block_size=4, mask_token_id=3, tap_layers=(0, 2))
+    cases = [
+        (JetSpecHead(qwen, **{**ok, "qk_norm": False}), "qk_norm"),
+        (JetSpecHead(qwen, **{**ok, "direct_path": True}), "direct_path"),
+        (JetSpecHead(qwen, draft_vocab=torch.arange(16), **ok), "reduced"),
+        (JetSpecHead(qwen, **{**ok, "tap_layers": (0, 3)}), "last layer"),
+        (JetSpecHead(qwen, **{**ok, "tap_layers": (1, 1)}), "twice"),
+    ]
+    for head, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export_dflash_checkpoint(head, tmp_path / "x")
