@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from jetspec.checks import check_drafter_target, check_token_ids, run_drafter
 from jetspec.interfaces import Drafter, TreeBuilder, Verifier
 from jetspec.sampling import SamplingConfig, TorchRng, process_logits
 from jetspec.target import TargetModel, as_target
@@ -61,7 +62,8 @@ class GenerationResult:
         return rates
 
 
-def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig) -> Tensor:
+def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig, vocab_size: int) -> Tensor:
+    """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError("input_ids must be a LongTensor of shape [1, T]")
     if input_ids.dim() == 1:
@@ -72,6 +74,7 @@ def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingCo
         raise ValueError(f"batch size must be 1 for now, got input_ids with batch {input_ids.shape[0]}")
     if input_ids.shape[1] < 1:
         raise ValueError("input_ids is empty: the prompt needs at least one token")
+    check_token_ids(input_ids, vocab_size, "input_ids")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     return input_ids
@@ -117,6 +120,7 @@ class SpeculativeDecoder:
         if drafter.vocab_size is not None and drafter.vocab_size != self.target.vocab_size:
             raise ValueError(f"drafter vocabulary ({drafter.vocab_size}) differs from the target's "
                              f"({self.target.vocab_size})")
+        check_drafter_target(drafter, self.target)
         if drafter.max_depth is not None and self.tree_builder.depth > drafter.max_depth:
             raise ValueError(f"tree depth {self.tree_builder.depth} is larger than the drafter can "
                              f"produce ({drafter.max_depth}); lower depth")
@@ -134,8 +138,10 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------ the five stages
     def draft(self, tokens: Tensor, taps, cfg, rng, round_index: int) -> DraftOutput:
         b = self.tree_builder
-        return self.drafter.draft(DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
-                                             taps=taps, sampling=cfg, rng=rng, round_index=round_index))
+        # run_drafter: the drafter gets a copy of tokens, and its proposal is checked (jetspec.checks).
+        return run_drafter(self.drafter, DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
+                                                    taps=taps, sampling=cfg, rng=rng, round_index=round_index),
+                           self.target.vocab_size)
 
     def build_tree(self, proposal: DraftOutput, anchor: int) -> DraftTree:
         return self.tree_builder.build(proposal, anchor)
@@ -160,7 +166,7 @@ class SpeculativeDecoder:
                  generator: Optional[torch.Generator] = None) -> GenerationResult:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T]."""
         cfg = SamplingConfig(temperature, top_k, top_p)
-        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         verifier = self._verifier_for(cfg)
         rng = TorchRng(generator)
         eos = _eos_set(eos_token_id)
@@ -227,7 +233,7 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     """
     tgt = as_target(target)
     cfg = SamplingConfig(temperature, top_k, top_p)
-    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, tgt.vocab_size)
     rng = TorchRng(generator)
     eos = _eos_set(eos_token_id)
     res = GenerationResult(sequences=input_ids)
