@@ -10,6 +10,7 @@ wrapper; any drafter works with any builder and any verifier.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -208,9 +209,27 @@ class SpeculativeDecoder:
 
 
 def _eos_set(eos_token_id) -> set[int]:
+    """The stop ids from None, one id or a collection of ids (list, tuple, set, 1-D integer tensor).
+
+    An id is an integer >= 0: a Python or numpy integer, or a 0-d integer tensor. Strings, floats
+    and bools are refused with a ValueError ("72" must not mean the ids 7 and 2).
+    """
     if eos_token_id is None:
         return set()
-    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+    x = eos_token_id
+    if type(x).__module__ == "numpy" and not isinstance(x, numbers.Integral):
+        x = torch.as_tensor(x)  # a numpy array: same rules as a tensor
+    if isinstance(x, torch.Tensor):
+        items = x.flatten().tolist() if x.dim() <= 1 and not x.is_floating_point() and x.dtype != torch.bool \
+            else [x]
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        items = list(x)
+    else:
+        items = [x]
+    if not all(isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 0 for e in items):
+        raise ValueError(f"eos_token_id must be a token id (an integer >= 0), a collection of them or None, "
+                         f"got {eos_token_id!r}")
+    return {int(e) for e in items}
 
 
 def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:

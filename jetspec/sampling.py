@@ -11,6 +11,8 @@ is how exactness is *proved* on small vocabularies (METHOD.md section 4).
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
@@ -29,16 +31,27 @@ class SamplingConfig:
     top_p: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.temperature != self.temperature:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None), got {self.top_k}")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (or None), got {self.top_p}")
+        # Types and values are checked here, not at the first sampling step; numpy scalars are
+        # stored as plain Python numbers. Strings, bools and non-integral top_k are refused.
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if not _is_real(t) or not 0 <= t < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 (or None), got {k!r}")
+        if p is not None and (not _is_real(p) or not 0.0 < p <= 1.0):
+            raise ValueError(f"top_p must be a number in (0, 1] (or None), got {p!r}")
+        object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "top_k", None if k is None else int(k))
+        object.__setattr__(self, "top_p", None if p is None else float(p))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _is_real(x) -> bool:
+    """A real number (Python or numpy), not a bool and not a string."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def process_logits(logits: Float[Tensor, "... V"], cfg: SamplingConfig) -> Float[Tensor, "... V"]:
