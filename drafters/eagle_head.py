@@ -41,7 +41,6 @@ P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.eagle_training as ttt
+from jetspec.drafters.head_files import config_from, read_head_meta
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -409,15 +409,11 @@ class EagleHead(L.LightningModule, Drafter):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
-                                        "save_pretrained")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta, path = read_head_meta(folder), folder / CONFIG_FILE
         if DRAFTERS.get(meta.get("head")) is not cls:
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
-        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
-        head = cls(target, config=EagleConfig(**meta["config"]), training=training)
+        training = replace(config_from(TrainConfig, meta.get("training", {}), path, "training"), **training_options)
+        head = cls(target, config=config_from(EagleConfig, meta["config"], path, "config"), training=training)
         head.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         if dtype is not None:
             head.net.to(dtype)

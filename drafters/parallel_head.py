@@ -39,14 +39,13 @@ from torch import Tensor, nn
 import jetspec.drafters.conditioned as conditioned
 import jetspec.training as recipe
 from jetspec.drafters.draft_vocab import DraftVocabulary
+from jetspec.drafters.head_files import CONFIG_FILE, WEIGHTS_FILE, config_from, read_head_meta
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
 from jetspec.target import TargetModel
 from jetspec.training import TrainConfig, block_positions, packed_block_mask
 from jetspec.types import DraftInput, DraftOutput
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def default_tap_layers(num_layers: int) -> tuple[int, ...]:
@@ -464,20 +463,16 @@ class ParallelHead(L.LightningModule, Drafter):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: expected a folder written by "
-                                        "save_pretrained")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta, path = read_head_meta(folder), folder / CONFIG_FILE
         saved = DRAFTERS.get(meta.get("head"))
         if saved is None or not issubclass(saved, ParallelHead):
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not a parallel head")
         if cls is not ParallelHead and saved is not cls:
             raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
                              f"load it with {saved.__name__}.from_pretrained")
-        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
+        training = replace(config_from(TrainConfig, meta.get("training", {}), path, "training"), **training_options)
         state = load_file(str(folder / WEIGHTS_FILE))
-        head = saved(target, config=HeadConfig(**meta["config"]), training=training,
+        head = saved(target, config=config_from(HeadConfig, meta["config"], path, "config"), training=training,
                      draft_vocab=state.get("vocab.ids"))
         head.net.load_state_dict(state)
         if dtype is not None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import json
 import os
 import platform
 import time
@@ -45,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.drafters.head_files import read_head_meta
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.plots import write_outputs
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
@@ -228,10 +228,12 @@ def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None)
     if "=" in name:
         # "label=folder": a head saved anywhere (an ablation run, say), labelled in the results
         label, folder = name.split("=", 1)
-        meta = Path(folder) / "config.json"
-        if not meta.is_file():
+        if not (Path(folder) / "config.json").is_file():
             return None, f"{label}: no saved head at {folder}"
-        kind = json.loads(meta.read_text()).get("head")
+        try:
+            kind = read_head_meta(folder).get("head")
+        except (OSError, ValueError) as err:
+            return None, f"{label}: {err}"
         if kind not in DRAFTERS or not hasattr(DRAFTERS[kind], "from_pretrained"):
             return None, f"{label}: {folder} holds no loadable head ('{kind}')"
         return make_drafter(kind, model, Path(folder).parent, Path(folder).name)
