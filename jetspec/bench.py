@@ -124,6 +124,27 @@ class BenchConfig:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        unknown = unknown_drafters(self.drafters)
+        if unknown:  # an error, not a skip: a typo would otherwise time the baselines alone and exit 0
+            raise ValueError(f"--drafters: unknown drafter(s) {unknown}; registered: {', '.join(sorted(DRAFTERS))} "
+                             f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
+
+
+def unknown_drafters(specs) -> list[str]:
+    """The parts of drafter specs that name no registered drafter or anchor.
+
+    ``label=folder`` parts are checked when loaded (a missing trained head is a skip, not an error:
+    it depends on the machine, not on the command).
+    """
+    unknown = []
+    for spec in specs:
+        if spec in ANCHORS:  # always timed anyway; an anchor is no member of a composite
+            continue
+        for part in spec.split("+"):
+            base = part.split(":", 1)[0]  # name:key=value options
+            if "=" not in base and base not in DRAFTERS:
+                unknown.append(base)
+    return unknown
 
 
 def machine_info() -> dict:
