@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import replace
+from typing import Optional
 
 from torch import Tensor
 
@@ -35,14 +36,15 @@ def check_token_ids(ids: Tensor, vocab_size: int, what: str) -> None:
                          f"vocabulary [0, {vocab_size})")
 
 
-def run_drafter(drafter, inp: DraftInput, vocab_size: int) -> DraftOutput:
+def run_drafter(drafter, inp: DraftInput, vocab_size: Optional[int]) -> DraftOutput:
     """``drafter.draft(inp)`` on a private copy of ``inp.tokens``, its output checked.
 
     The copy means a drafter that writes into ``inp.tokens`` changes neither the committed
     sequence nor the caller's ``input_ids``: only the verifier decides what is emitted. (``taps``
     are not copied: they are only ever read by the drafter itself, and copying them every round
     would cost T x F floats.) Raises a ValueError naming the drafter when it returns something
-    other than a well-formed ``DraftOutput`` over the target's vocabulary (``DraftOutput.check``).
+    other than a well-formed ``DraftOutput`` over the target's vocabulary (``DraftOutput.check``;
+    ``vocab_size`` None skips the vocabulary checks, for callers that do not know it).
     """
     name = drafter_name(drafter)
     out = None
@@ -56,8 +58,9 @@ def run_drafter(drafter, inp: DraftInput, vocab_size: int) -> DraftOutput:
     try:
         out.check()  # again: fields may have been reassigned after construction
         tokens = out.depth_tokens if out.depth_tokens is not None else out.node_tokens
-        check_token_ids(tokens, vocab_size, "the proposal")
-        if out.node_q is not None and out.node_q.shape[1] != vocab_size:
+        if vocab_size is not None:
+            check_token_ids(tokens, vocab_size, "the proposal")
+        if vocab_size is not None and out.node_q is not None and out.node_q.shape[1] != vocab_size:
             raise MalformedDraft(f"node_q has {out.node_q.shape[1]} columns; the target's vocabulary has "
                                  f"{vocab_size}")
     except ValueError as err:
