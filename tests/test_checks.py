@@ -182,18 +182,21 @@ def test_draft_output_checks_its_own_shapes(kw, match):
     nodes([1, 2, 3], [-1, 0, 0])
 
 
-def test_a_head_built_for_another_target_is_refused_up_front(llama64):
-    from jetspec.drafters import JetSpecHead
+@pytest.mark.parametrize("head_name", ["JetSpecHead", "EagleHead"])
+def test_a_head_built_for_another_target_is_refused_up_front(llama64, head_name):
+    """It used to fail at the first draft with a matmul shape error (or, with more layers of the same
+    width, to run silently on other layers' features)."""
+    import jetspec.drafters as drafters
 
+    options = {"block_size": 4} if head_name == "JetSpecHead" else {}
+    make = lambda model: getattr(drafters, head_name)(model, **options)
     wider = tiny_model("llama", seed=2, hidden=48, heads=4, kv_heads=2)
     deeper = tiny_model("llama", seed=3, layers=3)
     for other, what in ((wider, "hidden size"), (deeper, "number of layers")):
-        head = JetSpecHead(other, block_size=4)
-        with pytest.raises(ValueError, match=f"JetSpecHead.*{what}"):
-            SpeculativeDecoder(llama64, head, ChainBuilder(3))
+        with pytest.raises(ValueError, match=f"{head_name}.*{what}"):
+            SpeculativeDecoder(llama64, make(other), ChainBuilder(3))
     # Negative control: on its own target it runs.
-    head = JetSpecHead(llama64, block_size=4)
-    assert SpeculativeDecoder(llama64, head, ChainBuilder(3)).generate(prompt(), 4).num_new_tokens == 4
+    assert SpeculativeDecoder(llama64, make(llama64), ChainBuilder(3)).generate(prompt(), 4).num_new_tokens == 4
 
 
 def test_tap_layers_beyond_the_target_are_refused(llama64):
