@@ -410,10 +410,13 @@ class EagleHead(L.LightningModule, Drafter):
         """
         folder = Path(folder)
         meta, state = head_files.read_head_folder(folder)
+        path = folder / head_files.CONFIG_FILE
         if DRAFTERS.get(meta.get("head")) is not cls:
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
-        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
-        head = cls(target, config=EagleConfig(**meta["config"]), training=training)
+        training = replace(head_files.config_from(TrainConfig, meta.get("training", {}), path, "training"),
+                           **training_options)
+        head = cls(target, config=head_files.config_from(EagleConfig, meta["config"], path, "config"),
+                   training=training)
         if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
             head.net.vocab = saved_vocabulary(state, head.vocab_size)
         head.net.load_state_dict(state)

@@ -27,14 +27,15 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 from torch import Tensor
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+T = TypeVar("T")
 CHECKPOINT_KEY = "jetspec_head"  # where a Lightning checkpoint keeps the head's identity
 
 
@@ -78,10 +79,26 @@ def read_config(folder: str | os.PathLike) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); is the file complete?") from err
+        raise ValueError(f"{path} is not valid JSON ({err}); is it empty or truncated? Save the head "
+                         "again with save_pretrained") from err
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{path} has no 'config' section: expected a file written by save_pretrained")
+        raise ValueError(f"{path} has no 'config' object: not a head written by save_pretrained")
+    if not isinstance(meta.get("training", {}), dict):
+        raise ValueError(f"{path}: 'training' must be an object, got {type(meta['training']).__name__}")
     return meta
+
+
+def config_from(cls: type[T], values: dict, path: str | Path, section: str) -> T:
+    """``cls(**values)`` for a dataclass, with unknown keys and invalid values named with ``path``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown {section} key(s) {unknown} for {cls.__name__} (written by another "
+                         f"jetspec version, or edited?); known keys: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid {section}: {err}") from err
 
 
 def read_head_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, Tensor]]:

@@ -455,14 +455,17 @@ class ParallelHead(L.LightningModule, Drafter):
         """
         folder = Path(folder)
         meta, state = head_files.read_head_folder(folder)
+        path = folder / head_files.CONFIG_FILE
         saved = DRAFTERS.get(meta.get("head"))
         if saved is None or not issubclass(saved, ParallelHead):
             raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not a parallel head")
         if cls is not ParallelHead and saved is not cls:
             raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
                              f"load it with {saved.__name__}.from_pretrained")
-        training = replace(TrainConfig(**meta.get("training", {})), **training_options)
-        head = saved(target, config=HeadConfig(**meta["config"]), training=training,
+        training = replace(head_files.config_from(TrainConfig, meta.get("training", {}), path, "training"),
+                           **training_options)
+        head = saved(target, config=head_files.config_from(HeadConfig, meta["config"], path, "config"),
+                     training=training,
                      draft_vocab=state.get("vocab.ids"))
         head.net.load_state_dict(state)
         if dtype is not None:

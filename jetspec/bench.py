@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import json
 import os
 import platform
 import time
@@ -45,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.drafters.head_files import read_config
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.plots import write_outputs
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
@@ -128,6 +128,27 @@ class BenchConfig:
             choose_threads(self.threads)  # a number is taken as given; anything else but auto raises
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        unknown = unknown_drafters(self.drafters)
+        if unknown:  # an error, not a skip: a typo would otherwise time the baselines alone and exit 0
+            raise ValueError(f"--drafters: unknown drafter(s) {unknown}; registered: {', '.join(sorted(DRAFTERS))} "
+                             f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
+
+
+def unknown_drafters(specs) -> list[str]:
+    """The parts of drafter specs that name no registered drafter or anchor.
+
+    ``label=folder`` parts are checked when loaded (a missing trained head is a skip, not an error:
+    it depends on the machine, not on the command).
+    """
+    unknown = []
+    for spec in specs:
+        if spec in ANCHORS:  # always timed anyway; an anchor is no member of a composite
+            continue
+        for part in spec.split("+"):
+            base = part.split(":", 1)[0]  # name:key=value options
+            if "=" not in base and base not in DRAFTERS:
+                unknown.append(base)
+    return unknown
 
 
 def machine_info() -> dict:
@@ -232,10 +253,12 @@ def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None)
     if "=" in name:
         # "label=folder": a head saved anywhere (an ablation run, say), labelled in the results
         label, folder = name.split("=", 1)
-        meta = Path(folder) / "config.json"
-        if not meta.is_file():
+        if not (Path(folder) / "config.json").is_file():
             return None, f"{label}: no saved head at {folder}"
-        kind = json.loads(meta.read_text()).get("head")
+        try:
+            kind = read_config(folder).get("head")
+        except (OSError, ValueError) as err:
+            return None, f"{label}: {err}"
         if kind not in DRAFTERS or not hasattr(DRAFTERS[kind], "from_pretrained"):
             return None, f"{label}: {folder} holds no loadable head ('{kind}')"
         return make_drafter(kind, model, Path(folder).parent, Path(folder).name)

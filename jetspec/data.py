@@ -41,19 +41,28 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 class Example:
     input_ids: list[int]
     response_start: int = 0  # first supervised token; 0 = the whole sequence is a response
+    source: str = ""  # where it came from ("file.jsonl:12", "sequences[3]"), for error messages
 
 
-def as_example(item) -> Example:
-    """Accept a list/tensor of ids, a dict {"input_ids", "response_start"?} or an Example."""
+def as_example(item, where: str = "") -> Example:
+    """Accept a list/tensor of ids, a dict {"input_ids", "response_start"?} or an Example.
+
+    ``where`` names the item in errors (a negative token id is refused here; ids beyond the
+    vocabulary by ``TokenDataModule.check_vocab``, which knows it).
+    """
     if isinstance(item, Example):
-        return item
-    if isinstance(item, dict):
+        ex = item if item.source or not where else Example(item.input_ids, item.response_start, where)
+    elif isinstance(item, dict):
         if "input_ids" not in item:
-            raise ValueError(f"a sequence dict needs 'input_ids', got keys {sorted(item)}")
-        return Example([int(t) for t in item["input_ids"]], int(item.get("response_start", 0)))
-    if isinstance(item, Tensor):
-        item = item.flatten().tolist()
-    return Example([int(t) for t in item], 0)
+            raise ValueError(f"{where or 'a sequence dict'} needs 'input_ids', got keys {sorted(item)}")
+        ex = Example([int(t) for t in item["input_ids"]], int(item.get("response_start", 0)), where)
+    else:
+        if isinstance(item, Tensor):
+            item = item.flatten().tolist()
+        ex = Example([int(t) for t in item], 0, where)
+    if ex.input_ids and min(ex.input_ids) < 0:
+        raise ValueError(f"{ex.source or where or 'a sequence'}: token id {min(ex.input_ids)} is negative")
+    return ex
 
 
 class TokenDataset(Dataset):
@@ -163,11 +172,14 @@ class TokenDataModule(L.LightningDataModule):
         max_length: truncate longer sequences; sequences left with nothing to supervise are dropped.
         pad_id: token id used for padding (it is never attended to or supervised).
         shuffle: reshuffle the training order every epoch (seeded by ``seed`` and the epoch).
+        vocab_size: refuse token ids >= this (naming the file and row). If None, ``setup`` checks
+            against the ``vocab_size`` of the module being fitted, before its first step.
     """
 
     def __init__(self, sequences: Iterable, batch_size: int = 8, val_fraction: float = 0.0,
                  val_sequences: Optional[Iterable] = None, max_length: Optional[int] = None, pad_id: int = 0,
-                 shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> None:
+                 shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+                 vocab_size: Optional[int] = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -175,7 +187,7 @@ class TokenDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.batch_size, self.pad_id, self.shuffle, self.seed = batch_size, pad_id, shuffle, seed
         self.num_workers = num_workers
-        examples = [self._fit(as_example(s), max_length) for s in sequences]
+        examples = [self._fit(as_example(s, f"sequences[{i}]"), max_length) for i, s in enumerate(sequences)]
         usable = [i for i, ex in enumerate(examples) if ex is not None]
         self.num_dropped = len(examples) - len(usable)
         if not usable:
@@ -190,13 +202,31 @@ class TokenDataModule(L.LightningDataModule):
             val_idx, train_idx = [], usable
         self.train_set = TokenDataset([examples[i] for i in train_idx], train_idx)
         if val_sequences is not None:
-            extra = [self._fit(as_example(s), max_length) for s in val_sequences]
+            extra = [self._fit(as_example(s, f"val_sequences[{i}]"), max_length)
+                     for i, s in enumerate(val_sequences)]
             kept = [ex for ex in extra if ex is not None]
             # Indices after the training range keep anchor seeds distinct from training sequences.
             self.val_set = TokenDataset(kept, range(len(examples), len(examples) + len(kept)))
         else:
             self.val_set = TokenDataset([examples[i] for i in val_idx], val_idx)
         self._train_sampler: Optional[ResumableSampler] = None
+        if vocab_size is not None:
+            self.check_vocab(vocab_size)
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise a ValueError naming the file and row of the first token id >= ``vocab_size``."""
+        for ex in self.train_set.examples + self.val_set.examples:
+            top = max(ex.input_ids)
+            if top >= vocab_size:
+                raise ValueError(f"{ex.source}: token id {top} is outside the vocabulary of {vocab_size} "
+                                 "(was the data tokenized for another model?)")
+
+    def setup(self, stage: str) -> None:
+        # Lightning calls this with the module attached: check ids before any embedding sees them.
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        vocab_size = getattr(module, "vocab_size", None)
+        if isinstance(vocab_size, int):
+            self.check_vocab(vocab_size)
 
     @staticmethod
     def _fit(ex: Example, max_length: Optional[int]) -> Optional[Example]:
@@ -204,7 +234,7 @@ class TokenDataModule(L.LightningDataModule):
         # Something to supervise: a token at position >= max(1, response_start) must exist.
         if len(ids) < 2 or max(1, ex.response_start) >= len(ids):
             return None
-        return Example(ids, ex.response_start)
+        return Example(ids, ex.response_start, ex.source)
 
     def _loader(self, ds: TokenDataset, shuffle: bool) -> ResumableLoader:
         # Always a DistributedSampler (one replica without DDP): Lightning keeps it as is, and the
@@ -247,23 +277,25 @@ class TokenDataModule(L.LightningDataModule):
 
         Rows written by ``jetspec regenerate`` carry ``input_ids`` and are used as they are.
         """
-        rows = []
+        examples = []
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+            for n, line in enumerate(f, 1):  # n: the line number, which errors name
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{path}:{n} is not valid JSON ({err})") from err
-        return cls([encode_row(tokenizer, r, f"{path}:{i}") for i, r in enumerate(rows, 1)], **kwargs)
+                    examples.append(encode_row(tokenizer, row, f"{path}:{n}"))
+        return cls(examples, **kwargs)
 
     @classmethod
     def from_text(cls, path: str | os.PathLike, tokenizer, chunk_length: int = 512,
                   **kwargs) -> "TokenDataModule":
         """A plain text file, tokenized whole, cut into chunks of ``chunk_length`` tokens (all supervised)."""
         ids = _ids(tokenizer(Path(path).read_text(encoding="utf-8"), add_special_tokens=False))
-        chunks = [ids[i: i + chunk_length] for i in range(0, len(ids), chunk_length)]
-        return cls([c for c in chunks if len(c) >= 2], **kwargs)
+        chunks = [Example(ids[i: i + chunk_length], 0, f"{path} (tokens {i}..)")
+                  for i in range(0, len(ids), chunk_length)]
+        return cls([c for c in chunks if len(c.input_ids) >= 2], **kwargs)
 
     @classmethod
     def from_hf_dataset(cls, path: str | os.PathLike, tokenizer, split: str = "train",
@@ -319,16 +351,16 @@ def encode_chat(tokenizer, messages: list[dict]) -> Example:
 
 
 def encode_row(tokenizer, row: dict, where: str = "row") -> Example:
-    """One jsonl / datasets row in any of the supported layouts."""
+    """One jsonl / datasets row in any of the supported layouts (``where`` names it in errors)."""
     if "input_ids" in row:
-        return as_example(row)
+        return as_example(row, where)
     if "messages" in row:
-        return encode_chat(tokenizer, list(row["messages"]))
+        return as_example(encode_chat(tokenizer, list(row["messages"])), where)
     if "prompt" in row and "response" in row:
-        return encode_chat(tokenizer, [{"role": "user", "content": row["prompt"]},
-                                       {"role": "assistant", "content": row["response"]}])
+        return as_example(encode_chat(tokenizer, [{"role": "user", "content": row["prompt"]},
+                                                  {"role": "assistant", "content": row["response"]}]), where)
     if "text" in row:
-        return Example(_ids(tokenizer(row["text"], add_special_tokens=True)), 0)
+        return Example(_ids(tokenizer(row["text"], add_special_tokens=True)), 0, where)
     raise ValueError(f"{where}: expected 'input_ids', 'messages', 'prompt'+'response' or 'text', "
                      f"got fields {sorted(row)}")
 

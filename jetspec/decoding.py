@@ -10,6 +10,7 @@ wrapper; any drafter works with any builder and any verifier.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,6 +19,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from jetspec.checks import check_drafter_target, check_token_ids, run_drafter
 from jetspec.interfaces import Drafter, TreeBuilder, Verifier
 from jetspec.sampling import SamplingConfig, TorchRng, process_logits
 from jetspec.target import TargetModel, as_target
@@ -61,7 +63,8 @@ class GenerationResult:
         return rates
 
 
-def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig) -> Tensor:
+def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig, vocab_size: int) -> Tensor:
+    """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError("input_ids must be a LongTensor of shape [1, T]")
     if input_ids.dim() == 1:
@@ -72,6 +75,7 @@ def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingCo
         raise ValueError(f"batch size must be 1 for now, got input_ids with batch {input_ids.shape[0]}")
     if input_ids.shape[1] < 1:
         raise ValueError("input_ids is empty: the prompt needs at least one token")
+    check_token_ids(input_ids, vocab_size, "input_ids")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     return input_ids
@@ -117,6 +121,7 @@ class SpeculativeDecoder:
         if drafter.vocab_size is not None and drafter.vocab_size != self.target.vocab_size:
             raise ValueError(f"drafter vocabulary ({drafter.vocab_size}) differs from the target's "
                              f"({self.target.vocab_size})")
+        check_drafter_target(drafter, self.target)
         if drafter.max_depth is not None and self.tree_builder.depth > drafter.max_depth:
             raise ValueError(f"tree depth {self.tree_builder.depth} is larger than the drafter can "
                              f"produce ({drafter.max_depth}); lower depth")
@@ -134,8 +139,10 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------ the five stages
     def draft(self, tokens: Tensor, taps, cfg, rng, round_index: int) -> DraftOutput:
         b = self.tree_builder
-        return self.drafter.draft(DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
-                                             taps=taps, sampling=cfg, rng=rng, round_index=round_index))
+        # run_drafter: the drafter gets a copy of tokens, and its proposal is checked (jetspec.checks).
+        return run_drafter(self.drafter, DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
+                                                    taps=taps, sampling=cfg, rng=rng, round_index=round_index),
+                           self.target.vocab_size)
 
     def build_tree(self, proposal: DraftOutput, anchor: int) -> DraftTree:
         return self.tree_builder.build(proposal, anchor)
@@ -160,7 +167,7 @@ class SpeculativeDecoder:
                  generator: Optional[torch.Generator] = None) -> GenerationResult:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T]."""
         cfg = SamplingConfig(temperature, top_k, top_p)
-        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         verifier = self._verifier_for(cfg)
         rng = TorchRng(generator)
         eos = _eos_set(eos_token_id)
@@ -202,9 +209,27 @@ class SpeculativeDecoder:
 
 
 def _eos_set(eos_token_id) -> set[int]:
+    """The stop ids from None, one id or a collection of ids (list, tuple, set, 1-D integer tensor).
+
+    An id is an integer >= 0: a Python or numpy integer, or a 0-d integer tensor. Strings, floats
+    and bools are refused with a ValueError ("72" must not mean the ids 7 and 2).
+    """
     if eos_token_id is None:
         return set()
-    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+    x = eos_token_id
+    if type(x).__module__ == "numpy" and not isinstance(x, numbers.Integral):
+        x = torch.as_tensor(x)  # a numpy array: same rules as a tensor
+    if isinstance(x, torch.Tensor):
+        items = x.flatten().tolist() if x.dim() <= 1 and not x.is_floating_point() and x.dtype != torch.bool \
+            else [x]
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        items = list(x)
+    else:
+        items = [x]
+    if not all(isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 0 for e in items):
+        raise ValueError(f"eos_token_id must be a token id (an integer >= 0), a collection of them or None, "
+                         f"got {eos_token_id!r}")
+    return {int(e) for e in items}
 
 
 def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:
@@ -227,7 +252,7 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     """
     tgt = as_target(target)
     cfg = SamplingConfig(temperature, top_k, top_p)
-    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg)
+    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, tgt.vocab_size)
     rng = TorchRng(generator)
     eos = _eos_set(eos_token_id)
     res = GenerationResult(sequences=input_ids)

@@ -34,7 +34,15 @@ class Drafter(ABC):
 
     @abstractmethod
     def draft(self, inp: DraftInput) -> DraftOutput:
-        """Propose per-depth candidate tables or a candidate tree for ``inp.tokens[-1]``."""
+        """Propose per-depth candidate tables or a candidate tree for ``inp.tokens[-1]``.
+
+        The decoding loop calls this through ``jetspec.checks.run_drafter``: ``inp.tokens`` is the
+        drafter's own copy (writing to it changes nothing that is emitted), and the returned
+        ``DraftOutput`` is checked (shapes, ids in the target's vocabulary, q) with errors naming
+        the drafter. Drafters built for one target (learned heads) record its shape in
+        ``config.target_hidden_size`` / ``target_vocab_size`` / ``target_num_layers``;
+        ``SpeculativeDecoder`` refuses another target up front.
+        """
 
 
 class TreeBuilder(ABC):

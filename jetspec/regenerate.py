@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from jetspec.prompts import chat_ids, eos_ids, read_jsonl
+from jetspec.sampling import SamplingConfig
 
 
 def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
@@ -205,8 +206,7 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    SamplingConfig(temperature, top_p=top_p)  # generate's rules: ValueError naming temperature / top_p
     rows = _as_rows(prompts)[:limit] if limit is not None else _as_rows(prompts)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

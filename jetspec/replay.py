@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from jetspec.checks import run_drafter
 from jetspec.interfaces import Drafter, TreeBuilder
 from jetspec.types import DraftInput, DraftTree
 
@@ -99,7 +100,7 @@ def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, 
     while a + 1 < end:
         inp = DraftInput(tokens=tokens[: a + 1], depth=builder.depth, width=builder.width, budget=builder.budget,
                          taps=None if not drafter.tap_layers else taps[:a], round_index=r)
-        tree = builder.build(drafter.draft(inp), int(tokens[a]))
+        tree = builder.build(run_drafter(drafter, inp, drafter.vocab_size), int(tokens[a]))  # as generate does
         path = greedy_accept(tree, tokens[a + 1: end].tolist())
         if sizes is not None:
             sizes.append(tree.budget)

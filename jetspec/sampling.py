@@ -11,6 +11,8 @@ is how exactness is *proved* on small vocabularies (METHOD.md section 4).
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
@@ -29,16 +31,27 @@ class SamplingConfig:
     top_p: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.temperature != self.temperature:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None), got {self.top_k}")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1] (or None), got {self.top_p}")
+        # Types and values are checked here, not at the first sampling step; numpy scalars are
+        # stored as plain Python numbers. Strings, bools and non-integral top_k are refused.
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if not _is_real(t) or not 0 <= t < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 (or None), got {k!r}")
+        if p is not None and (not _is_real(p) or not 0.0 < p <= 1.0):
+            raise ValueError(f"top_p must be a number in (0, 1] (or None), got {p!r}")
+        object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "top_k", None if k is None else int(k))
+        object.__setattr__(self, "top_p", None if p is None else float(p))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _is_real(x) -> bool:
+    """A real number (Python or numpy), not a bool and not a string."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def process_logits(logits: Float[Tensor, "... V"], cfg: SamplingConfig) -> Float[Tensor, "... V"]:
@@ -73,6 +86,49 @@ def residual(p: Float[Tensor, " V"], q: Float[Tensor, " V"]) -> Float[Tensor, " 
     total = r.sum()
     # p == q up to rounding means rejection had probability ~0; keep p rather than divide by 0.
     return p if total <= 1e-12 else r / total
+
+
+#: How far from 1 a row of q may sum. float32 softmax over a 150k vocabulary stays near 1e-5; a q
+#: further off is not the law the drafts were drawn from, and min(1, p/q) would then be biased.
+Q_SUM_TOL = 1e-4
+
+
+def check_child_laws(q: Float[Tensor, "R V"], parent_rows: Tensor, child_tokens: Tensor, who: str,
+                     error: type[ValueError] = ValueError) -> None:
+    """Refuse a q that cannot be the law the drafted children were drawn from.
+
+    Candidate m carries token ``child_tokens[m]`` and was drawn from row ``parent_rows[m]`` of q.
+    Each such row must be finite, >= 0 and sum to 1 (within ``Q_SUM_TOL``), and give its drawn
+    token positive mass. Anything else makes rejection sampling accept with the wrong probability
+    (q = 0 at a draft used to read as "always accept"), so it raises ``error`` naming ``who``
+    instead. Rows no candidate was drawn from are never read by the verifier and are not checked.
+    """
+    if not isinstance(q, Tensor) or q.dim() != 2 or not q.is_floating_point():
+        got = f"{tuple(q.shape)} {q.dtype}" if isinstance(q, Tensor) else type(q).__name__
+        raise error(f"{who} must be a float tensor [rows, V], got {got}")
+    if child_tokens.numel() == 0:
+        return
+    rows, toks = parent_rows.to(q.device), child_tokens.to(q.device)
+    outside = (toks < 0) | (toks >= q.shape[1])
+    if bool(outside.any()):
+        m = int(outside.nonzero()[0, 0])
+        raise error(f"{who} has {q.shape[1]} columns, but candidate {m} is token {int(toks[m])}: q must "
+                    "cover the target's whole vocabulary")
+    used = torch.unique(rows)
+    laws = q[used].double()
+    checks = (("holds NaN or inf", ~torch.isfinite(laws).all(-1)),
+              ("has negative entries", (laws < 0).any(-1)),
+              (f"does not sum to 1 (tolerance {Q_SUM_TOL:g})", (laws.sum(-1) - 1).abs() > Q_SUM_TOL))
+    for what, bad in checks:
+        if bool(bad.any()):
+            r = int(used[bad.nonzero()[0, 0]])
+            raise error(f"{who} row {r} {what} (it sums to {float(q[r].double().sum()):.6g}); it must be the "
+                        "normalised law the candidates under it were drawn from")
+    mass = q[rows, toks]
+    if bool((mass <= 0).any()):
+        m = int((mass <= 0).nonzero()[0, 0])
+        raise error(f"{who} row {int(rows[m])} gives probability 0 to token {int(toks[m])}, yet candidate {m} "
+                    "was drawn from that row with it: a drawn token has positive mass under its q")
 
 
 class Rng(ABC):

@@ -18,7 +18,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from jetspec.sampling import Rng, SamplingConfig
+from jetspec.sampling import Rng, SamplingConfig, check_child_laws
+
+
+class MalformedDraft(ValueError):
+    """A ``DraftOutput`` that breaks its contract; the decoding loop re-raises it naming the drafter."""
 
 
 @dataclass
@@ -65,21 +69,45 @@ class DraftOutput:
     forwards: int = 0  # draft-model forwards spent this round (reported by the benchmark)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``MalformedDraft`` (a ValueError naming the field) unless the proposal is well formed.
+
+        Run on construction and again by the decoding loop after every ``draft`` (fields can be
+        reassigned in between). Shapes and dtypes, parents before children, and a ``node_q`` that is
+        a probability law wherever a candidate was drawn from it (``check_child_laws``). Token ids
+        are checked against the target's vocabulary by the loop, which knows it.
+        """
         has_table = self.depth_tokens is not None
         has_nodes = self.node_tokens is not None
         if has_table == has_nodes:
-            raise ValueError("DraftOutput needs exactly one of depth_tokens or node_tokens")
+            raise MalformedDraft("DraftOutput needs exactly one of depth_tokens or node_tokens")
+        if not isinstance(self.forwards, int) or self.forwards < 0:
+            raise MalformedDraft(f"forwards must be an integer >= 0, got {self.forwards!r}")
         if has_table:
-            if self.depth_logprobs is None or self.depth_logprobs.shape != self.depth_tokens.shape:
-                raise ValueError("depth_logprobs must be given with the shape of depth_tokens [D, W]")
-        else:
-            if self.node_parents is None or self.node_logprobs is None:
-                raise ValueError("node_parents and node_logprobs must be given with node_tokens")
-            m = self.node_tokens.shape[0]
-            if self.node_parents.shape != (m,) or self.node_logprobs.shape != (m,):
-                raise ValueError("node_tokens, node_parents and node_logprobs must all be [M]")
-            if self.node_q is not None and self.node_q.shape[0] != m + 1:
-                raise ValueError(f"node_q must have M + 1 = {m + 1} rows, got {self.node_q.shape[0]}")
+            _need_ids("depth_tokens", self.depth_tokens, "[D, W]")
+            _need_floats("depth_logprobs", self.depth_logprobs, self.depth_tokens.shape, "[D, W]")
+            return
+        _need_ids("node_tokens", self.node_tokens, "[M]")
+        m = self.node_tokens.shape[0]
+        _need_ids("node_parents", self.node_parents, "[M]")
+        if self.node_parents.shape != (m,):
+            raise MalformedDraft(f"node_parents must be [M] = [{m}] like node_tokens, got "
+                                 f"{tuple(self.node_parents.shape)}")
+        _need_floats("node_logprobs", self.node_logprobs, (m,), "[M]")
+        ok = (self.node_parents >= -1) & (self.node_parents < torch.arange(m, device=self.node_parents.device))
+        if not bool(ok.all()):
+            i = int((~ok).nonzero()[0, 0])
+            raise MalformedDraft(f"node_parents[{i}] = {int(self.node_parents[i])}: each parent must be -1 "
+                                 "(the anchor) or an earlier candidate")
+        if self.node_q is not None:
+            _need_floats("node_q", self.node_q, None, "[M + 1, V]")
+            if self.node_q.dim() != 2 or self.node_q.shape[0] != m + 1:
+                raise MalformedDraft(f"node_q must be [M + 1, V] with M + 1 = {m + 1} rows, got "
+                                     f"{tuple(self.node_q.shape)}")
+            # Row 0 is the anchor's children's law, row m + 1 candidate m's: parent + 1.
+            check_child_laws(self.node_q, self.node_parents + 1, self.node_tokens, "node_q", MalformedDraft)
 
     @property
     def sampled(self) -> bool:
@@ -94,6 +122,25 @@ class DraftOutput:
             return 0
         depth = node_depths(self.node_parents)
         return int(depth.max())
+
+
+def _describe(t) -> str:
+    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+
+
+def _need_ids(name: str, t, shape: str) -> None:
+    """An integer tensor with as many dimensions as ``shape`` names."""
+    dims = shape.count(",") + 1
+    if (not isinstance(t, Tensor) or t.dim() != dims or t.is_floating_point() or t.is_complex()
+            or t.dtype == torch.bool):
+        raise MalformedDraft(f"{name} must be an integer tensor {shape}, got {_describe(t)}")
+
+
+def _need_floats(name: str, t, shape, form: str) -> None:
+    """A floating-point tensor, of exactly ``shape`` when one is given."""
+    if not isinstance(t, Tensor) or not t.is_floating_point() or (shape is not None and t.shape != shape):
+        want = f"{form} = {list(shape)}" if shape is not None else form
+        raise MalformedDraft(f"{name} must be a float tensor {want}, got {_describe(t)}")
 
 
 def node_depths(parents: Int[Tensor, " M"]) -> Int[Tensor, " M"]:

@@ -102,6 +102,8 @@ def check_tree_attention_args(q: Tensor, k: Tensor, v: Tensor, ancestor: Tensor)
         raise ValueError(f"k has batch {k.shape[0]} but q has batch {b}")
     if k.shape[3] != kd:
         raise ValueError(f"k has head dim {k.shape[3]} but q has head dim {kd}")
+    if kd == 0:  # the default scale 1 / sqrt(K) is undefined; no model has K = 0
+        raise ValueError("q has head dim 0; attention needs a head dim K >= 1")
     h_kv = k.shape[1]
     if h_kv == 0 or h % h_kv != 0:
         raise ValueError(f"q has {h} heads, k has {h_kv}: the query heads must be a multiple of the kv "
@@ -133,6 +135,8 @@ def masked_attention(
     A query that sees no key at all gets a zero output (instead of softmax's 0/0 = NaN), the same
     convention as the Triton kernel.
     """
+    if k.shape[2] == 0:  # no key at all (and so no tree node): every query sees nothing
+        return q.new_zeros(q.shape)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     # GQA: query head j reads kv head j // group, so each kv head serves `group` query heads.

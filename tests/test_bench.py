@@ -112,7 +112,7 @@ def test_divergence_locates_the_first_differing_token(tiny):
 def test_text_prompts_sampling_chain_and_skips(tiny, tmp_path):
     res = run_bench(model=tiny, tokenizer=tiny_tokenizer(),
                     prompts=[{"prompt": "w1 w2 w3 w1 w2", "set": "s"}],
-                    drafters="ngram,jetspec-missing,draft_model", tree="chain", depth=3, temperature=1.0,
+                    drafters="ngram,draft_model", tree="chain", depth=3, temperature=1.0,
                     max_new_tokens=6, out=str(tmp_path), threads=1, plots=False, progress=False)
     names = {r["drafter"] for r in res["rows"]}
     assert names == {"ar", "hf_sample", "hf_prompt_lookup", "ngram"}
@@ -121,7 +121,6 @@ def test_text_prompts_sampling_chain_and_skips(tiny, tmp_path):
     assert all(r["matches_ar"] is None for r in res["rows"])  # sampled outputs differ by design
     assert all(r["temperature"] == 1.0 for r in res["rows"])
     skipped = {s["drafter"]: s["reason"] for s in res["skipped"]}
-    assert "not a registered drafter" in skipped["jetspec-missing"]
     assert "draft_model" in skipped["draft_model"]
     assert not (tmp_path / "tau_vs_budget.png").exists()
 
@@ -198,3 +197,21 @@ def test_cli_generate_with_options_and_cost_aware_tree(tiny, tmp_path, capsys):
         main(base + ["--node-cost", "-1"])
     with pytest.raises(SystemExit, match="no option"):
         main(base + ["--drafter", "ngram:nope=1"])
+
+
+@pytest.mark.parametrize("spec, bad", [("typo", "typo"), ("ngram,typo", "typo"), ("ngram+typo", "typo"),
+                                       ("typo:smoothing=1", "typo"), ("ar,jetspec-missing", "jetspec-missing"),
+                                       ("ngram+ar", "ar")])
+def test_an_unknown_drafter_is_an_error_not_a_skip(spec, bad):
+    """It used to be skipped: `bench --drafters typo` timed only the baselines and exited 0."""
+    with pytest.raises(ValueError, match=f"--drafters.*'{bad}'"):
+        BenchConfig(drafters=spec)
+    # Negative control: registered names, options, composites, anchors and label=folder specs pass.
+    BenchConfig(drafters="ar,ngram,ngram:smoothing=1,jetspec+ngram,mine=runs/x/head,mine=runs/x+ngram")
+
+
+def test_cli_bench_with_an_unknown_drafter_fails_before_loading(tmp_path):
+    from jetspec.cli import main
+
+    with pytest.raises(SystemExit, match="typo"):
+        main(["bench", "--target", str(tmp_path / "no-such-target"), "--drafters", "typo", "--out", str(tmp_path)])

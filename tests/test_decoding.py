@@ -6,6 +6,7 @@ impossible, against Hugging Face ``generate(do_sample=False)`` as the independen
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
@@ -86,6 +87,29 @@ def test_eos_stops_generation(llama64):
     res = SpeculativeDecoder(llama64, OracleDrafter(llama64), ChainBuilder(4)).generate(
         ids, max_new_tokens=30, eos_token_id=eos)
     assert res.sequences[0, 12:].tolist() == ref[: first + 1]
+
+
+@pytest.mark.parametrize("form", [np.int64, np.int32, torch.tensor, lambda e: [np.int64(e)],
+                                  lambda e: torch.tensor([e]), lambda e: (e, 0), lambda e: {e}])
+def test_eos_given_as_numpy_tensor_or_collection_stops_like_an_int(llama64, form):
+    ids = repetitive_prompt(6, 12)
+    ref = hf_greedy(llama64, ids, 30)[0, 12:].tolist()
+    eos = ref[7]
+    want = ref[: ref.index(eos) + 1]
+    dec = SpeculativeDecoder(llama64, OracleDrafter(llama64), ChainBuilder(4))
+    assert dec.generate(ids, max_new_tokens=30, eos_token_id=form(eos)).sequences[0, 12:].tolist() == want
+    got = autoregressive_generate(llama64, ids, 30, eos_token_id=form(eos)).sequences[0, 12:].tolist()
+    assert got == want
+
+
+@pytest.mark.parametrize("eos", [float(7), "7", "72", True, -1, [7, 2.5], [7, "8"], torch.tensor(7.0),
+                                 torch.tensor([[7]]), object()])
+def test_bad_eos_token_ids_are_refused(llama64, eos):
+    """A string used to be split into digits ("72" stopped at 7 and 2), a float raised "not iterable"."""
+    with pytest.raises(ValueError, match="eos_token_id"):
+        SpeculativeDecoder(llama64, NGramDrafter()).generate(repetitive_prompt(1, 6), 4, eos_token_id=eos)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        autoregressive_generate(llama64, repetitive_prompt(1, 6), 4, eos_token_id=eos)
 
 
 class CheckingDecoder(SpeculativeDecoder):

@@ -230,3 +230,23 @@ def test_cli_regenerate_from_a_local_folder(tiny, tmp_path):
             "--out", str(out), "--max-new-tokens", "4", "--batch-size", "3", "--limit", "4"]
     assert main(argv) == 0
     assert len(read_regenerated(out)) == 4
+
+
+@pytest.mark.parametrize("kw, name", [(dict(temperature=1.0, top_p=5.0), "top_p"), (dict(top_p=0.0), "top_p"),
+                                      (dict(temperature=-1.0), "temperature")])
+def test_regenerate_refuses_what_generate_refuses(tiny, tmp_path, kw, name):
+    """The same SamplingConfig rules as generate; --top-p 5 used to be accepted."""
+    model, tok = tiny
+    with pytest.raises(ValueError, match=name):
+        regenerate(model, tok, PROMPTS[:1], tmp_path / "o.jsonl", max_new_tokens=2, progress=False, **kw)
+    assert not (tmp_path / "o.jsonl").exists()  # refused before anything is written
+
+
+def test_cli_regenerate_refuses_a_bad_top_p_before_loading(tmp_path):
+    from jetspec.cli import main
+
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w1"}])
+    argv = ["regenerate", "--target", str(tmp_path / "no-such-target"), "--prompts", str(tmp_path / "p.jsonl"),
+            "--out", str(tmp_path / "o.jsonl"), "--temperature", "0.8", "--top-p", "5"]
+    with pytest.raises(SystemExit, match="top_p"):
+        main(argv)

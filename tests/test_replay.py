@@ -90,6 +90,31 @@ def test_replay_cut_and_errors(target):
         replay(head, ChainBuilder(depth=3), refs)
 
 
+def test_replay_hands_the_drafter_a_copy_and_checks_its_proposal(target):
+    """As in generate (jetspec.checks.run_drafter): a drafter writing into inp.tokens must not
+    rewrite the reference it is replayed along, and a bad proposal names the drafter."""
+
+    class Scribbler(NGramDrafter):
+        def draft(self, inp):
+            out = super().draft(inp)
+            inp.tokens.fill_(0)
+            return out
+
+    refs = make_references(target, [[4, 5, 6, 4, 5, 6, 4, 5]], max_new_tokens=12, progress=False)
+    ids = torch.tensor(refs[0].input_ids)
+    before = ids.clone()
+    honest = replay_sequence(NGramDrafter(), ChainBuilder(depth=3), ids, 8)
+    assert replay_sequence(Scribbler(), ChainBuilder(depth=3), ids, 8) == honest
+    assert torch.equal(ids, before)
+
+    class Nothing(NGramDrafter):
+        def draft(self, inp):
+            return None
+
+    with pytest.raises(ValueError, match="Nothing returned None"):
+        replay_sequence(Nothing(), ChainBuilder(depth=3), ids, 8)
+
+
 def test_pooled_tau_and_confidence_interval():
     from jetspec.replay import ReplayReport
 

@@ -41,6 +41,24 @@ def test_bad_sampling_arguments(kw, name):
         SamplingConfig(**kw)
 
 
+@pytest.mark.parametrize("kw, name", [(dict(temperature=1.0, top_k=2.5), "top_k"), (dict(top_k=True), "top_k"),
+                                      (dict(top_k="3"), "top_k"), (dict(temperature="1"), "temperature"),
+                                      (dict(temperature=float("inf")), "temperature"),
+                                      (dict(top_p="0.5"), "top_p"), (dict(top_p=float("nan")), "top_p")])
+def test_sampling_argument_types_are_checked_at_construction(kw, name):
+    """top_k=2.5 used to pass and fail only at the first sampling step."""
+    with pytest.raises(ValueError, match=name):
+        SamplingConfig(**kw)
+
+
+def test_numpy_and_integral_sampling_arguments_are_accepted():
+    import numpy as np
+
+    cfg = SamplingConfig(np.float32(0.5), top_k=np.int64(3), top_p=np.float64(0.9))
+    assert (cfg.top_k, type(cfg.top_k)) == (3, int) and cfg.temperature == 0.5 and cfg.top_p == 0.9
+    assert SamplingConfig(1, top_k=4).temperature == 1.0
+
+
 def test_torch_rng_follows_the_generator():
     probs = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
     a = [TorchRng(torch.Generator().manual_seed(3)).categorical(probs) for _ in range(3)]

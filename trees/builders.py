@@ -9,7 +9,7 @@ cap and lets each round's tree stop growing where more nodes would not pay for t
 from __future__ import annotations
 
 from jetspec.interfaces import TreeBuilder, register_tree_builder
-from jetspec.trees.best_first import capped_fanout, check_node_cost, check_shape_args, grow_tree
+from jetspec.trees.best_first import capped_fanout, check_finite, check_node_cost, check_shape_args, grow_tree
 from jetspec.types import DraftOutput, DraftTree
 
 
@@ -18,7 +18,7 @@ class ChainBuilder(TreeBuilder):
     """The top-1 candidate at every depth: a single path of ``depth`` drafted tokens."""
 
     def __init__(self, depth: int = 8, node_cost: float = 0.0) -> None:
-        check_shape_args(depth, 1, depth)
+        check_shape_args(1, 1, depth)  # the budget is the depth: only depth can be wrong (and is named)
         check_node_cost(node_cost)
         self.depth, self.width, self.budget, self.node_cost = depth, 1, depth, node_cost
 
@@ -57,8 +57,8 @@ class FanoutCapBuilder(TreeBuilder):
                  gap0: float = 1.0, node_cost: float = 0.0) -> None:
         check_shape_args(budget, width, depth)
         check_node_cost(node_cost)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        check_finite("beta", beta, 0.0)  # nan or inf would only fail at the first build
+        check_finite("gap0", gap0)
         self.budget, self.width, self.depth = budget, width, depth
         self.beta, self.gap0, self.node_cost = beta, gap0, node_cost
 

@@ -20,7 +20,7 @@ Randomness goes through ``jetspec.sampling.Rng`` so tests can enumerate it exact
 from __future__ import annotations
 
 from jetspec.interfaces import Verifier, register_verifier
-from jetspec.sampling import Rng, TorchRng, process_logits, residual
+from jetspec.sampling import Rng, TorchRng, check_child_laws, process_logits, residual
 from jetspec.types import Acceptance, VerifyInput
 
 
@@ -49,8 +49,8 @@ def recursive_rejection(tree, p, rng: Rng) -> tuple[list[int], int]:
         moved = False
         for c in kids[node]:
             tok = tokens[c]
-            q_tok = float(q[node, tok])
-            accept_prob = 1.0 if q_tok <= 0 else min(1.0, float(law[tok]) / q_tok)
+            # q_tok > 0: verify() refused any q without mass at a drawn token (check_child_laws).
+            accept_prob = min(1.0, float(law[tok]) / float(q[node, tok]))
             if rng.bernoulli(accept_prob):
                 path.append(c)
                 node, moved = c, True
@@ -62,7 +62,11 @@ def recursive_rejection(tree, p, rng: Rng) -> tuple[list[int], int]:
 
 @register_verifier("sampling")
 class SamplingVerifier(Verifier):
-    """Lossless for any temperature / top-k / top-p; at temperature 0 it equals greedy."""
+    """Lossless for any temperature / top-k / top-p; at temperature 0 it equals greedy.
+
+    A tree with q is checked first: a q that is not a law its drafts could have been drawn from
+    raises a ValueError (``check_child_laws``) instead of biasing the output.
+    """
 
     def verify(self, inp: VerifyInput) -> Acceptance:
         p = process_logits(inp.logits, inp.sampling)  # [N, V] float64
@@ -71,6 +75,7 @@ class SamplingVerifier(Verifier):
         if tree.q is not None:
             if tree.q.shape != p.shape:
                 raise ValueError(f"tree.q must be [N, V] = {tuple(p.shape)}, got {tuple(tree.q.shape)}")
+            check_child_laws(tree.q, tree.parents[1:], tree.tokens[1:], "tree.q")
             path, bonus = recursive_rejection(tree, p, rng)
         else:
             path, bonus = sample_and_match(tree, p, rng)

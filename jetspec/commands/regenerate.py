@@ -50,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.loading import load_target
     from jetspec.prompts import read_prompts
     from jetspec.regenerate import regenerate
+    from jetspec.sampling import SamplingConfig
 
+    try:  # before the target is loaded: the same rules as `jetspec generate`
+        SamplingConfig(args.temperature, top_p=args.top_p)
+    except ValueError as err:
+        raise SystemExit(f"jetspec regenerate: {err}") from None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # Without this, matmuls that meet denormal floats run many times slower on some CPUs.

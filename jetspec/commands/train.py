@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_target(args.target)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     dm = TokenDataModule.from_path(args.data, tok, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                                   max_length=args.max_length, pad_id=pad, seed=args.data_seed)
+                                   max_length=args.max_length, pad_id=pad, seed=args.data_seed,
+                                   vocab_size=model.get_output_embeddings().weight.shape[0])
     if args.cache_only:
         return _fill_cache(args, model, dm, pad)
     if args.head == "eagle" and (args.draft_vocab or args.direct_path or args.conditioned):

@@ -270,6 +270,35 @@ def test_bad_arguments_raise_value_errors_naming_them(mutate, argname, backend):
         tree_attention(*mutate(*_good()), backend=backend)
 
 
+@pytest.mark.parametrize("b, h, h_kv, n, p, d, error", [
+    (1, 2, 1, 0, 0, 16, None),  # no node and no prefix: the torch backend used to fail in amax
+    (1, 2, 1, 0, 7, 16, None),  # no node
+    (0, 2, 1, 3, 4, 16, None),  # an empty batch
+    (1, 0, 1, 3, 4, 16, None),  # no query head
+    (1, 2, 1, 3, 4, 0, "head dim"),  # used to be a ZeroDivisionError from 1 / sqrt(0) in torch only
+    (1, 2, 1, 0, 0, 0, "head dim"),
+])
+def test_empty_shapes_give_both_backends_the_same_result_or_error(b, h, h_kv, n, p, d, error):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(b, h, n, d, generator=gen)
+    k, v = torch.randn(2, b, h_kv, p + n, d, generator=gen)
+    anc = chain_ancestor(n)
+    outcomes = {}
+    for backend in ("torch", "triton"):
+        try:
+            outcomes[backend] = tree_attention(q, k, v, anc, backend=backend)
+        except Exception as err:  # noqa: BLE001 - the point is to compare whatever comes out
+            outcomes[backend] = (type(err), str(err))
+    if error is None:
+        for got in outcomes.values():
+            assert isinstance(got, torch.Tensor), outcomes
+            assert got.shape == q.shape and got.dtype == q.dtype
+    else:
+        assert outcomes["torch"] == outcomes["triton"], outcomes
+        kind, message = outcomes["torch"]
+        assert kind is ValueError and error in message
+
+
 def test_triton_specific_limits():
     q, k, v, anc = _good()
     with pytest.raises(ValueError, match="float64"):

@@ -137,6 +137,25 @@ def test_builder_arguments_are_validated(kw):
         BestFirstBuilder(**args)
 
 
+@pytest.mark.parametrize("kw, name", [(dict(beta=float("nan")), "beta"), (dict(beta=float("inf")), "beta"),
+                                      (dict(beta=-1.0), "beta"), (dict(beta="1"), "beta"),
+                                      (dict(gap0=float("nan")), "gap0"), (dict(gap0=None), "gap0"),
+                                      (dict(budget=True), "budget"), (dict(width=2.0), "width")])
+def test_fanout_cap_arguments_are_validated(kw, name):
+    """beta=nan used to be accepted and fail at the first build."""
+    with pytest.raises(ValueError, match=name):
+        FanoutCapBuilder(**kw)
+    FanoutCapBuilder(beta=0.0, gap0=-1)  # negative control: any finite gap0, beta >= 0
+
+
+@pytest.mark.parametrize("depth", [0, -2, 1.5, True])
+def test_chain_builder_names_depth(depth):
+    """A chain has no budget argument, so the error must not talk about one."""
+    with pytest.raises(ValueError, match="depth") as err:
+        ChainBuilder(depth)
+    assert "budget" not in str(err.value)
+
+
 def tokens_per_cost(tree, n: int, c: float) -> float:
     """Modelled committed tokens per verify cost when the first n drafted nodes are verified."""
     probs = tree.score[1: n + 1].double().exp()

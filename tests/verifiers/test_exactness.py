@@ -213,3 +213,59 @@ def test_residual_is_the_positive_part():
     q = torch.tensor([0.2, 0.6, 0.2], dtype=torch.float64)
     assert torch.allclose(residual(p, q), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
     assert torch.equal(residual(p, p), p)  # nothing to reject: keep p rather than divide by zero
+
+
+# --------------------------------------------------------------------------- q the verifier must refuse
+def _bad_q(kind: str):
+    """A q told to the verifier that is not a law the drafts could have come from."""
+
+    def q_told(ctx, vocab):
+        q = draft_q(ctx, vocab)
+        if kind == "zeros":
+            return torch.zeros_like(q)
+        if kind == "negative":  # still sums to 1
+            top, low = int(torch.argmax(q)), int(torch.argmin(q))
+            q = q.clone()
+            q[top] += 0.2
+            q[low] -= 0.2
+            return q
+        if kind == "nan":
+            return torch.full_like(q, float("nan"))
+        if kind == "unnormalised":
+            return q * 1.5
+        if kind == "zero at the drafted token":  # normalised, but no mass where the drafts landed
+            return torch.nn.functional.one_hot(torch.argmin(q), vocab).double()
+        if kind == "narrower vocabulary":
+            return q[:-1] / q[:-1].sum()
+        if kind == "wider vocabulary":
+            return torch.cat([q, q.new_zeros(1)])
+        raise AssertionError(kind)
+
+    return q_told
+
+
+@pytest.mark.parametrize("kind", ["zeros", "negative", "nan", "unnormalised", "zero at the drafted token",
+                                  "narrower vocabulary", "wider vocabulary"])
+@pytest.mark.parametrize("shape", [(1,), (2, 1)])
+def test_rejection_with_an_impossible_q_is_refused(kind, shape):
+    """A q that is no probability law at a drafted token must raise, never bias the law. With q all
+    zeros the old rule accepted every draft (min(1, p/0) read as 1)."""
+    vocab, ctx, cfg = 4, (0, 3), SamplingConfig(1.0)
+    make = sampled_tree_maker(vocab, shape, q_told=_bad_q(kind))
+    with pytest.raises(ValueError, match="q"):
+        speculative_law(SamplingVerifier().verify, make, ctx, vocab, cfg, two=False)
+
+
+def test_leaf_rows_of_q_are_not_read():
+    """Negative control: rows of nodes without children are never used, so zeros there are fine
+    (DraftModelDrafter writes zeros for its last node) and the law stays exact."""
+    vocab, ctx, cfg = 4, (0, 3), SamplingConfig(0.8)
+    base = sampled_tree_maker(vocab, (1, 1))
+
+    def make(c, rng):
+        tree = base(c, rng)
+        tree.q[-1] = 0.0  # node 2 is the only leaf
+        return tree
+
+    law = speculative_law(SamplingVerifier().verify, make, ctx, vocab, cfg, two=True)
+    assert max_gap(law, exact_plain_law(ctx, vocab, cfg, True)) < 1e-9
