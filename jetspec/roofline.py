@@ -322,6 +322,10 @@ def roofline_markdown(r: dict, cfg: RooflineConfig) -> str:
     for engine, by_rows in r["forwards"].items():
         lines.append(f"- Cost per drafted node for cost-aware trees ({engine} engine): c = {node_cost(by_rows):.3f} "
                      "(a verify over n drafted nodes costs about 1 + c * n plain steps; fit over the k above).")
+    if cfg.split_rows:
+        lines += ["", "The splits below come from torch.profiler, which adds a few microseconds to every operator "
+                  "(most of it lands in 'other ops' and 'python'), so their totals exceed the times above; "
+                  "compare components with each other and with their floors."]
     for k in cfg.split_rows:
         lines += ["", f"Where a {k}-row forward's time goes (ms, torch.profiler; floor = roofline of that part):", "",
                   "| engine | " + " | ".join(COMPONENTS) + " | total |", "|---" * (len(COMPONENTS) + 2) + "|"]

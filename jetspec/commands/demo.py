@@ -20,7 +20,7 @@ class DemoConfig:
     head_dir: str | None = None  # default: the heads shipped inside the package
     drafters: str = "ngram:smoothing=1,jetspec,dflash,eagle,jetspec+ngram:smoothing=1"
     budgets: str = "16"
-    node_costs: str = "0,0.05"  # whole-budget trees and cost-aware ones, side by side (c from `jetspec roofline`)
+    node_costs: str = "0,0.055"  # whole-budget trees and cost-aware ones, side by side (c from `jetspec roofline`)
     prompts_per_set: int = 1
     max_new_tokens: int = 48
     threads: str = "auto"  # a number, or auto: measure 1 thread vs all cores at start (jetspec/threads.py)

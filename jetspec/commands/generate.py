@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--node-cost", type=float, default=0.0,
                    help="verify cost per drafted node in plain steps: trees stop growing where a node "
-                        "would not pay (0 = spend the whole budget; about 0.05 on a 2-core CPU, "
+                        "would not pay (0 = spend the whole budget; about 0.055 on a 2-core CPU, "
                         "measured by `jetspec roofline`)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
