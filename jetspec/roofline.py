@@ -212,6 +212,8 @@ class RooflineConfig:
     """forward sizes to measure: 1 = a plain decoding step, k = a tree of k - 1 drafted nodes plus the anchor"""
     engines: tuple[str, ...] = ("fast", "hf")
     """TargetModel engines to compare"""
+    product_levers: bool = True
+    """also time the fast engine with each other product backend (the levers measured one at a time)"""
     prefix: int = 300
     """cached prefix length (tokens) before each measured forward"""
     repeats: int = 9
@@ -269,6 +271,10 @@ def run_roofline(cfg: RooflineConfig, model) -> dict:
         target = TargetModel(model, engine=engine, min_rows=1)
         forwards[engine] = {k: forward_ms(target, prefix, k, cfg.repeats) for k in cfg.rows}
         splits[engine] = {k: forward_split(target, prefix, k) for k in cfg.split_rows}
+        if engine == "fast" and cfg.product_levers:  # each product backend alone, same engine otherwise
+            for backend in [b for b in backends if b != target.linear_backend]:
+                other = TargetModel(model, engine="fast", min_rows=1, linear_backend=backend)
+                forwards[f"fast, {backend} products"] = {k: forward_ms(other, prefix, k, cfg.repeats) for k in cfg.rows}
     comp_floors = {k: component_floors(model, k, ceilings) for k in cfg.split_rows}
     busy = {}
     if cfg.competing:
@@ -319,7 +325,8 @@ def roofline_markdown(r: dict, cfg: RooflineConfig) -> str:
     fl = r["floors"]
     lines.append("| roofline floor | " + " | ".join(f"{fl[k]:.1f} (x{fl[k] / fl[rows[0]]:.2f})" for k in rows) + " |")
     lines.append("")
-    for engine, by_rows in r["forwards"].items():
+    for engine in cfg.engines:
+        by_rows = r["forwards"][engine]
         lines.append(f"- Cost per drafted node for cost-aware trees ({engine} engine): c = {node_cost(by_rows):.3f} "
                      "(a verify over n drafted nodes costs about 1 + c * n plain steps; fit over the k above).")
     if cfg.split_rows:
