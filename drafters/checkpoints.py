@@ -332,7 +332,7 @@ def eagle3_vocabulary(cfg: dict, weights: dict, target, what: str) -> Optional[D
         raise ValueError(f"{what}: lm_head has shape {tuple(lm.shape)}, expected ({size}, {hidden})")
     if torch.equal(lm, target_lm[ids].to(lm.dtype)):  # the target's own rows (jetspec's exports)
         return None if torch.equal(ids, torch.arange(vocab)) else DraftVocabulary(ids, vocab)
-    if "jetspec" in cfg:
+    if "jetspec" in cfg and not cfg["jetspec"].get("own_lm_head", False):
         raise ValueError(f"{what} was exported by jetspec for another target: its lm_head is not this "
                          "target's")
     return OwnLMHead(ids, vocab, lm)
@@ -398,7 +398,9 @@ def export_eagle3_checkpoint(head: EagleHead, folder: str | os.PathLike,
         "draft_vocab_size": weights["d2t"].numel(), "target_hidden_size": c.target_hidden_size,
         "torch_dtype": str(dtype or head.net.fc.weight.dtype).replace("torch.", ""),
         "eagle_config": {"use_aux_hidden_state": True},
-        "jetspec": {"target_num_layers": c.target_num_layers, "ttt_steps": c.ttt_steps},
+        "jetspec": {"target_num_layers": c.target_num_layers, "ttt_steps": c.ttt_steps,
+                    # an imported head that brought its own trained lm_head (OwnLMHead) exports it as is
+                    "own_lm_head": isinstance(head.draft_vocab, OwnLMHead)},
     }
     if tuple(taps) != engine_default_taps(c.target_num_layers):  # else both engines' default is right
         config["eagle_aux_hidden_state_layer_ids"] = [t + 1 for t in taps]  # vLLM: layer inputs

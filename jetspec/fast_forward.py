@@ -60,11 +60,20 @@ def fast_forward_support(model: torch.nn.Module) -> Optional[str]:
     for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
         if not hasattr(decoder, name):
             return f"the decoder has no `{name}`"
-    attn, mlp = decoder.layers[0].self_attn, decoder.layers[0].mlp
-    for mod, names in ((attn, ("q_proj", "k_proj", "v_proj", "o_proj")), (mlp, ("gate_proj", "up_proj", "down_proj"))):
-        for name in names:
-            if not isinstance(getattr(mod, name, None), torch.nn.Linear):
-                return f"`{name}` is not an nn.Linear"
+    for i, layer in enumerate(decoder.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        for mod, names in ((attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                           (mlp, ("gate_proj", "up_proj", "down_proj"))):
+            for name in names:
+                # Exactly nn.Linear: a subclass or an adapter (LoRA) computes more than x @ W^T + b,
+                # and this engine multiplies by the bare weight.
+                if type(getattr(mod, name, None)) is not torch.nn.Linear:
+                    return f"layer {i} `{name}` is not a plain nn.Linear"
+    # This engine calls a few submodules itself and skips the rest, so hooks would silently not run.
+    # (nn.Module keeps hooks in these dicts; there is no public accessor.)
+    hooked = [name for name, mod in model.named_modules() if mod._forward_hooks or mod._forward_pre_hooks]
+    if hooked:
+        return f"forward hooks are registered on {hooked[:3]}"
     return None
 
 
@@ -118,6 +127,9 @@ class KVBuffer:
     def keep(self, prefix: int, rows: Sequence[int]) -> None:
         """Keep rows ``0..prefix-1`` and then ``prefix + rows`` (in that order), drop the rest."""
         rows = list(rows)
+        if not 0 <= prefix <= self.length or any(not 0 <= r < self.length - prefix for r in rows):
+            raise ValueError(f"keep: rows {rows} after prefix {prefix} are not among the {self.length - prefix} "
+                             "rows of the last forward")
         if rows != list(range(len(rows))):  # a chain's path is already in place: nothing to move
             src = torch.tensor(rows, device=self.keys.device) + prefix
             dst = slice(prefix, prefix + len(rows))
@@ -199,15 +211,17 @@ class CompactForward:
                  ) -> tuple[Float[Tensor, "N V"], Optional[Float[Tensor, "N F"]]]:
         """Forward ``ids`` at ``positions`` against the ``cache.length`` cached rows and append them.
 
-        ``ancestor[i, j]``: row i may see row j of this forward (every cached row is visible);
-        None is allowed for a single row. Returns the logits and, if ``tap_layers`` is not empty,
-        the outputs of those decoder layers concatenated (F = len(tap_layers) * H).
+        ``ancestor[i, j]``: row i may see row j of this forward (every cached row is visible).
+        None means causal: allowed for a single row, or for a prefill into an empty cache, which then
+        runs SDPA's causal kernel instead of building a ``[g * N, N]`` mask. Returns the logits and,
+        if ``tap_layers`` is not empty, the outputs of those decoder layers concatenated
+        (F = len(tap_layers) * H).
         """
         n = ids.shape[0]
-        if ancestor is None and n != 1:
-            raise ValueError("a forward over several rows needs their ancestor (visibility) mask")
+        if ancestor is None and n != 1 and cache.length != 0:
+            raise ValueError("a forward over several rows after cached rows needs their ancestor (visibility) mask")
         cache.reserve(n)
-        mask = self.mask(ancestor, cache.length)
+        mask = self.mask(ancestor, cache.length) if ancestor is not None else None
         x = self.decoder.embed_tokens(ids[None])  # (1, N, H)
         cos, sin = self.decoder.rotary_emb(x, positions[None])  # (1, N, K) each
         cos, sin = cos[:, None], sin[:, None]  # (1, 1, N, K): broadcast over heads
@@ -232,6 +246,9 @@ class CompactForward:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # (1, heads, N, K)
         keys, values = cache.write(i, k[0], v[0].transpose(0, 1))  # (1, h_kv, P + N, K)
+        if mask is None and n > 1:  # causal prefill into an empty cache: no mask to build
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=True)
+            return layer.o(out.transpose(1, 2).reshape(1, n, self.heads * d))
         group = self.heads // self.kv_heads
         q = q.reshape(1, self.kv_heads, group * n, d)  # query head j = kv head j // group: stack the group
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
@@ -248,17 +265,28 @@ def _rope(x: Float[Tensor, "1 h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor
 
 # Packing a target's weights takes a second or two (SmolLM2-135M on the CPU of BENCHMARKS.md), and
 # tutorials and benchmarks wrap the same model many times. So the packed forward of a model is kept
-# while the model lives, and reused only while its weights are unchanged: the fingerprint (each
-# parameter's storage address and float64 sum, ~15 ms for 538 MB) changes with any in-place edit
-# that matters, such as a training step, and a changed model is packed again.
+# while the model lives, and reused only while its weights are unchanged. The fingerprint reads every
+# weight once (~30 ms for 538 MB): per parameter its storage address, and the float64 sums of its
+# rows and of its columns, each weighted by position, so in-place updates (a training step) and
+# permutations (swapped rows, a transposed square matrix) change it. It is no cryptographic hash: a
+# deliberate edit that keeps all three sums would go unseen. A wrapper already built never re-checks:
+# each TargetModel is a snapshot of the weights it was built from.
 _PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, CompactForward]]" = weakref.WeakKeyDictionary()
+
+
+def _param_fingerprint(p: Tensor) -> tuple:
+    m = p.reshape(p.shape[0], -1) if p.dim() > 1 else p.reshape(-1, 1)
+    rows = torch.sum(m, dim=1, dtype=torch.float64)
+    cols = torch.sum(m, dim=0, dtype=torch.float64)
+    rw = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=p.device)
+    cw = torch.arange(1, cols.numel() + 1, dtype=torch.float64, device=p.device)
+    return (p.data_ptr(), p.dtype, tuple(p.shape), float(rows.sum()), float((rows * rw).sum()),
+            float((cols * cw).sum()))
 
 
 def _fingerprint(model: torch.nn.Module, linear_backend: str) -> tuple:
     with torch.no_grad():
-        sums = tuple((p.data_ptr(), p.dtype, tuple(p.shape), float(torch.sum(p, dtype=torch.float64)))
-                     for p in model.parameters())
-    return (linear_backend,) + sums
+        return (linear_backend,) + tuple(_param_fingerprint(p) for p in model.parameters())
 
 
 def compact_forward_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactForward:

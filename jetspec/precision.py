@@ -1,8 +1,10 @@
 """Half precision, measured: where speculative and plain decoding part ways, and by how much.
 
 Greedy speculative decoding emits exactly the target's argmax after every committed prefix, so
-in fp32/fp64 its output *is* plain greedy decoding (tests/verifiers). In bf16 one thing changes:
-plain decoding computes each token's logits in a one-row forward, speculative decoding in a tree
+in fp64 its output *is* plain greedy decoding (tests/verifiers), and in fp32 it is up to near-ties
+of about 1e-7 relative (the tree forward's attention rounds differently from a one-row step's; the
+products of the fast engine are row-invariant). In bf16 the same effect is much larger: plain
+decoding computes each token's logits in a one-row forward, speculative decoding in a tree
 forward of N rows, and the two round differently (other product shapes, other accumulation
 order). Call delta the largest difference between the two logit rows of one position. If plain
 decoding prefers token a over token b by a margin ``l[a] - l[b] > 2 * delta``, the tree forward

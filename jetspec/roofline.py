@@ -250,7 +250,9 @@ class RooflineConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
-BURNER = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+# The competing process stops by itself: after 10 minutes, or as soon as its parent is gone.
+BURNER = ("import os, time, torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nparent, t0 = os.getppid(), "
+          "time.time()\nwhile os.getppid() == parent and time.time() - t0 < 600:\n    a @ a\n")
 
 
 def run_roofline(cfg: RooflineConfig, model) -> dict:

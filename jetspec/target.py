@@ -44,7 +44,6 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
-from jetspec.kernels import chain_ancestor
 from jetspec.types import DraftTree
 
 ENGINES = ("auto", "fast", "hf")
@@ -151,8 +150,6 @@ class TargetModel:
         """One forward over ``ids`` against the cache, appending their rows. ``ancestor``: which rows
         of this forward each row sees (None: a single row, or a causal prefill from an empty cache)."""
         if self._fast is not None:
-            if ancestor is None and ids.numel() > 1:
-                ancestor = chain_ancestor(ids.numel())
             logits, taps = self._fast(self.cache, ids, positions, ancestor, self.tap_layers)
             return TargetOutput(logits=logits, taps=taps)
         p = self.cache_length
@@ -207,7 +204,11 @@ class TargetModel:
         total = self.cache_length
         num_rows, self._padded = num_tree_nodes + self._padded, 0
         prefix = total - num_rows
-        keep_nodes = list(keep_nodes)
+        keep_nodes = [int(i) for i in keep_nodes]
+        valid = all(0 <= i < num_tree_nodes for i in keep_nodes) and len(set(keep_nodes)) == len(keep_nodes)
+        if prefix < 0 or not valid:
+            raise ValueError(f"commit: keep_nodes {keep_nodes} must be distinct nodes of the {num_tree_nodes}-node "
+                             f"tree the last verify ran (the cache holds {total} rows)")
         if isinstance(self.cache, KVBuffer):
             self.cache.keep(prefix, keep_nodes)
             return

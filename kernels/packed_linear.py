@@ -74,12 +74,27 @@ def skinny_available(dtype: torch.dtype, device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu" and dtype == torch.float32 and skinny_kernel() is not None
 
 
+_onednn_dtypes: dict[torch.dtype, bool] = {}  # dtype -> whether oneDNN packed a small weight of it here
+
+
 def onednn_available(dtype: torch.dtype, device: torch.device | str) -> bool:
-    """Whether the prepacked oneDNN product can run for weights of this dtype on this device."""
-    return (torch.device(device).type == "cpu" and dtype in ONEDNN_DTYPES
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """Whether the prepacked oneDNN product can run for weights of this dtype on this device.
+
+    Tried once per dtype on a small weight: oneDNN refuses fp16 on CPUs without avx512_fp16 or
+    avx_ne_convert (the 2-core EPYC of BENCHMARKS.md is one), which no flag tells in advance.
+    """
+    if torch.device(device).type != "cpu" or dtype not in ONEDNN_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    if not (hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype not in _onednn_dtypes:
+        try:
+            w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype))
+            torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=dtype), w, None, "none", [], "")
+            _onednn_dtypes[dtype] = True
+        except RuntimeError:
+            _onednn_dtypes[dtype] = False
+    return _onednn_dtypes[dtype]
 
 
 def resolve_linear_backend(backend: str, dtype: torch.dtype, device) -> str:
@@ -134,7 +149,7 @@ class PackedLinear:
         elif self.backend == "onednn":
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
         else:
-            self.weight = weight  # a view of the model's own weight when there is only one
+            self.weight = weight.clone() if len(weights) == 1 else weight  # a copy, like the packed backends
 
     def __call__(self, x: Float[Tensor, "*B I"]) -> Float[Tensor, "*B O"]:
         if self.backend == "skinny":

@@ -16,9 +16,9 @@
 // Micro-kernel. For R rows (R <= 12) it keeps 2*R accumulators (R rows x 32 columns = 24 of the 32
 // zmm registers at R = 12) and, for each k, loads the panel's two vectors once and does 2*R FMAs
 // with x[r, k] broadcast. More rows than 12 are done 12 at a time over the same panel (then read
-// from L1/L2, not memory). Each output is one sequential sum over k, so a row's result does not
-// depend on M, on the other rows or on the thread count (a tree row equals the same row decoded
-// alone, bit for bit).
+// from L1/L2, not memory). Each output is one sequential sum over k, so a row's product does not
+// depend on M, on the other rows or on the thread count. (The rest of a forward is not
+// row-invariant in this way: attention over a tree rounds differently from a one-row step.)
 //
 // Threads: panels are split across torch's intra-op threads (at::parallel_for).
 
@@ -90,10 +90,11 @@ torch::Tensor pack_weight(torch::Tensor W) {
 
 // x [M, K] fp32 contiguous, panels from pack_weight, N the real output width -> y [M, N].
 torch::Tensor skinny_matmul(torch::Tensor x, torch::Tensor panels, int64_t N) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
-              "skinny_matmul expects x as a contiguous 2-D fp32 tensor");
-  TORCH_CHECK(panels.dim() == 3 && panels.size(1) == x.size(1) && panels.size(2) == kPanel,
-              "skinny_matmul: panels do not match x's K");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && x.device().is_cpu(),
+              "skinny_matmul expects x as a contiguous 2-D fp32 CPU tensor");
+  TORCH_CHECK(panels.dim() == 3 && panels.size(1) == x.size(1) && panels.size(2) == kPanel && panels.is_contiguous() &&
+                  panels.scalar_type() == torch::kFloat32 && panels.device().is_cpu(),
+              "skinny_matmul: panels must be contiguous fp32 CPU panels [NB, K, 32] matching x's K");
   const int64_t M = x.size(0), K = x.size(1), NB = panels.size(0);
   TORCH_CHECK(N > (NB - 1) * kPanel && N <= NB * kPanel, "skinny_matmul: N does not match the panels");
   auto y = torch::empty({M, N}, x.options());

@@ -2,8 +2,9 @@
 
 Both engines run the same target; in float64 every logit, tap and cached key/value must agree to
 1e-10 (only the order of additions differs), on random trees, across cache growth and commits.
-In float32 the fast engine runs prepacked oneDNN products, so agreement is to rounding and the
-greedy output must still equal Hugging Face ``generate`` on a tie-free model.
+In float32 the fast engine runs the skinny AVX-512 kernel (oneDNN where it cannot build), so
+agreement is to rounding and the greedy output must still equal Hugging Face ``generate`` on a
+tie-free model.
 """
 
 from __future__ import annotations
@@ -155,3 +156,58 @@ def test_packed_weights_are_reused_until_the_weights_change():
     torch.testing.assert_close(c.step(3), model(torch.cat([ids[:-1], torch.tensor([3])])[None]).logits[0, -1],
                                atol=1e-4, rtol=1e-4)
     assert not torch.allclose(c.step(4), before)
+
+
+def test_adapters_subclasses_and_hooks_keep_the_hugging_face_engine():
+    """The fast engine multiplies by bare weights and skips most submodules' forwards: anything that
+    computes more (a LoRA-style layer, a Linear subclass, a forward hook) must not run on it."""
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    model = tiny_model("llama", seed=7, dtype=torch.float32)
+    assert TargetModel(model).engine == "fast"
+    old = model.model.layers[1].self_attn.v_proj
+    model.model.layers[1].self_attn.v_proj = Scaled(old.in_features, old.out_features, bias=False)
+    assert "layer 1 `v_proj` is not a plain nn.Linear" in fast_forward_support(model)
+    assert TargetModel(model).engine == "hf"
+    model.model.layers[1].self_attn.v_proj = old
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert "forward hooks" in fast_forward_support(model) and TargetModel(model).engine == "hf"
+    handle.remove()
+    assert TargetModel(model).engine == "fast"
+
+
+def test_a_permuted_weight_is_packed_again():
+    """Swapping two rows keeps a plain sum: the fingerprint must still see it."""
+    model = tiny_model("llama", seed=8, dtype=torch.float32)
+    first = TargetModel(model)
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[[3, 7]] = w[[7, 3]].clone()
+    second = TargetModel(model)
+    assert second._fast is not first._fast
+    ids = torch.arange(1, 9)
+    second.prefill(ids)
+    hf = TargetModel(model, engine="hf")
+    hf.prefill(ids)
+    torch.testing.assert_close(second.step(2), hf.step(2), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_commit_refuses_rows_the_last_verify_did_not_add(engine):
+    target = TargetModel(MODELS["llama"], engine=engine)
+    target.prefill(torch.arange(1, 9))
+    tree = random_tree(torch.Generator().manual_seed(0), 3)
+    target.verify(tree)
+    with pytest.raises(ValueError, match="keep_nodes"):
+        target.commit([0, 7], 3)
+
+
+def test_half_precision_targets_get_a_working_engine():
+    """fp16 oneDNN products need CPU features this machine may lack: auto must fall back, not fail."""
+    model = tiny_model("llama", seed=9, dtype=torch.float16)
+    target = TargetModel(model)
+    target.prefill(torch.arange(1, 9))
+    assert torch.isfinite(target.step(3).float()).all()

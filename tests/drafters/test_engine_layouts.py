@@ -162,6 +162,9 @@ def test_eagle3_reduced_vocabulary_head_loads_drafts_and_exports(llama8, tmp_pat
     assert cfg["draft_vocab_size"] == 40
     for name in ("lm_head.weight", "d2t", "t2d"):
         assert torch.equal(w[name], w0[name]), name
+    # ... and jetspec reads its own export of such a head back (its lm_head is the head's, not the target's).
+    reread = load_eagle3_checkpoint(tmp_path / "again", llama8)
+    torch.testing.assert_close(jetspec_eagle_rows(reread, x, child), want, rtol=1e-9, atol=1e-9)
     prompt = ids_for(6, n=6)
     spec = SpeculativeDecoder(llama8, loaded, BestFirstBuilder(budget=8, width=2, depth=3)).generate(prompt, 12)
     assert torch.equal(spec.sequences, autoregressive_generate(llama8, prompt, 12).sequences)
