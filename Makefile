@@ -2,7 +2,7 @@
 #   make demo   - creates .venv if missing, then runs the demo (SmolLM2 + shipped heads, CPU)
 #   make test   - creates .venv if missing, then runs the whole test suite (notebooks included)
 # torch is installed FIRST and pinned to the CPU wheel: without it, resolving lightning pulls a CUDA
-# build of torch and many GB of nvidia packages (ENVIRONMENT.md).
+# build of torch and many GB of nvidia packages (docs/design.md §6.8).
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -1,4 +1,4 @@
-"""Drafters: everything that proposes tokens for the target to verify (METHOD.md section 2).
+"""Drafters: everything that proposes tokens for the target to verify (docs/design.md §4).
 
 The training-free drafters import eagerly. The learned heads are LightningModules, and the decoding
 core must not pull in Lightning, so they are listed in the drafter registry lazily and imported the

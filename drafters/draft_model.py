@@ -1,4 +1,4 @@
-"""Classic speculative decoding with a separate small draft LM (METHOD.md sections 2.4 and 4).
+"""Classic speculative decoding with a separate small draft LM (docs/design.md §4.7 and §3.4).
 
 Greedy decoding: the draft LM follows its own greedy path for D steps and offers its top-W
 tokens at every depth (a per-depth table, so any tree builder can branch on it).

@@ -1,4 +1,4 @@
-"""EAGLE-style autoregressive draft head, drafting a dynamic tree one depth per forward (METHOD.md 2.3).
+"""EAGLE-style autoregressive draft head, drafting a dynamic tree one depth per forward (docs/design.md §4.5).
 
 What the head reads at row j (the row of committed token x_j):
 

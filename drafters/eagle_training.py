@@ -1,4 +1,4 @@
-"""Training an EAGLE head with training-time test, on the parallel heads' recipe (METHOD.md 2.3).
+"""Training an EAGLE head with training-time test, on the parallel heads' recipe (docs/design.md §5.8).
 
 The EAGLE head trains through exactly the pipeline of the parallel heads (``jetspec.training``):
 the same ``TokenDataModule`` batches, the same frozen-target teacher (taps + soft labels, optional

@@ -1,4 +1,4 @@
-"""Decoder-layer building blocks shared by the learned draft heads (METHOD.md sections 2.1-2.3).
+"""Decoder-layer building blocks shared by the learned draft heads (docs/design.md §4.3-§4.5).
 
 A draft head is a few Llama/Qwen3-style decoder layers that read the frozen target's features.
 The blocks here are deliberately general so the parallel heads (JetSpec, DFlash) and an

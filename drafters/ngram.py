@@ -1,4 +1,4 @@
-"""Prompt lookup: reuse continuations already seen in the context (METHOD.md section 2.4).
+"""Prompt lookup: reuse continuations already seen in the context (docs/design.md §4.7).
 
 Find earlier places where the last n tokens occurred (longest n first, from ``max_ngram`` down to
 ``min_ngram``), take what followed each of them, and merge those continuations into a trie. A

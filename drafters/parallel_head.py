@@ -1,6 +1,6 @@
 """Parallel draft heads: JetSpec (causal block) and DFlash (bidirectional block), one implementation.
 
-A parallel head drafts every depth of the tree in ONE forward (METHOD.md sections 2.1 and 2.2):
+A parallel head drafts every depth of the tree in ONE forward (docs/design.md §4.3 and §4.4):
 
     taps of committed tokens [T, k*H] --Linear, RMSNorm--> context rows [T, H_d]
     block = [anchor, MASK, ..., MASK] (S slots) --target embedding--> [S, H]
@@ -481,13 +481,13 @@ class ParallelHead(L.LightningModule, Drafter):
 
 @register_drafter("jetspec")
 class JetSpecHead(ParallelHead):
-    """Causal parallel head: slot i sees context and block slots <= i (METHOD.md 2.1)."""
+    """Causal parallel head: slot i sees context and block slots <= i (docs/design.md §4.3)."""
 
     causal = True
 
 
 @register_drafter("dflash")
 class DFlashHead(ParallelHead):
-    """Bidirectional block-diffusion head: every slot sees every slot (METHOD.md 2.2)."""
+    """Bidirectional block-diffusion head: every slot sees every slot (docs/design.md §4.4)."""
 
     causal = False

@@ -1,4 +1,4 @@
-"""Test drafters used as correctness gates (METHOD.md section 2.4).
+"""Test drafters used as correctness gates (docs/design.md §4.7).
 
 * ``RandomDrafter`` proposes arbitrary tokens: almost nothing is accepted, and the output must
   still equal plain decoding.

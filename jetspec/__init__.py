@@ -1,6 +1,6 @@
 """jetspec: lossless speculative decoding with causal parallel tree drafting, for learning and research.
 
-A round of tree speculative decoding (METHOD.md section 1) has five named stages:
+A round of tree speculative decoding (docs/design.md §1) has five named stages:
 
     draft (Drafter) -> build tree (TreeBuilder) -> verify (target forward) -> accept (Verifier) -> commit
 

@@ -1,7 +1,7 @@
 """Run a Hugging Face model's attention through jetspec's tree attention, one model at a time.
 
 Verifying a draft tree is one target forward over the N tree nodes against the cached prefix
-(METHOD.md section 5). transformers already accepts such a forward: pass a 4-D additive float
+(docs/design.md §6.4). transformers already accepts such a forward: pass a 4-D additive float
 mask ``[B, 1, N, P + N]`` (0 visible, -inf hidden) and explicit ``position_ids``. This module
 lets the attention inside that forward run on ``jetspec.kernels.tree_attention`` instead of SDPA,
 without patching anything globally:

@@ -1,6 +1,6 @@
 """Benchmark drafters against plain decoding and Hugging Face, in one process, on the same prompts.
 
-The numbers follow METHOD.md section 6:
+The numbers follow docs/design.md §7:
 
 * tau = committed tokens per target verify forward (bonus included), pooled over all rounds;
   plain decoding has tau 1.0 by definition.

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     # Denormal floats make CPU matmuls (the lm_head's backward above all) up to ~30x slower
-    # (ENVIRONMENT.md); flushing them to zero changes no result that matters here.
+    # (docs/design.md §5.9); flushing them to zero changes no result that matters here.
     torch.set_flush_denormal(True)
     result = args.func(args)
     return int(result or 0)

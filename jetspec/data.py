@@ -11,7 +11,7 @@ not prompts. Everything else here is plumbing around that:
   would (``ResumableSampler``).
 * ``TokenDataModule.from_jsonl / from_text / from_hf_dataset / from_path``: text front-ends that
   tokenize with the target's tokenizer and chat template.
-* ``sample_continuations``: let the target itself write the responses (METHOD.md 2.1: training on
+* ``sample_continuations``: let the target itself write the responses (docs/design.md §5.2: training on
   target-regenerated data is what matters most). ``jetspec.regenerate`` does the same for text
   prompts at scale, writing rows this module reads back (``input_ids`` + ``response_start``).
 

@@ -1,6 +1,6 @@
 """The speculative decoding loop and the plain autoregressive baseline.
 
-One round (METHOD.md section 1) is five named stages, each timed:
+One round (docs/design.md §1) is five named stages, each timed:
 
     draft  ->  build tree  ->  verify (one target forward)  ->  accept  ->  commit
 
@@ -248,7 +248,7 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
                             generator: Optional[torch.Generator] = None) -> GenerationResult:
     """Plain decoding with a KV cache in the same harness: one target forward per token.
 
-    The baseline every speedup is measured against (METHOD.md section 6); tau is 1.0 by definition.
+    The baseline every speedup is measured against (docs/design.md §7.2); tau is 1.0 by definition.
     """
     tgt = as_target(target)
     cfg = SamplingConfig(temperature, top_k, top_p)

@@ -6,7 +6,7 @@ A procedure draws only through ``jetspec.sampling.Rng``. ``enumerate_law(fn)`` r
 scripted Rng; whenever the script runs out at a new random choice, the run stops and is restarted
 once per possible outcome of that choice. Each finished run contributes the product of the
 probabilities of its choices to the law of its result. On vocabularies of a handful of tokens this
-gives output probabilities exact to rounding (METHOD.md section 4: "proved by enumeration").
+gives output probabilities exact to rounding (docs/design.md §3.6).
 """
 
 from __future__ import annotations

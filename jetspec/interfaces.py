@@ -2,9 +2,9 @@
 
 Each part is a small ABC with one typed input and one typed output (``jetspec.types``):
 
-    Drafter.draft(DraftInput) -> DraftOutput          (METHOD.md section 2)
-    TreeBuilder.build(DraftOutput) -> DraftTree       (METHOD.md section 3)
-    Verifier.verify(VerifyInput) -> Acceptance        (METHOD.md sections 1 and 4)
+    Drafter.draft(DraftInput) -> DraftOutput          (docs/design.md §4)
+    TreeBuilder.build(DraftOutput) -> DraftTree       (docs/design.md §2)
+    Verifier.verify(VerifyInput) -> Acceptance        (docs/design.md §1 and §3)
 
 The decoding loop knows only these interfaces. Implementations register themselves by name
 (``@register_drafter("ngram")``) so the CLI and configs can pick them with a string.

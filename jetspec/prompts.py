@@ -1,6 +1,6 @@
 """Prompts: a few built-in ones for demos and benchmarks, and readers for prompt files.
 
-Speculative decoding speeds differ a lot by *kind* of text (METHOD.md section 7: math and code
+Speculative decoding speeds differ a lot by *kind* of text (docs/design.md §7.6: math and code
 accept far longer drafts than open chat), so every prompt carries a ``set`` name and benchmarks
 report each set separately. The built-in prompts below are three small sets written for jetspec:
 

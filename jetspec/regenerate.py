@@ -3,8 +3,8 @@
 A draft head learns to predict what *the target* will write. Training it on a dataset's own
 answers teaches it somebody else's style; training on answers the target regenerated for the same
 prompts is what the JetSpec paper found to matter most (MATH-500: 9.64x with regenerated data vs
-3.66x with the raw corpus, METHOD.md section 2.1). Regeneration is also the slow part of the
-pipeline on a CPU (ENVIRONMENT.md: ~140 useful tokens/s at batch 32), so this module is built to
+3.66x with the raw corpus, docs/design.md §5.2). Regeneration is also the slow part of the
+pipeline on a CPU (measured on 2 cores: ~140 useful tokens/s at batch 32), so this module is built to
 run for hours unattended:
 
 * batched Hugging Face ``generate`` with *left* padding (every row's last prompt token sits in the

@@ -6,7 +6,7 @@ definition follows Hugging Face ``generate``: temperature first, then top-k, the
 Verifiers and drafters never call ``torch.multinomial`` directly: they draw through an ``Rng``
 with two primitives (a categorical draw and a coin flip). The production ``TorchRng`` wraps a
 ``torch.Generator``; the tests swap in an enumerating Rng that walks every random choice, which
-is how exactness is *proved* on small vocabularies (METHOD.md section 4).
+is how exactness is *proved* on small vocabularies (docs/design.md §3.6).
 """
 
 from __future__ import annotations

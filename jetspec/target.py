@@ -1,4 +1,4 @@
-"""A thin wrapper that lets any Hugging Face causal LM verify draft trees (METHOD.md section 1).
+"""A thin wrapper that lets any Hugging Face causal LM verify draft trees (docs/design.md §6).
 
 The wrapper owns the target's KV cache and keeps one invariant between rounds:
 
@@ -239,7 +239,7 @@ def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, devic
     """Additive float mask [1, 1, N, P + N]: prefix visible, tree part = ancestor mask.
 
     A float mask, not a boolean one: transformers' eager path silently mishandles boolean 4-D
-    masks (ENVIRONMENT.md), while 0 / -inf additive masks work for eager and sdpa alike.
+    masks (docs/design.md §2.3), while 0 / -inf additive masks work for eager and sdpa alike.
     """
     n = ancestor.shape[0]
     mask = torch.zeros(n, prefix + n, dtype=dtype, device=device)

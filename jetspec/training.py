@@ -1,6 +1,6 @@
 """Training a parallel draft head: anchors, the packed block-sparse mask, losses, the teacher.
 
-The recipe (METHOD.md section 2.1, "Training"), as plain functions the LightningModule calls:
+The recipe (docs/design.md §5), as plain functions the LightningModule calls:
 
 1. The frozen target (the *teacher*) reads a ground-truth sequence x once: its tapped layer
    outputs become the head's context rows, its logits at every position are the soft labels.

@@ -1,6 +1,6 @@
 """Typed values that flow between the stages of one speculative round.
 
-Every stage of a round (METHOD.md section 1) takes one of these and returns one of these:
+Every stage of a round (docs/design.md §1.2) takes one of these and returns one of these:
 
     DraftInput --Drafter--> DraftOutput --TreeBuilder--> DraftTree
     DraftTree + target logits --(VerifyInput)--Verifier--> Acceptance
@@ -49,7 +49,7 @@ class DraftOutput:
     """A drafter's proposal, in one of two forms (exactly one is set).
 
     * Per-depth tables (parallel heads, chains): ``depth_tokens[d]`` are candidates for depth d+1,
-      shared by every node at depth d (METHOD.md 2.1 "Tree").
+      shared by every node at depth d (docs/design.md §4.1).
     * A candidate tree (autoregressive heads, n-gram tries, sampled draft models): node m proposes
       ``node_tokens[m]`` as a child of ``node_parents[m]`` (-1 = the anchor) with conditional
       log-prob ``node_logprobs[m]``; parents come before children.
@@ -57,7 +57,7 @@ class DraftOutput:
     Sampled drafts (children drawn at random from q) set ``node_q``: row 0 is the distribution the
     anchor's children were drawn from, row m+1 the one for candidate m's children. A tree builder
     must not select among sampled children by their values, and the verifier then uses rejection
-    sampling (METHOD.md section 4).
+    sampling (docs/design.md §3.4).
     """
 
     depth_tokens: Optional[Int[Tensor, "D W"]] = None
@@ -154,7 +154,7 @@ def node_depths(parents: Int[Tensor, " M"]) -> Int[Tensor, " M"]:
 
 @dataclass
 class DraftTree:
-    """A draft tree in flat parent-before-child arrays (METHOD.md section 1, step 2).
+    """A draft tree in flat parent-before-child arrays (docs/design.md §2.1).
 
     Node 0 is the root: the anchor, the last committed token, which is not yet in the target's
     cache. Node i sits at RoPE position ``P + depth[i]`` where P is the cached prefix length.
@@ -233,7 +233,7 @@ class VerifyInput:
 
 @dataclass
 class Acceptance:
-    """A verifier's verdict for one round (METHOD.md section 1, steps 4-5)."""
+    """A verifier's verdict for one round (docs/design.md §1.2, steps 4-5)."""
 
     accepted_nodes: list[int]  # tree node indices on the accepted path, root excluded, root-to-leaf
     bonus_token: int  # the token emitted after the accepted path (from the target)

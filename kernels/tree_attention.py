@@ -2,8 +2,8 @@
 
 What this file teaches:
 
-* how the attention of N tree nodes over a cached prefix plus the tree itself (METHOD.md
-  section 5) becomes an online softmax over key/value tiles,
+* how the attention of N tree nodes over a cached prefix plus the tree itself (docs/design.md
+  §6.4) becomes an online softmax over key/value tiles,
 * why the prefix needs no mask and the tree part needs one bit per (query, key) pair,
 * how grouped-query attention lets several query heads share one key/value tile,
 * how to split a long prefix across programs (split-KV) when the tree alone is too small to

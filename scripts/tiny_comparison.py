@@ -3,7 +3,7 @@
     .venv/bin/python scripts/tiny_comparison.py                 # ~3 minutes on one CPU thread
     .venv/bin/python scripts/tiny_comparison.py --steps 600 --seeds 0 1 2 --out results/tiny.md
 
-What it does (METHOD.md sections 2 and 6):
+What it does (docs/design.md §4 and §7):
 
 1. A tiny random Llama (2 layers, H 64, V 128) whose lm_head is scaled by 30, so its next-token
    distributions are peaked like a trained LM's (the one ``tests/test_training.py`` learns on).

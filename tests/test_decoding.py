@@ -1,4 +1,4 @@
-"""Greedy losslessness, KV compaction and input validation of the decoding loop (METHOD.md section 1).
+"""Greedy losslessness, KV compaction and input validation of the decoding loop (docs/design.md §1).
 
 Equality runs in float64 on random tiny Llama and Qwen3 targets, where argmax ties are practically
 impossible, against Hugging Face ``generate(do_sample=False)`` as the independent reference.

@@ -1,4 +1,4 @@
-"""The wheel carries every module of the package-dir mapped folders (ENVIRONMENT.md: a regular wheel
+"""The wheel carries every module of the package-dir mapped folders (docs/design.md §6.8: a regular wheel
 silently drops nested sub-packages that are not listed)."""
 
 from __future__ import annotations

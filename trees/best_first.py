@@ -1,4 +1,4 @@
-"""Best-first tree growth on cumulative draft log-prob (METHOD.md section 3).
+"""Best-first tree growth on cumulative draft log-prob (docs/design.md §2.5).
 
 One routine grows every tree shape jetspec ships. It keeps a max-heap of candidate children
 keyed by cumulative log q, seeded with the anchor's children; it pops the best, adds it to the

@@ -1,4 +1,4 @@
-"""The shipped tree builders: chain, best-first and fan-out cap (METHOD.md section 3).
+"""The shipped tree builders: chain, best-first and fan-out cap (docs/design.md §2.5).
 
 All three are thin configurations of ``grow_tree``; the budget counts drafted nodes with the
 root excluded, as everywhere in jetspec. ``node_cost`` (default 0 = off) turns the budget into a

@@ -5,7 +5,7 @@
 # * how plain (autoregressive) decoding works with a KV cache, using a real LLM on your CPU;
 # * why decoding one token at a time is *memory-bound*: a forward over 16 tokens costs far less
 #   than 16 forwards over one token;
-# * that this "free width" is exactly what speculative decoding spends (METHOD.md section 1).
+# * that this "free width" is exactly what speculative decoding spends (docs/design.md §1).
 #
 # The target is SmolLM2-135M-Instruct, carried offline by a pip wheel; `load_target` dequantizes it
 # once and caches a plain fp32 copy.

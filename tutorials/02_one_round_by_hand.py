@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 2. One speculative round by hand, with a chain
 #
-# **What you will learn**: the five stages of a round (METHOD.md section 1) run one by one with
+# **What you will learn**: the five stages of a round (docs/design.md §1.2) run one by one with
 # jetspec's parts: draft, build tree, verify, accept, commit; why greedy output cannot change; and
 # what tau (tokens committed per target forward) measures.
 

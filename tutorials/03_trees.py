@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 3. Draft trees: build, draw, verify every branch in one forward
 #
-# **What you will learn** (METHOD.md sections 1 and 3): how a tree builder spends a budget of drafted
+# **What you will learn** (docs/design.md §1 and §2): how a tree builder spends a budget of drafted
 # nodes (root excluded) on a tree; the flat parent-before-child encoding and its ancestor mask; how
 # one target forward with that mask verifies every branch at once; how the deepest matching path is
 # accepted and the KV cache is compacted back to a plain prefix.

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 4. The causality-efficiency dilemma
 #
-# **What you will learn** (METHOD.md sections 2.1-2.3): the three ways a learned head can draft D
+# **What you will learn** (docs/design.md §4.1-§4.5): the three ways a learned head can draft D
 # tokens past the anchor, and what each one costs and buys.
 #
 # | head | forwards per round | how drafted positions see each other |

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 5. Training a JetSpec head
 #
-# **What you will learn** (METHOD.md section 2.1, "Training"): why the training data should be
+# **What you will learn** (docs/design.md §5): why the training data should be
 # written by the target itself; how one training step turns a sequence into many *anchor blocks*
 # packed into one head forward under a block-sparse mask; what each slot is taught (the target's
 # distribution, by forward KL); how to train a `JetSpecHead` with an ordinary `lightning.Trainer`,

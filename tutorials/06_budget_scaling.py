@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 6. Budget scaling on SmolLM2 with the shipped heads
 #
-# **What you will learn** (METHOD.md sections 2, 3 and 6): how tau (tokens committed per target
+# **What you will learn** (docs/design.md §4, §2 and §7): how tau (tokens committed per target
 # forward) and tokens/s change with the tree budget for the three learned heads shipped with
 # jetspec (JetSpec causal parallel, DFlash-style bidirectional, EAGLE-style autoregressive), on
 # this machine. The paper's claim: at equal budget the causal head's trees accept longer prefixes,

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 7. Sampling without changing the distribution
 #
-# **What you will learn** (METHOD.md section 4): the sample-and-match rule that verifies a tree of
+# **What you will learn** (docs/design.md §3): the sample-and-match rule that verifies a tree of
 # drafted tokens when sampling; how to *prove* it exact by enumerating every random choice on a
 # tiny vocabulary; and what goes wrong with a tempting shortcut: sampling once per path row.
 

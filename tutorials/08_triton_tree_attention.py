@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 8. Inside the Triton tree-attention kernel
 #
-# **What you will learn** (METHOD.md section 5): what the verify forward's attention computes over a
+# **What you will learn** (docs/design.md §6.4): what the verify forward's attention computes over a
 # draft tree; how a FlashAttention-style kernel computes it *without ever holding the score matrix*:
 # key/value tiles and the online (streaming) softmax; how the tree's ancestor mask travels as one
 # bit per (node, node) pair packed in int32 words; how grouped-query attention (GQA) lets several

@@ -59,7 +59,7 @@ for name, tau, tps, same, *split in rows:
 #
 # Equality with plain decoding is asserted for the deterministic gates; for the learned head it is
 # printed: in fp32 a tree verify and a one-token forward can round a near-tie differently (the
-# property tests prove equality in fp64, METHOD.md section 6).
+# property tests prove equality in fp64, docs/design.md §7.5).
 
 # %%
 by_name = {r[0]: r for r in rows}

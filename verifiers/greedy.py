@@ -1,4 +1,4 @@
-"""Greedy tree verification (METHOD.md section 1, step 4).
+"""Greedy tree verification (docs/design.md §3.1).
 
 Node i (i > 0) *matches* when its token is the target's argmax after its parent's path; it is
 *accepted* when it and all its ancestors match. The deepest accepted node ends the path and

@@ -1,4 +1,4 @@
-"""Lossless verification when sampling (METHOD.md section 4).
+"""Lossless verification when sampling (docs/design.md §3.3-§3.5).
 
 Two exact rules, chosen by the tree:
 

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.interfaces import DRAFTERS
     from jetspec.loading import load_target
 
-    # Denormal floats make the frozen lm_head's backward ~30x slower on CPU (ENVIRONMENT.md).
+    # Denormal floats make the frozen lm_head's backward ~30x slower on CPU (docs/design.md §5.9).
     torch.set_flush_denormal(True)
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""Tree invariants for every builder, on both proposal forms (METHOD.md section 3)."""
+"""Tree invariants for every builder, on both proposal forms (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sampling verification is exact: proved by enumeration on tiny vocabularies (METHOD.md section 4).
+"""Sampling verification is exact: proved by enumeration on tiny vocabularies (docs/design.md §3.6).
 
 A "table target" gives a fixed random next-token distribution for every context, so the exact law
 of plain sampling is known: p(a | ctx) * p(b | ctx + a). We enumerate every random choice of the
