@@ -1,4 +1,4 @@
-"""A compact forward pass for Llama-family targets: the CPU fast path of ``TargetModel``.
+"""A compact forward pass for Llama-family targets: the CPU fast path of ``TargetModel``. (docs/design.md §6.3)
 
 Verifying a tree is one target forward over N rows. Through Hugging Face's generic forward a
 17-row verify of SmolLM2-135M cost 2x a one-token step on the 2-core CPU of BENCHMARKS.md, and

@@ -1,4 +1,4 @@
-"""What a k-row target forward costs on this machine, next to what the hardware allows.
+"""What a k-row target forward costs on this machine, next to what the hardware allows. (docs/design.md §6.6)
 
 A verify forward over k rows (the anchor plus k - 1 drafted nodes) reads every weight once, like a
 one-token step, and does k times the arithmetic. Its floor on a given machine is therefore
