@@ -1,4 +1,4 @@
-"""A compact forward pass for Llama-family targets: the CPU fast path of ``TargetModel``. (docs/design.md §6.3)
+"""A compact forward pass for Llama-family targets: the CPU fast path of ``TargetModel``.
 
 Verifying a tree is one target forward over N rows. Through Hugging Face's generic forward a
 17-row verify of SmolLM2-135M cost 2x a one-token step on the 2-core CPU of BENCHMARKS.md, and
@@ -26,6 +26,8 @@ Hugging Face forward up to the order of floating-point additions (tests: 1e-10 i
 
 Shapes: L layers, h / h_kv query / key-value heads, K head dim, N rows of this forward, P cached
 rows, C cache capacity, V vocabulary, H hidden size.
+
+Design: docs/design.md §6.3.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a k-row target forward costs on this machine, next to what the hardware allows. (docs/design.md §6.6)
+"""What a k-row target forward costs on this machine, next to what the hardware allows.
 
 A verify forward over k rows (the anchor plus k - 1 drafted nodes) reads every weight once, like a
 one-token step, and does k times the arithmetic. Its floor on a given machine is therefore
@@ -18,6 +18,8 @@ forward split into components by ``torch.profiler``:
 
 Everything runs in one process with the caller's thread settings (the CLI sets them), so the
 numbers are comparable as ratios. ``jetspec roofline`` prints the tables; BENCHMARKS.md keeps them.
+
+Design: docs/design.md §6.6.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ each candidate thread count and keeps the fastest.
 
 Library code never calls this; the command-line entry points do (``jetspec demo``, ``bench``,
 ``roofline``, ``generate``), set the count, and print the choice with its reason.
+
+Design: docs/design.md §6.7.
 """
 
 from __future__ import annotations

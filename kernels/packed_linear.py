@@ -25,6 +25,8 @@ differ only in the order of the floating-point additions (the tests bound the di
 
 The packed weight is a *copy*, made once: later in-place edits of the model's weights are not
 seen. This is for frozen targets; build a new one after changing weights.
+
+Design: docs/design.md §6.3.
 """
 
 from __future__ import annotations
