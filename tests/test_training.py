@@ -169,6 +169,21 @@ def test_teacher_taps_equal_the_decoders_taps(llama64):
     assert torch.equal(top.top1(), hf.logits.argmax(-1))
 
 
+def test_capture_taps_is_one_hook_set_removed_on_exit(llama64):
+    from jetspec.target import capture_taps
+
+    layers = llama64.get_decoder().layers
+    ids = torch.randint(0, 64, (1, 5))
+    with capture_taps(llama64, (0,)) as captured:
+        hf = llama64(ids, output_hidden_states=True)
+    before = [len(layer._forward_hooks) for layer in layers]  # transformers may add hooks of its own
+    assert set(captured) == {0}
+    torch.testing.assert_close(captured[0], hf.hidden_states[1], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="boom"), capture_taps(llama64, (0, 1)):
+        raise RuntimeError("boom")
+    assert [len(layer._forward_hooks) for layer in layers] == before  # removed after the error too
+
+
 def test_teacher_cache_reuses_shards_and_changes_nothing(llama64, tmp_path):
     seqs = random_seqs(6)
     batch = collate([{"input_ids": torch.tensor(s["input_ids"]), "response_start": s["response_start"],
