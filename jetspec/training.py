@@ -19,10 +19,12 @@ The functions here do not touch a head: ``jetspec.drafters.learned_head.LearnedH
 in this order, in one place (its ``slot_batch`` and ``training_step``).
 
 The target writes two kinds of training data, which is why there are two paths: *text*
-(``jetspec.regenerate``: the target answers the prompts, and those answers become the sequences x)
-and *labels* (``Teacher`` / ``TeacherCache`` here: one forward over an x that already exists,
-giving its taps and next-token logits at every position). The first samples new tokens and is run
-once per data set; the second never samples and is run (or read from the cache) every step.
+(``jetspec.regenerate``, or ``jetspec.data.sample_continuations`` in memory for token-id prompts:
+the target answers the prompts, and the answers become the sequences x) and *labels* (``Teacher``
+/ ``TeacherCache`` / ``fill_teacher_cache`` here: one forward over an x that already exists, giving
+its taps and next-token logits at every position). The first samples new tokens and runs once per
+data set; the second never samples and runs (or is read from the cache) every step. The teacher
+captures taps with ``jetspec.target.capture_taps``, the hooks the decoding loop's target uses.
 
 Shapes: B batch, T tokens, A anchors per sequence, S block size, V vocab, F fused tap features,
 M supervised slots (flattened), k top-k.
