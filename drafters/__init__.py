@@ -15,6 +15,7 @@ from jetspec.interfaces import DRAFTERS
 _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
     "HeadConfig": "parallel_head",
+    "LearnedHead": "learned_head",
     "EagleHead": "eagle_head", "EagleConfig": "eagle_head",
     "CompositeDrafter": "composite",
     "load_dflash_checkpoint": "checkpoints", "export_dflash_checkpoint": "checkpoints",

@@ -45,8 +45,6 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from jetspec.kernels import tree_attention
-from jetspec.training import block_positions, packed_block_mask
 from jetspec.trees.best_first import grow_tree
 from jetspec.types import DraftInput, DraftOutput, DraftTree
 
@@ -57,27 +55,23 @@ def teacher_forced(num_anchors: int, device=None) -> Bool[Tensor, " A"]:
     return torch.arange(num_anchors, device=device) % 2 == 1
 
 
-def packed_hidden(head, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
-                  anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
-    """The packed training forward with half the blocks teacher-forced, slots aligned by target.
+def forced_block_tokens(input_ids: Int[Tensor, "B T"], anchors: Int[Tensor, "B A"],
+                        block_size: int) -> Int[Tensor, "B A S"]:
+    """The inputs x_a..x_{a+S-1} of every anchor's teacher-forced block.
 
-    Output slot k (1..S-1) of every anchor predicts depth k: for a MASK block that is slot k itself,
-    for a teacher-forced block it is slot k-1 (whose input is x_{a+k-1}). The recipe in
-    ``jetspec.training`` then supervises both kinds identically.
+    Tokens past the end of a sequence are clamped: they only feed unsupervised later slots.
     """
     b, t = input_ids.shape
-    a, s = anchors.shape[1], head.config.block_size
-    ctx = head.net.fuse_taps(taps)  # [B, T, H_d]
-    ctx_kv = head.net.project_context(ctx, torch.arange(t, device=input_ids.device).expand(b, t))
-    masked = head.block_embeddings(input_ids.gather(1, anchors), s)  # [B, A, S, H]
-    direct = head.packed_direct(masked[:, :, 0], ctx, anchors, s)
-    # Tokens past the end of a sequence are clamped: they only feed unsupervised later slots.
-    slots = (anchors[..., None] + torch.arange(s, device=anchors.device)).clamp(max=t - 1)  # [B, A, S]
-    real = head.target_model.get_input_embeddings()(input_ids.gather(1, slots.flatten(1)).view(b, a, s))
-    forced = teacher_forced(a, anchors.device)[None, :, None, None]  # [1, A, 1, 1]
-    emb = torch.where(forced, real.to(masked.dtype), masked).flatten(1, 2)  # [B, A*S, H]
-    mask = packed_block_mask(anchors, t, s, True, emb.dtype)  # [B, 1, A*S, T + A*S]
-    hidden = head.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct).view(b, a, s, -1)
+    slots = (anchors[..., None] + torch.arange(block_size, device=anchors.device)).clamp(max=t - 1)  # [B, A, S]
+    return input_ids.gather(1, slots.flatten(1)).view(*anchors.shape, block_size)
+
+
+def depth_aligned(hidden: Float[Tensor, "B A S H"], forced: Bool[Tensor, "1 A 1 1"]) -> Float[Tensor, "B A S H"]:
+    """Output rows aligned by target: row k of every block predicts depth k.
+
+    For a MASK block that is slot k itself; for a teacher-forced block it is slot k-1 (whose input
+    is x_{a+k-1}). The recipe (``LearnedHead.slot_batch``) then supervises both kinds identically.
+    """
     shifted = torch.cat([hidden[:, :, :1], hidden[:, :, :-1]], dim=2)  # slot k <- slot k-1
     return torch.where(forced, shifted, hidden)
 
@@ -95,9 +89,7 @@ def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int
     ancestor = tree.ancestor[rows][:, rows].to(dev)  # [N1, N1]
     emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))[None]  # [1, N1, H]
     positions = (t + tree.depth[rows]).to(dev)[None]
-    anchor = head.target_model.get_input_embeddings()(tree.tokens[:1].to(dev))[None]  # [1, 1, H]
-    hidden = head.net(emb, positions, head._ctx_kv, None, direct=head.round_direct(anchor, len(rows)),
-                      attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
+    hidden = head.over_context(emb, positions, ancestor)  # row 0 is the root, i.e. the anchor
     return rows.tolist(), torch.log_softmax(head.lm_head(hidden[0]).double(), -1)
 
 

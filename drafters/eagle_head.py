@@ -41,18 +41,14 @@ P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Optional
 
-import lightning as L
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.eagle_training as ttt
-import jetspec.drafters.head_files as head_files
 from jetspec.drafters.draft_vocab import saved_vocabulary
 from jetspec.drafters.head_layers import (
     Attention,
@@ -63,14 +59,9 @@ from jetspec.drafters.head_layers import (
     SwiGLU,
     attend,
 )
-from jetspec.drafters.parallel_head import (
-    HeadConfig,
-    ParallelHead,
-    _Frozen,
-    default_tap_layers,
-)
-from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
-from jetspec.target import TargetModel
+from jetspec.drafters.learned_head import LearnedHead
+from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
+from jetspec.interfaces import register_drafter
 from jetspec.training import TrainConfig
 from jetspec.types import DraftInput, DraftOutput
 
@@ -232,18 +223,12 @@ class _RecordingAttention:
         return attend(q, k, v, self.mask)
 
 
-def _split_options(options: dict) -> tuple[dict, dict]:
-    arch = {f.name for f in fields(EagleConfig)}
-    train = {f.name for f in fields(TrainConfig)}
-    unknown = set(options) - arch - train
-    if unknown:
-        raise TypeError(f"unknown EAGLE head option(s) {sorted(unknown)}; see EagleConfig and TrainConfig")
-    return ({k: v for k, v in options.items() if k in arch}, {k: v for k, v in options.items() if k in train})
-
-
 @register_drafter("eagle")
-class EagleHead(L.LightningModule, Drafter):
+class EagleHead(LearnedHead):
     """An EAGLE-style autoregressive head over a frozen target (a Drafter and a LightningModule).
+
+    The training recipe, Lightning hooks and persistence are ``LearnedHead``'s; this class adds
+    the network (``EagleDraftNet``), its unrolled training forward and its depth-by-depth drafting.
 
     Args:
         target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
@@ -258,39 +243,29 @@ class EagleHead(L.LightningModule, Drafter):
         SpeculativeDecoder(target, head, BestFirstBuilder(budget=32, width=4, depth=6)).generate(ids)
     """
 
+    config_class = EagleConfig
+    kind = "EAGLE head"
+    min_anchor = 1  # an anchor's root is the context row before it (eagle_training)
+
     def __init__(self, target, num_layers: Optional[int] = None, config: Optional[EagleConfig] = None,
                  training: Optional[TrainConfig] = None, **options) -> None:
-        super().__init__()
-        arch, train = _split_options(options)
         if num_layers is not None:
-            arch["num_layers"] = num_layers
-        model = target.model if isinstance(target, TargetModel) else target
-        if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
-            raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
-        model.eval().requires_grad_(False)
-        self._frozen = _Frozen(model)
-        self.config = replace(config or EagleConfig(), **arch).resolved(model)
-        self.train_config = replace(training or TrainConfig(), **train)
+            options["num_layers"] = num_layers
+        super().__init__(target, config, training, **options)
         if self.train_config.on_policy:
             raise ValueError("on_policy masks parallel-head block slots; EAGLE's training-time test "
                              "feeds its own drafts back and has no such slots")
-        self.net = EagleDraftNet(self.config).to(model.get_output_embeddings().weight.dtype)
-        # Drafter attributes the decoding loop reads. Depth is unlimited: one forward per depth.
-        self.tap_layers = self.config.tap_layers
-        self.vocab_size = self.config.target_vocab_size
-        self.max_depth = None
+        self.net = EagleDraftNet(self.config).to(self.target_model.get_output_embeddings().weight.dtype)
+        self.max_depth = None  # unlimited: one forward per depth
         self.reset_cache()
-        self._teacher = self._teacher_cache = None
-        self._val_stats: dict[str, Tensor] = {}
 
-    # ------------------------------------------------------------------ the frozen target
-    @property
-    def target_model(self) -> nn.Module:
-        return self._frozen.model
-
-    lm_head = ParallelHead.lm_head  # the target's lm_head, applied without copying it
-    draft_vocab = ParallelHead.draft_vocab  # None (full vocabulary) unless imported with one
-    to_target_ids = ParallelHead.to_target_ids
+    @classmethod
+    def for_saved_weights(cls, target, config: EagleConfig, training: TrainConfig,
+                          state: dict[str, Tensor]) -> "EagleHead":
+        head = cls(target, config=config, training=training)
+        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
+            head.net.vocab = saved_vocabulary(state, head.vocab_size)
+        return head
 
     def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... H"]:
         return self.target_model.get_input_embeddings()(ids).to(self.net.fc.weight.dtype)
@@ -304,25 +279,6 @@ class EagleHead(L.LightningModule, Drafter):
                       anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
         """Normed outputs of every anchor's unrolled chain, laid out like a parallel head's block."""
         return ttt.unrolled_hidden(self, input_ids, taps, anchors)
-
-    def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
-                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 V"]:
-        """Draft logits of depths 1..ttt_steps for every anchor (teacher-forced tokens)."""
-        return self.lm_head(self.packed_hidden(input_ids, taps, anchors)[:, :, 1:])
-
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return ttt.train_step(self, batch)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        ttt.validation_step(self, batch)
-
-    # The Lightning plumbing is the parallel heads' own: optimiser over self.net with warm-up and
-    # cosine decay, moving the (unregistered) target with the module, validation logging.
-    configure_optimizers = ParallelHead.configure_optimizers
-    on_fit_start = ParallelHead.on_fit_start
-    on_validation_start = ParallelHead.on_validation_start
-    on_validation_epoch_start = ParallelHead.on_validation_epoch_start
-    on_validation_epoch_end = ParallelHead.on_validation_epoch_end
 
     # ------------------------------------------------------------------ the head's context cache
     def reset_cache(self) -> None:
@@ -397,35 +353,6 @@ class EagleHead(L.LightningModule, Drafter):
             for m, row in zip(level, tree.expand(level)):
                 rows[m + 1] = row
         return torch.stack(rows)
-
-    # ------------------------------------------------------------------ persistence
-    save_pretrained = ParallelHead.save_pretrained  # config.json + the head's weights only
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
-                        **training_options) -> "EagleHead":
-        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
-
-        The weights and architecture are verified against the checksums in ``config.json`` first.
-        """
-        folder = Path(folder)
-        meta, state = head_files.read_head_folder(folder)
-        path = folder / head_files.CONFIG_FILE
-        if DRAFTERS.get(meta.get("head")) is not cls:
-            raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not an EagleHead")
-        training = replace(head_files.config_from(TrainConfig, meta.get("training", {}), path, "training"),
-                           **training_options)
-        head = cls(target, config=head_files.config_from(EagleConfig, meta["config"], path, "config"),
-                   training=training)
-        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
-            head.net.vocab = saved_vocabulary(state, head.vocab_size)
-        head.net.load_state_dict(state)
-        if dtype is not None:
-            head.net.to(dtype)
-        return head
-
-    on_save_checkpoint = ParallelHead.on_save_checkpoint  # record the head kind and architecture
-    on_load_checkpoint = ParallelHead.on_load_checkpoint  # and refuse a resume into another head
 
 
 class _DraftTree:

@@ -1,6 +1,6 @@
 """Training an EAGLE head with training-time test, on the parallel heads' recipe (docs/design.md §5.8).
 
-The EAGLE head trains through exactly the pipeline of the parallel heads (``jetspec.training``):
+The EAGLE head trains through exactly the pipeline of the parallel heads (``LearnedHead``):
 the same ``TokenDataModule`` batches, the same frozen-target teacher (taps + soft labels, optional
 disk cache), the same anchors, the same per-slot loss (forward KL by default) and the same
 validation metrics. Only the head's forward differs, and it is written to look like a parallel
@@ -20,8 +20,9 @@ its own outputs, so the forward is unrolled ``ttt_steps`` = S-1 times (7 by defa
                anchor's: exactly the rows a depth-k tree node sees when drafting (context, its
                ancestors, itself). It predicts depth k+1.
 
-Gradients flow through the whole unroll. Anchors are sampled by the recipe; an EAGLE anchor needs
-a context row before it (a >= 1), so the supervised span starts no earlier than position 2.
+Gradients flow through the whole unroll. Anchors are sampled by the recipe
+(``jetspec.drafters.learned_head``); an EAGLE anchor needs a context row before it, so
+``EagleHead.min_anchor`` is 1 and the supervised span starts no earlier than position 2.
 
 Shapes: B batch, T tokens, A anchors, S = ttt_steps + 1, H hidden, F = k*H.
 """
@@ -31,8 +32,6 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-
-import jetspec.training as recipe
 
 
 def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 M PM"]:
@@ -81,16 +80,3 @@ def unrolled_hidden(head, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B 
             st.append(layer_kv)
         slots.append(net.norm(h))
     return torch.stack(slots, dim=2)
-
-
-def _with_context_row(batch: dict) -> dict:
-    """Anchors need a context row before them: start the supervised span at position >= 2."""
-    return {**batch, "response_start": batch["response_start"].clamp(min=2)}
-
-
-def train_step(head, batch: dict) -> Tensor:
-    return recipe.train_step(head, _with_context_row(batch))
-
-
-def validation_step(head, batch: dict) -> None:
-    recipe.validation_step(head, _with_context_row(batch))

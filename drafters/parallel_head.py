@@ -12,8 +12,9 @@ The two heads differ in ONE switch, the class attribute ``causal``: slot i of a 
 slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
 block sees every slot (branch-agnostic marginals).
 
-Each head is both a ``jetspec.interfaces.Drafter`` (``draft``) and a ``lightning.LightningModule``
-(``training_step`` etc.); the training recipe itself lives in ``jetspec.training``. The target's
+Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.interfaces.Drafter``
+(``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
+module only adds the network, its packed training forward and its drafting. The target's
 embedding table and lm_head are *used*, never copied: the target is held through a plain Python
 object, so it is not a sub-module, not a parameter the optimizer sees, and not in any checkpoint.
 
@@ -24,25 +25,19 @@ V vocab, D depth, W width, M query rows.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Optional
 
-import lightning as L
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.conditioned as conditioned
-import jetspec.drafters.head_files as head_files
-import jetspec.training as recipe
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
-from jetspec.interfaces import DRAFTERS, Drafter, register_drafter
+from jetspec.drafters.learned_head import LearnedHead
+from jetspec.interfaces import register_drafter
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
-from jetspec.target import TargetModel
 from jetspec.training import TrainConfig, block_positions, packed_block_mask
 from jetspec.types import DraftInput, DraftOutput
 
@@ -205,31 +200,17 @@ class ParallelDraftNet(nn.Module):
         return self.out_proj(x) if self.out_proj is not None else x
 
 
-class _Frozen:
-    """Holds the target out of nn.Module's sight (no registration, no state_dict, no optimizer)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-
-def split_options(options: dict) -> tuple[dict, dict]:
-    """Route keyword options to HeadConfig or TrainConfig by field name; unknown names fail loudly."""
-    head_names = {f.name for f in fields(HeadConfig)}
-    train_names = {f.name for f in fields(TrainConfig)}
-    unknown = set(options) - head_names - train_names
-    if unknown:
-        raise TypeError(f"unknown head option(s) {sorted(unknown)}; see HeadConfig and TrainConfig")
-    return ({k: v for k, v in options.items() if k in head_names},
-            {k: v for k, v in options.items() if k in train_names})
-
-
-class ParallelHead(L.LightningModule, Drafter):
+class ParallelHead(LearnedHead):
     """A parallel draft head over a frozen target (use ``JetSpecHead`` or ``DFlashHead``).
+
+    The training recipe, Lightning hooks and persistence are ``LearnedHead``'s; this class adds
+    the network (``ParallelDraftNet``), its packed training forward and its one-forward drafting.
 
     Args:
         target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
         config: architecture; fields of ``HeadConfig`` may also be given as keyword options.
         training: optimisation and loss; fields of ``TrainConfig`` may also be keyword options.
+        draft_vocab: token ids of a reduced draft vocabulary (``drafters/draft_vocab.py``).
 
     Example::
 
@@ -238,56 +219,30 @@ class ParallelHead(L.LightningModule, Drafter):
         SpeculativeDecoder(target, head, BestFirstBuilder(budget=32)).generate(ids)
     """
 
+    config_class = HeadConfig
     causal: bool = True  # THE difference between JetSpec (True) and DFlash (False)
 
     def __init__(self, target, config: Optional[HeadConfig] = None, training: Optional[TrainConfig] = None,
                  draft_vocab: Optional[Tensor] = None, **options) -> None:
-        super().__init__()
-        head_opts, train_opts = split_options(options)
-        model = target.model if isinstance(target, TargetModel) else target
-        if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
-            raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
-        model.eval().requires_grad_(False)
-        self._frozen = _Frozen(model)
         if draft_vocab is not None:
             draft_vocab = torch.as_tensor(draft_vocab, dtype=torch.long).flatten()
-            head_opts["draft_vocab_size"] = draft_vocab.numel()
-        self.config = replace(config or HeadConfig(), **head_opts).resolved(model)
+            options["draft_vocab_size"] = draft_vocab.numel()
+        super().__init__(target, config, training, **options)
         if self.config.draft_vocab_size is not None and draft_vocab is None:
             raise ValueError("draft_vocab_size needs the ids: pass draft_vocab=<token ids>, e.g. from "
                              "jetspec.drafters.draft_vocab.frequent_tokens(token_counts(data, V), size)")
-        self.train_config = replace(training or TrainConfig(), **train_opts)
         if self.config.conditioned and not self.causal:
             raise ValueError("conditioned drafting needs a causal head (JetSpecHead): a bidirectional block "
                              "would let teacher-forced tokens leak into earlier slots")
-        self.net = ParallelDraftNet(self.config, draft_vocab).to(model.get_output_embeddings().weight.dtype)
-        # Drafter attributes the decoding loop reads.
-        self.tap_layers = self.config.tap_layers
-        self.vocab_size = self.config.target_vocab_size
+        dtype = self.target_model.get_output_embeddings().weight.dtype
+        self.net = ParallelDraftNet(self.config, draft_vocab).to(dtype)
         self.max_depth = self.config.block_size - 1
         self.reset_cache()
-        self._teacher = self._teacher_cache = None
-        self._val_stats: dict[str, Tensor] = {}
 
-    # ------------------------------------------------------------------ the frozen target
-    @property
-    def target_model(self) -> nn.Module:
-        return self._frozen.model
-
-    @property
-    def draft_vocab(self) -> Optional[DraftVocabulary]:
-        return getattr(self.net, "vocab", None)
-
-    def lm_head(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... Vd"]:
-        """The target's lm_head, restricted to the draft vocabulary when the head has one (V' = V otherwise)."""
-        head = self.target_model.get_output_embeddings()
-        if self.draft_vocab is not None:
-            return self.draft_vocab.logits(hidden, head)
-        return F.linear(hidden.to(head.weight.dtype), head.weight, getattr(head, "bias", None))
-
-    def to_target_ids(self, draft_ids: Tensor) -> Tensor:
-        """Draft-vocabulary ids (indices into ``lm_head``'s output) as target token ids."""
-        return draft_ids if self.draft_vocab is None else self.draft_vocab.to_target(draft_ids)
+    @classmethod
+    def for_saved_weights(cls, target, config: HeadConfig, training: TrainConfig,
+                          state: dict[str, Tensor]) -> "ParallelHead":
+        return cls(target, config=config, training=training, draft_vocab=state.get("vocab.ids"))
 
     def block_embeddings(self, anchor_ids: Int[Tensor, "B A"], slots: int) -> Float[Tensor, "B A S H"]:
         """[embed(anchor), MASK, ..., MASK] for every anchor (``slots`` = S, or fewer at inference)."""
@@ -303,19 +258,27 @@ class ParallelHead(L.LightningModule, Drafter):
     # ------------------------------------------------------------------ training forward (packed)
     def packed_hidden(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
                       anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
-        """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training``."""
-        if self.config.conditioned:  # half the blocks teacher-forced (drafters/conditioned.py)
-            return conditioned.packed_hidden(self, input_ids, taps, anchors)
+        """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training``.
+
+        A conditioned head teacher-forces every second block (``drafters/conditioned.py``) and
+        returns its rows shifted so that row k still predicts depth k.
+        """
         b, t = input_ids.shape
-        s = self.config.block_size
+        a, s = anchors.shape[1], self.config.block_size
         ctx = self.net.fuse_taps(taps)  # [B, T, H_d]
         ctx_kv = self.net.project_context(ctx, torch.arange(t, device=input_ids.device).expand(b, t))
         emb = self.block_embeddings(input_ids.gather(1, anchors), s)  # [B, A, S, H]
         direct = self.packed_direct(emb[:, :, 0], ctx, anchors, s)
+        forced: Optional[Bool[Tensor, "1 A 1 1"]] = None
+        if self.config.conditioned:
+            forced = conditioned.teacher_forced(a, anchors.device)[None, :, None, None]
+            tokens = conditioned.forced_block_tokens(input_ids, anchors, s)  # [B, A, S]
+            real = self.target_model.get_input_embeddings()(tokens)
+            emb = torch.where(forced, real.to(emb.dtype), emb)
         emb = emb.flatten(1, 2)  # [B, A*S, H]
         mask = packed_block_mask(anchors, t, s, self.causal, emb.dtype)  # [B, 1, A*S, T + A*S]
-        hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct)  # [B, A*S, H]
-        return hidden.view(b, anchors.shape[1], s, -1)
+        hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct).view(b, a, s, -1)
+        return hidden if forced is None else conditioned.depth_aligned(hidden, forced)
 
     def packed_direct(self, anchor_emb: Float[Tensor, "B A H"], ctx: Float[Tensor, "B T Hd"],
                       anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B AS Hd"]]:
@@ -326,11 +289,6 @@ class ParallelHead(L.LightningModule, Drafter):
         last = ctx.gather(1, rows) * (anchors > 0)[..., None].to(ctx.dtype)
         d = self.net.direct_input(anchor_emb, last)  # [B, A, H_d]
         return d[:, :, None].expand(*d.shape[:2], slots, d.shape[-1]).flatten(1, 2)
-
-    def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
-                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 V"]:
-        """Draft logits of slots 1..S-1 of every anchor's block (packed training forward)."""
-        return self.lm_head(self.packed_hidden(input_ids, taps, anchors)[:, :, 1:])
 
     # ------------------------------------------------------------------ inference (Drafter)
     def reset_cache(self) -> None:
@@ -378,10 +336,18 @@ class ParallelHead(L.LightningModule, Drafter):
         emb = self.block_embeddings(tokens[-1:].to(dev)[None], n)[:, 0]  # [1, n, H]
         positions = torch.arange(t, t + n, device=dev)[None]
         ancestor = (chain_ancestor if self.causal else full_ancestor)(n, device=dev)
-        # The block's K/V exist only inside this call: they are dropped after the round.
-        hidden = self.net(emb, positions, self._ctx_kv, None, direct=self.round_direct(emb[:, :1], n),
-                          attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
+        hidden = self.over_context(emb, positions, ancestor)
         return self.lm_head(hidden[0, 1: depth + 1])  # [D, V']
+
+    def over_context(self, emb: Float[Tensor, "1 M H"], positions: Int[Tensor, "1 M"],
+                     ancestor: Bool[Tensor, "M M"]) -> Float[Tensor, "1 M H"]:
+        """Rows over this round's cached context: row i sees every context row and its ancestors.
+
+        Row 0 must be the anchor (its embedding feeds the direct path). The rows' K/V exist only
+        inside this call: they are dropped after the round.
+        """
+        return self.net(emb, positions, self._ctx_kv, None, direct=self.round_direct(emb[:, :1], emb.shape[1]),
+                        attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
 
     def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int) -> Optional[Float[Tensor, "1 M Hd"]]:
         """This round's direct-path term (anchor + newest context row), repeated over ``rows`` rows."""
@@ -400,83 +366,6 @@ class ParallelHead(L.LightningModule, Drafter):
         top = torch.topk(logq, min(inp.width, logq.shape[-1]), dim=-1)  # sorted descending
         return DraftOutput(depth_tokens=self.to_target_ids(top.indices).cpu(),
                            depth_logprobs=top.values.float().cpu(), forwards=1)
-
-    # ------------------------------------------------------------------ Lightning
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return recipe.train_step(self, batch)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        recipe.validation_step(self, batch)
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_stats = {}
-
-    def on_validation_epoch_end(self) -> None:
-        recipe.log_validation(self)
-
-    def on_fit_start(self) -> None:
-        self.target_model.to(self.device)  # the target is not a sub-module, so move it ourselves
-        if self.logger is not None:
-            self.logger.log_hyperparams({"head": type(self).__name__, **asdict(self.config),
-                                         **asdict(self.train_config)})
-
-    def on_validation_start(self) -> None:
-        self.target_model.to(self.device)
-
-    def configure_optimizers(self):
-        c = self.train_config
-        opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: recipe.warmup_cosine(step, c.warmup_steps, total, c.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | os.PathLike, dtype: Optional[torch.dtype] = None,
-                        state_dict: Optional[dict] = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (the head's weights only, optionally cast).
-
-        ``config.json`` records checksums of the weights and the architecture (``head_files``).
-        ``state_dict``: the module's full state dict when it is not in ``self`` (FSDP keeps only a
-        shard per process; ``trainer.strategy.lightning_module_state_dict()`` gathers it).
-        """
-        full = self.state_dict() if state_dict is None else state_dict
-        state = {k[len("net."):]: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-                 .detach().cpu().contiguous() for k, v in full.items() if k.startswith("net.")}
-        return head_files.write_head_folder(folder, self, state)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
-                        **training_options) -> "ParallelHead":
-        """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
-
-        The weights and architecture are verified against the checksums in ``config.json`` first.
-        Called on ``ParallelHead`` it builds whichever head the folder holds.
-        """
-        folder = Path(folder)
-        meta, state = head_files.read_head_folder(folder)
-        path = folder / head_files.CONFIG_FILE
-        saved = DRAFTERS.get(meta.get("head"))
-        if saved is None or not issubclass(saved, ParallelHead):
-            raise ValueError(f"{folder} holds a '{meta.get('head')}' head, not a parallel head")
-        if cls is not ParallelHead and saved is not cls:
-            raise ValueError(f"{folder} holds a {saved.__name__}, not a {cls.__name__}; "
-                             f"load it with {saved.__name__}.from_pretrained")
-        training = replace(head_files.config_from(TrainConfig, meta.get("training", {}), path, "training"),
-                           **training_options)
-        head = saved(target, config=head_files.config_from(HeadConfig, meta["config"], path, "config"),
-                     training=training,
-                     draft_vocab=state.get("vocab.ids"))
-        head.net.load_state_dict(state)
-        if dtype is not None:
-            head.net.to(dtype)
-        return head
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        head_files.record_identity(self, checkpoint)  # so a resume into another head is refused
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        head_files.check_identity(self, checkpoint)
 
 
 @register_drafter("jetspec")

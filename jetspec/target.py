@@ -123,22 +123,6 @@ class TargetModel:
                 raise ValueError(f"tap layer {i} is outside the target's {self.num_layers} layers")
         self.tap_layers = layers
 
-    @contextmanager
-    def _capture_taps(self):
-        """Collect the outputs of the tapped layers during one forward."""
-        captured: dict[int, Tensor] = {}
-        handles = []
-        layers = self.decoder_layers()
-        for i in self.tap_layers:
-            def hook(_mod, _inp, out, i=i):
-                captured[i] = out[0] if isinstance(out, tuple) else out
-            handles.append(layers[i].register_forward_hook(hook))
-        try:
-            yield captured
-        finally:
-            for h in handles:
-                h.remove()
-
     def _attention(self):
         if self.attn_backend in (None, "sdpa", "eager"):
             return nullcontext()
@@ -154,7 +138,7 @@ class TargetModel:
             return TargetOutput(logits=logits, taps=taps)
         p = self.cache_length
         mask = None if ancestor is None else tree_attention_mask(ancestor, p, self.dtype, self.device)
-        with self._capture_taps() as captured, self._attention():
+        with capture_taps(self.model, self.tap_layers) as captured, self._attention():
             out = self.model(input_ids=ids[None], position_ids=positions[None], attention_mask=mask,
                              cache=self.cache, use_cache=True)
         self.cache = out.cache
@@ -233,6 +217,29 @@ class TargetModel:
     def reset(self) -> None:
         self.cache = None
         self._padded = 0
+
+
+@contextmanager
+def capture_taps(model: torch.nn.Module, tap_layers: Sequence[int]):
+    """Collect the outputs of decoder layers ``tap_layers`` of a Hugging Face causal LM.
+
+    Yields a dict, filled while forwards run inside the ``with`` block: layer index -> that
+    layer's output [B, T, H] in the latest forward. Only those layers get forward hooks (asking
+    HF for every hidden state would keep L copies alive); the hooks are removed on exit, also
+    after an exception. The one home of tap capture: verification and the training teacher use it.
+    """
+    captured: dict[int, Tensor] = {}
+    layers = model.get_decoder().layers
+    handles = []
+    for i in tap_layers:
+        def hook(_mod, _inp, out, i=i):
+            captured[i] = out[0] if isinstance(out, tuple) else out
+        handles.append(layers[i].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, device) -> Float[Tensor, "1 1 N PN"]:

@@ -15,6 +15,17 @@ The recipe (docs/design.md §5), as plain functions the LightningModule calls:
 5. ``slot_losses``: forward KL(p_target || q_draft) (default), optionally against the teacher's
    top-k logits only, or cross-entropy to the data token; optional exp(-(k-1)/gamma) decay.
 
+The functions here do not touch a head: ``jetspec.drafters.learned_head.LearnedHead`` runs them,
+in this order, in one place (its ``slot_batch`` and ``training_step``).
+
+The target writes two kinds of training data, which is why there are two paths: *text*
+(``jetspec.regenerate``, or ``jetspec.data.sample_continuations`` in memory for token-id prompts:
+the target answers the prompts, and the answers become the sequences x) and *labels* (``Teacher``
+/ ``TeacherCache`` / ``fill_teacher_cache`` here: one forward over an x that already exists, giving
+its taps and next-token logits at every position). The first samples new tokens and runs once per
+data set; the second never samples and runs (or is read from the cache) every step. The teacher
+captures taps with ``jetspec.target.capture_taps``, the hooks the decoding loop's target uses.
+
 Shapes: B batch, T tokens, A anchors per sequence, S block size, V vocab, F fused tap features,
 M supervised slots (flattened), k top-k.
 """
@@ -32,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from jetspec.target import capture_taps
 
 
 @dataclass
@@ -248,9 +261,9 @@ class TeacherOutput:
 
 
 class Teacher:
-    """Runs the frozen target under no_grad and captures the tapped layers with forward hooks.
+    """Runs the frozen target under no_grad and captures the tapped layers (``capture_taps``).
 
-    Only the tapped layers get hooks (asking HF for all hidden states would keep L copies alive).
+    Only the tapped layers are captured (asking HF for all hidden states would keep L copies alive).
     """
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int], topk: Optional[int] = None) -> None:
@@ -261,19 +274,9 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, input_ids: Int[Tensor, "B T"],
                  attention_mask: Optional[Tensor] = None) -> TeacherOutput:
-        captured: dict[int, Tensor] = {}
-        layers = self.model.get_decoder().layers
-        handles = []
-        for i in self.tap_layers:
-            def hook(_mod, _inp, out, i=i):
-                captured[i] = out[0] if isinstance(out, tuple) else out
-            handles.append(layers[i].register_forward_hook(hook))
-        try:
+        with capture_taps(self.model, self.tap_layers) as captured:
             # Right padding only: causal attention keeps padded tails out of real positions.
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        finally:
-            for h in handles:
-                h.remove()
         taps = torch.cat([captured[i] for i in self.tap_layers], dim=-1)  # [B, T, k*H]
         if self.topk is None:
             return TeacherOutput(taps=taps, logits=logits)
@@ -392,123 +395,3 @@ def fill_teacher_cache(model: torch.nn.Module, datasets: Sequence, tap_layers: S
     if bar is not None:
         bar.close()
     return len(todo)
-
-
-# ---------------------------------------------------------------------------------------- steps
-# The LightningModule's steps, as functions of a parallel head (duck-typed: the core does not
-# import drafters). ``head`` provides: config, train_config, causal, target_model, packed_hidden,
-# lm_head, and the Lightning attributes (device, current_epoch, log, global_rank, _trainer).
-@dataclass
-class SlotBatch:
-    """One packed forward's supervised slots, flattened to M rows."""
-
-    losses: Float[Tensor, " M"]
-    weights: Float[Tensor, " M"]
-    draft_top1: Int[Tensor, "B A S1"]  # -1 where unsupervised
-    teacher_top1: Int[Tensor, "B A S1"]
-    ok: Bool[Tensor, "B A S1"]
-
-
-def teacher_outputs(head, batch: dict) -> TeacherOutput:
-    """The frozen target's taps and logits for a batch (from the disk cache when configured)."""
-    cfg = head.train_config
-    if head._teacher is None:
-        head._teacher = Teacher(head.target_model, head.config.tap_layers, cfg.kl_topk)
-        if cfg.teacher_cache is not None:
-            head._teacher_cache = TeacherCache(cfg.teacher_cache, head.config.tap_layers, cfg.kl_topk,
-                                               rank=head.global_rank)
-    ids, lengths = batch["input_ids"], batch["lengths"]
-    cache = head._teacher_cache
-    if cache is not None:
-        out = cache.get(batch["index"].tolist(), lengths.tolist(), ids.shape[1], ids.device)
-        if out is not None:
-            return out
-    out = head._teacher(ids, batch["attention_mask"])
-    if cache is not None:
-        cache.put(batch["index"].tolist(), lengths.tolist(), out)
-    return out
-
-
-def slot_batch(head, batch: dict, epoch: int) -> SlotBatch:
-    """Teacher forward, anchors, one packed head forward and the per-slot losses."""
-    cfg, s = head.train_config, head.config.block_size
-    ids, lengths = batch["input_ids"], batch["lengths"]
-    teacher = teacher_outputs(head, batch)
-    seeds = anchor_seeds(batch["index"], epoch, cfg.seed)
-    anchors, valid = sample_anchors(lengths.cpu(), batch["response_start"].cpu(), cfg.anchors_per_seq, seeds)
-    anchors, valid = anchors.to(ids.device), valid.to(ids.device)
-    hidden = head.packed_hidden(ids, teacher.taps, anchors)  # [B, A, S, H]
-    rows, ok = block_targets(anchors, valid, s, lengths)  # [B, A, S-1]
-    rows = rows.clamp(max=ids.shape[1] - 1)  # unsupervised slots may point past the end
-    if cfg.on_policy:
-        ok = ok & on_policy_slots(ids, teacher.top1(), rows)
-    bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
-    b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
-    logits = head.lm_head(hidden[:, :, 1:][ok])  # [M, V']: the lm_head only where there is a label
-    data = ids[b_ok, r_ok + 1]
-    t_logits = teacher.logits[b_ok, r_ok] if teacher.logits is not None else None
-    t_values = teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None
-    t_indices = teacher.top_indices[b_ok, r_ok] if teacher.top_indices is not None else None
-    vocab = getattr(head, "draft_vocab", None)
-    row_ok = None
-    if vocab is not None:  # compare on the draft vocabulary only (drafters/draft_vocab.py)
-        data, t_logits, t_values, t_indices, row_ok = vocab.restrict_teacher(data, t_logits, t_values, t_indices)
-        row_ok = row_ok & (data >= 0) if cfg.loss == "ce" else row_ok
-    losses = slot_losses(cfg, logits, data, t_logits, t_values, t_indices)
-    weights = depth_weights(s - 1, cfg.decay_gamma, ids.device).expand(rows.shape)[ok].to(losses.dtype)
-    if row_ok is not None:
-        losses = torch.where(row_ok, losses, torch.zeros_like(losses))
-        weights = weights * row_ok.to(weights.dtype)
-    draft_top1 = torch.full(rows.shape, -1, dtype=torch.long, device=ids.device)
-    draft_top1[ok] = head.to_target_ids(logits.argmax(-1)) if vocab is not None else logits.argmax(-1)
-    return SlotBatch(losses, weights, draft_top1, teacher.top1()[bidx, rows], ok)
-
-
-def _global_sum(head, x: Tensor) -> Tensor:
-    """Sum over all processes (identity without a trainer or with one process)."""
-    trainer = head._trainer
-    if trainer is None or trainer.world_size == 1:
-        return x
-    return trainer.strategy.reduce(x, reduce_op="sum")
-
-
-def train_step(head, batch: dict) -> Tensor:
-    """The weighted mean slot loss over the GLOBAL batch.
-
-    DDP/FSDP average gradients over processes. Dividing each process's weighted sum by the global
-    weight (and multiplying by the world size) makes that average the gradient of the global mean,
-    so N processes with batch b take exactly the steps of one process with batch N*b, even when the
-    processes hold different numbers of supervised slots.
-    """
-    sb = slot_batch(head, batch, head.current_epoch)
-    local = (sb.losses * sb.weights).sum()
-    total = _global_sum(head, sb.weights.sum().detach()).clamp_min(1e-12)
-    world = 1 if head._trainer is None else head._trainer.world_size
-    loss = local * world / total
-    head.log("train/loss", _global_sum(head, local.detach()) / total, prog_bar=True,
-             batch_size=batch["input_ids"].shape[0])
-    return loss
-
-
-def validation_step(head, batch: dict) -> None:
-    """Accumulate loss and per-depth top-1 agreement; anchors are the same every validation."""
-    sb = slot_batch(head, batch, epoch=0)
-    hits, counts = depth_agreement(sb.draft_top1, sb.teacher_top1, sb.ok)
-    st = head._val_stats
-    for key, val in (("loss", (sb.losses * sb.weights).sum().detach()), ("weight", sb.weights.sum()),
-                     ("hits", hits), ("counts", counts)):
-        st[key] = st[key] + val if key in st else val
-
-
-def log_validation(head) -> None:
-    """Log val/loss, val/agree_d{k} (per-depth top-1 agreement) and val/accept_len."""
-    st = head._val_stats
-    if not st:
-        return
-    sums = {k: _global_sum(head, v.double()) for k, v in st.items()}
-    rates = sums["hits"] / sums["counts"].clamp_min(1)
-    # The values are already global; sync_dist only keeps Lightning's epoch-level bookkeeping happy.
-    head.log("val/loss", sums["loss"] / sums["weight"].clamp_min(1e-12), prog_bar=True, sync_dist=True)
-    for d, r in enumerate(rates.tolist(), 1):
-        head.log(f"val/agree_d{d}", r, sync_dist=True)
-    head.log("val/accept_len", acceptance_estimate(rates), prog_bar=True, sync_dist=True)

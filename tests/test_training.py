@@ -34,7 +34,6 @@ from jetspec.training import (
     on_policy_slots,
     packed_block_mask,
     sample_anchors,
-    slot_batch,
     topk_forward_kl,
     warmup_cosine,
 )
@@ -123,7 +122,7 @@ def test_on_policy_keeps_greedy_text_and_cuts_other_text(llama64):
     for on in (False, True):
         torch.manual_seed(0)
         head = JetSpecHead(llama64, block_size=4, anchors_per_seq=6, on_policy=on)
-        counts[on] = slot_batch(head, batch, epoch=0).ok.sum((1, 2))  # supervised slots per sequence
+        counts[on] = head.slot_batch(batch, epoch=0).ok.sum((1, 2))  # supervised slots per sequence
     assert counts[True][0] == counts[False][0] > 0
     assert (counts[True][1:] < counts[False][1:]).all()
 
@@ -170,6 +169,21 @@ def test_teacher_taps_equal_the_decoders_taps(llama64):
     assert torch.equal(top.top1(), hf.logits.argmax(-1))
 
 
+def test_capture_taps_is_one_hook_set_removed_on_exit(llama64):
+    from jetspec.target import capture_taps
+
+    layers = llama64.get_decoder().layers
+    ids = torch.randint(0, 64, (1, 5))
+    with capture_taps(llama64, (0,)) as captured:
+        hf = llama64(ids, output_hidden_states=True)
+    before = [len(layer._forward_hooks) for layer in layers]  # transformers may add hooks of its own
+    assert set(captured) == {0}
+    torch.testing.assert_close(captured[0], hf.hidden_states[1], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="boom"), capture_taps(llama64, (0, 1)):
+        raise RuntimeError("boom")
+    assert [len(layer._forward_hooks) for layer in layers] == before  # removed after the error too
+
+
 def test_teacher_cache_reuses_shards_and_changes_nothing(llama64, tmp_path):
     seqs = random_seqs(6)
     batch = collate([{"input_ids": torch.tensor(s["input_ids"]), "response_start": s["response_start"],
@@ -177,11 +191,11 @@ def test_teacher_cache_reuses_shards_and_changes_nothing(llama64, tmp_path):
     cached = JetSpecHead(llama64, block_size=4, kl_topk=8, teacher_cache=str(tmp_path / "cache"))
     plain = JetSpecHead(llama64, block_size=4, kl_topk=8)
     plain.net.load_state_dict(cached.net.state_dict())
-    first = slot_batch(cached, batch, epoch=0)
+    first = cached.slot_batch(batch, epoch=0)
     shards = sorted((tmp_path / "cache").glob("shard-*"))
-    second = slot_batch(cached, batch, epoch=0)  # served from disk
+    second = cached.slot_batch(batch, epoch=0)  # served from disk
     assert sorted((tmp_path / "cache").glob("shard-*")) == shards and len(shards) == 1
-    ref = slot_batch(plain, batch, epoch=0)
+    ref = plain.slot_batch(batch, epoch=0)
     torch.testing.assert_close(first.losses, ref.losses, rtol=0, atol=0)
     torch.testing.assert_close(second.losses, ref.losses, rtol=0, atol=0)
     with pytest.raises(ValueError, match="made for"):

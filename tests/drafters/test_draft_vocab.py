@@ -176,13 +176,12 @@ def test_restricted_topk_kl_is_the_kl_of_the_renormalised_teacher():
 
 def test_training_metrics_report_target_ids(target):
     from jetspec.data import collate
-    from jetspec.training import slot_batch
 
     torch.manual_seed(2)
     ids = torch.randperm(64)[:16]
     head = JetSpecHead(target, block_size=4, draft_vocab=ids, anchors_per_seq=5)
     items = [{"input_ids": torch.randint(0, 64, (14,)), "response_start": 2, "index": i} for i in range(2)]
-    sb = slot_batch(head, collate(items), epoch=0)
+    sb = head.slot_batch(collate(items), epoch=0)
     got = sb.draft_top1[sb.ok]
     # Unmapped draft indices would lie in 0..15, and most of those are not among the 16 random ids.
     assert got.numel() > 0 and set(got.tolist()) <= set(ids.tolist())

@@ -63,6 +63,17 @@ def test_target_is_used_but_not_owned(targets, family, cls):
     assert cls(TargetModel(target), block_size=4).target_model is target
 
 
+def test_the_heads_share_one_declared_training_base():
+    from jetspec.drafters import EagleHead
+    from jetspec.drafters.learned_head import LearnedHead
+
+    assert all(issubclass(cls, LearnedHead) for cls in (JetSpecHead, DFlashHead, EagleHead))
+    # What a head must implement is written down as abstract methods; the recipe is inherited.
+    assert {"packed_hidden", "reset_cache", "draft"} <= LearnedHead.__abstractmethods__
+    for hook in ("training_step", "validation_step", "configure_optimizers", "save_pretrained"):
+        assert hook not in vars(ParallelHead) and hook not in vars(EagleHead)
+
+
 def test_options_and_errors(targets):
     target = targets["llama"]
     wide = JetSpecHead(target, hidden_size=48, num_heads=4, num_kv_heads=2, num_layers=2, block_size=3)
