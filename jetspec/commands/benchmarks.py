@@ -7,8 +7,8 @@ Examples::
     jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md
 
 One ``jetspec bench`` run per temperature on the dev prompts of ``jetspec prepare-data`` (built if
-missing), rendered by ``jetspec.benchmarks.render``; ``--include`` appends Markdown sections written
-by other commands. Every flag is generated from a field of ``jetspec.benchmarks.BenchmarksConfig``.
+missing), rendered by ``jetspec.bench_report.render``; ``--include`` appends Markdown sections written
+by other commands. Every flag is generated from a field of ``jetspec.bench_report.BenchmarksConfig``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import typing
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.benchmarks import BenchmarksConfig
+    from jetspec.bench_report import BenchmarksConfig
     from jetspec.commands.bench import _arg_type, field_docs
 
     p = sub.add_parser("benchmarks", help="rerun the benchmark on the dev splits and rewrite BENCHMARKS.md",
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jetspec.benchmarks import BenchmarksConfig, render, run_benchmarks
+    from jetspec.bench_report import BenchmarksConfig, render, run_benchmarks
     from jetspec.loading import load_target
 
     names = {f.name for f in dataclasses.fields(BenchmarksConfig)}

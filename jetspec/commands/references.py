@@ -7,7 +7,7 @@ Example::
 
 The rows feed ``jetspec replay-table`` and ``jetspec train --eval-data``. Resumable: prompts whose
 reference is already in ``--out`` are skipped. Every flag is generated from a field of
-``jetspec.references.ReferencesConfig``.
+``jetspec.replay_tools.ReferencesConfig``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import typing
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.bench import _arg_type, field_docs
-    from jetspec.references import ReferencesConfig
+    from jetspec.replay_tools import ReferencesConfig
 
     p = sub.add_parser("references", help="write a replay reference set (greedy answers as token ids)",
                        description=__doc__.splitlines()[0])
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.loading import load_target
-    from jetspec.references import ReferencesConfig, write_references
+    from jetspec.replay_tools import ReferencesConfig, write_references
 
     names = {f.name for f in dataclasses.fields(ReferencesConfig)}
     try:

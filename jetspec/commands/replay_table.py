@@ -9,7 +9,7 @@ Example::
 No target forward runs per round (``jetspec.replay``), so many drafters and budgets fit on a CPU.
 Prints the Markdown table; ``--out`` keeps the per-reference taus as JSON, ``--md`` the table for
 ``jetspec benchmarks --include``. Every flag is generated from a field of
-``jetspec.replay_table.ReplayTableConfig``.
+``jetspec.replay_tools.ReplayTableConfig``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import typing
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.bench import _arg_type, field_docs
-    from jetspec.replay_table import ReplayTableConfig
+    from jetspec.replay_tools import ReplayTableConfig
 
     p = sub.add_parser("replay-table", help="replay tau of drafters on a reference set (no target per round)",
                        description=__doc__.splitlines()[0])
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.loading import load_target
     from jetspec.prompts import read_jsonl
     from jetspec.replay import as_references
-    from jetspec.replay_table import ReplayTableConfig, replay_markdown, replay_rows
+    from jetspec.replay_tools import ReplayTableConfig, replay_markdown, replay_rows
 
     names = {f.name for f in dataclasses.fields(ReplayTableConfig)}
     try:

@@ -1,22 +1,87 @@
-"""Replay tau of several drafters on one reference set, per prompt set and budget (no target per round).
+"""Replay reference sets and replay tables: what ``jetspec references`` and ``jetspec replay-table`` run.
 
-``jetspec replay-table`` runs it. Drafter specs are those of ``jetspec bench`` (registered names,
-heads from the head folder, ``label=folder`` for any saved head, ``a+b`` composites). Greedy,
-best-first trees of ``width`` x ``depth`` (clamped to what each drafter can draft). The result is
-one row per (drafter, budget, node cost) with the pooled tau, tau per prompt set, the per-reference
-taus, the draft+tree time per round and a modelled speedup (``Replay.modelled_speedup``).
+A reference set holds prompts and the target's greedy answers (plain decoding), as token ids;
+``write_references`` makes one. The rows (``input_ids``, ``response_start``, ``set``) feed
+``jetspec.replay.replay``, ``replay_rows`` below and ``jetspec train --eval-data``. Writing is
+resumable: prompts whose reference is already in the output file are skipped, and every reference
+is appended as soon as it is made, so an interrupted run keeps what it finished.
+
+A replay table (``replay_rows``, ``replay_markdown``) gives the replay tau of several drafters per
+prompt set and budget, with no target forward per round. Drafter specs are those of ``jetspec
+bench`` (registered names, heads from the head folder, ``label=folder`` for any saved head, ``a+b``
+composites). Greedy, best-first trees of ``width`` x ``depth`` (clamped to what each drafter can
+draft). Each row holds the pooled tau, tau per prompt set, the per-reference taus, the draft+tree
+time per round and a modelled speedup (``ReplayReport.modelled_speedup``).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from jetspec.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReferencesConfig:
+    """Everything ``jetspec references`` can vary. The CLI flags are generated from these fields."""
+
+    prompts: str
+    """Prompt file (JSON lines with 'prompt' and optional 'set'), e.g. runs/data/dev.jsonl."""
+    out: str
+    """Reference file to write (JSON lines); existing rows are kept and their prompts skipped."""
+    target: str = "smollm2-135m-instruct"
+    """Target model: built-in name, local folder or Hub id."""
+    per_set: int = 8
+    """First N prompts of every prompt set."""
+    max_new_tokens: int = 128
+    """Longest greedy answer per prompt (fewer if the target ends its answer)."""
+    threads: int = 1
+    """torch CPU threads (set by the command, not by the library)."""
+
+    def __post_init__(self) -> None:
+        for name in ("per_set", "max_new_tokens", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+def pick_prompts(rows: list[dict], per_set: int) -> list[dict]:
+    """The first ``per_set`` rows of every set, in file order; a row without a set is in 'default'."""
+    taken: dict[str, int] = {}
+    picked = []
+    for r in rows:
+        s = r.get("set") or "default"
+        if taken.get(s, 0) < per_set:
+            taken[s] = taken.get(s, 0) + 1
+            picked.append({**r, "set": s})
+    return picked
+
+
+def write_references(model, tokenizer, cfg: ReferencesConfig) -> int:
+    """Append the missing references of ``cfg.prompts`` to ``cfg.out``; returns how many were written."""
+    from jetspec.replay import make_references
+
+    rows = [{**r, "ids": chat_ids(tokenizer, r["prompt"])} for r in pick_prompts(read_prompts(cfg.prompts),
+                                                                                   cfg.per_set)]
+    out = Path(cfg.out)
+    done = {tuple(x["input_ids"][: x["response_start"]]) for x in read_jsonl(out)} if out.exists() else set()
+    rows = [r for r in rows if tuple(r["ids"]) not in done]
+    eos = eos_ids(tokenizer, model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for r in rows:  # one at a time so an interrupted run keeps what it finished
+            ref = make_references(model, [r["ids"]], cfg.max_new_tokens, [r["set"]], eos, progress=False)[0]
+            f.write(json.dumps(ref.to_row()) + "\n")
+            f.flush()
+            log.info("%s: %d tokens", ref.set, len(ref.input_ids) - ref.response_start)
+    return len(rows)
 
 
 @dataclass
