@@ -120,11 +120,13 @@ def dev_prompts(data: Path, limit: Optional[int]) -> list[dict]:
     return rows
 
 
-def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer) -> dict[float, dict]:
-    """One ``run_bench`` per temperature on the dev prompts; returns {temperature: results}."""
+def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[list[dict]] = None
+                   ) -> dict[float, dict]:
+    """One ``run_bench`` per temperature on ``prompts`` (default: the dev prompts); {temperature: results}."""
     from jetspec.bench import run_bench
 
-    prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())
+    if prompts is None:
+        prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())
     return {t: run_bench(cfg.bench_config(t), model=model, tokenizer=tokenizer, prompts=prompts)
             for t in cfg.temperature_list}
 

@@ -40,16 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jetspec.bench_report import BenchmarksConfig, render, run_benchmarks
+    from jetspec.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
     from jetspec.loading import load_target
 
     names = {f.name for f in dataclasses.fields(BenchmarksConfig)}
     try:
         cfg = BenchmarksConfig(**{k: v for k, v in vars(args).items() if k in names})
+        prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast
     except ValueError as err:
         raise SystemExit(f"jetspec benchmarks: {err}") from err
     model, tok = load_target(cfg.target)
-    results = run_benchmarks(cfg, model, tok)
+    results = run_benchmarks(cfg, model, tok, prompts)
     Path(cfg.write).write_text(render(results, cfg))
     print(f"wrote {cfg.write} and {cfg.out}/")
     return 0
