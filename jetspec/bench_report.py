@@ -4,7 +4,8 @@ What ``jetspec benchmarks`` runs: ``jetspec.bench.run_bench`` on the dev prompts
 ``jetspec prepare-data`` (math from GSM8K, code from Code Alpaca, chat from the Alpaca seed tasks:
 prompts no head was trained on), once per temperature (greedy and temperature 1 by default), with
 plain decoding (``ar``), Hugging Face greedy / sampling and Hugging Face prompt lookup measured in
-the same process as the outside anchors. The target is loaded once and shared by all runs.
+the same process as the outside anchors (the measurement conventions of docs/design.md §7). The
+target is loaded once and shared by all runs.
 
 A reduced run (``quick``) says so at the top of the Markdown: its numbers show that the pipeline
 works and roughly where things stand, not more. Raw results stay in ``out`` (git-ignored), one
