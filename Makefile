@@ -33,10 +33,10 @@ test: $(STAMP)
 	  $(PY) -m pytest -q -n 2 --durations=20 --nbmake --nbmake-timeout=900 tests tutorials $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests scripts
+	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments
 
 bench: $(STAMP)
-	$(PY) scripts/make_benchmarks.py
+	$(PY) -m jetspec benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

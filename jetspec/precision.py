@@ -11,7 +11,7 @@ decoding prefers token a over token b by a margin ``l[a] - l[b] > 2 * delta``, t
 cannot prefer b; so the outputs can only part at a *near-tie*, where the plain margin is at most
 2 * delta. This module records both runs' logit rows and reports, per prompt, whether the
 outputs are identical and, at the first differing position, the plain margin between the two
-tokens and that position's delta (``scripts/half_precision.py`` runs it on SmolLM2; the test
+tokens and that position's delta (``experiments/half_precision.py`` runs it on SmolLM2; the test
 ``tests/test_half_precision.py`` on a tiny target).
 
 Shapes: T generated tokens, V vocabulary.

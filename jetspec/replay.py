@@ -134,7 +134,8 @@ class ReplayReport:
 
         A cost model, not a measurement: ``node_cost`` is the verify slope per drafted node and
         ``draft_cost`` the drafter's time per round, both in units of one plain decoding step
-        (``scripts/profile_round.py`` measures them). It ranks tree settings before timing them.
+        (``jetspec roofline`` fits the first, ``jetspec replay-table`` times the second). It ranks
+        tree settings before timing them.
         """
         pick = [i for i, s in enumerate(self.sets) if set_name in (None, s)]
         tokens = sum(sum(self.lengths[i]) for i in pick)

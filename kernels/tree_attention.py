@@ -18,7 +18,7 @@ Read in this order (the Triton tutorial anatomy):
 4. ``tree_attention_triton``: the launcher (grid, block sizes, split-KV, merge).
 5. ``tree_attention``: the public dispatcher (``backend="torch" | "triton" | "auto"``).
 
-The benchmark against SDPA and FlexAttention lives in ``scripts/gpu_check.py``.
+The benchmark against SDPA and FlexAttention lives in ``experiments/gpu_check.py``.
 
 **Block attention is tree attention.** A drafting head attends from a block of S slots to its
 context rows plus the block itself. That is this very function with P = the context length and

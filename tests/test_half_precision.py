@@ -3,7 +3,7 @@
 In bf16 a tree forward and a one-row step round differently, so greedy speculative decoding may
 part from plain bf16 decoding -- but only at a near-tie of the plain logits. The measured bound:
 at every first differing position seen (tiny targets here; SmolLM2-135M with the shipped head in
-``scripts/half_precision.py``) the plain margin between the two tokens was at most one bf16
+``experiments/half_precision.py``) the plain margin between the two tokens was at most one bf16
 spacing of the logit, and by construction it is at most twice that position's tree-vs-step logit
 difference. The tests hold decoding to both, and show with a lossy verifier that a real loss breaks
 the bound. A second test trains every head kind with ``precision="bf16-mixed"`` on the CPU.

@@ -17,7 +17,7 @@ among random draws by their values would bias the output, so their structure is 
 cut to depth D and the budget in parent-before-child order.
 
 Cost-aware size (``node_cost`` c > 0). A verify forward over n drafted nodes costs about
-1 + c*n one-token forwards on a CPU (``scripts/profile_round.py`` measures c), and if q is
+1 + c*n one-token forwards on a CPU (``jetspec roofline`` fits c), and if q is
 calibrated the expected number of committed tokens is 1 + sum_i q(path_i). The ratio
 
     (1 + sum_{i<=n} q_i) / (1 + c*n)

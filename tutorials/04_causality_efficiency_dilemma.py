@@ -386,7 +386,7 @@ assert p_own < 0.05 < 0.5 < p_sib
 # %% [markdown]
 # With this little training the three rates are close (the paper's heads train for hours; its
 # measurement is that the causal head's top branch is within 5 nats of the target's preferred
-# continuation 42% of the time, the bidirectional head's 6%). `scripts/tiny_comparison.py` trains
+# continuation 42% of the time, the bidirectional head's 6%). `experiments/tiny_comparison.py` trains
 # the heads longer on this same target and reports tau at several budgets.
 #
 # ## Summary: the dilemma, and JetSpec's way out

@@ -68,7 +68,7 @@ print(f"mean probability of the target's top token: {p_next.max(-1).values.mean(
 # For a real model, `jetspec regenerate` does this for a prompt file, resumably and in batches:
 #
 # ```bash
-# python scripts/prepare_data.py --out runs/data        # held-out dev splits + a training prompt mix
+# jetspec prepare-data --out runs/data                  # held-out dev splits + a training prompt mix
 # jetspec regenerate --target smollm2-135m-instruct --prompts runs/data/train_prompts.jsonl \
 #     --out runs/data/regen.jsonl --max-new-tokens 256 --batch-size 24
 # ```

@@ -444,5 +444,5 @@ assert all(n > tile_kib / 2**10 for n in naive_mib)
 # * The ancestor mask costs one bit per pair; a word's sign is irrelevant after `>> j & 1`.
 # * GQA: one program per kv head, its G query heads stacked as rows: a K/V tile is loaded once for
 #   all G of them.
-# * On a CPU, `TRITON_INTERPRET=1` runs the real kernel; on a GPU, `scripts/gpu_check.py` compares it
+# * On a CPU, `TRITON_INTERPRET=1` runs the real kernel; on a GPU, `experiments/gpu_check.py` compares it
 #   with SDPA and FlexAttention for speed.

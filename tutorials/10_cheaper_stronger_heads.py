@@ -148,11 +148,11 @@ for name, curve in curves.items():
 # # the teacher (taps + top-64 logits) once, on both cores; training then never runs the target
 # jetspec train --target smollm2-135m-instruct --data train.jsonl --out runs/x --kl-topk 64 \
 #     --teacher-cache runs/teacher_cache --cache-only 0/2 &   # and 1/2 in a second shell
-# python scripts/make_references.py --prompts runs/data/dev.jsonl --per-set 8 --out runs/data/dev_refs.jsonl
+# jetspec references --prompts runs/data/dev.jsonl --per-set 8 --out runs/data/dev_refs.jsonl
 # jetspec train --head jetspec --target smollm2-135m-instruct --data train.jsonl --out runs/jetspec \
 #     --kl-topk 64 --teacher-cache runs/teacher_cache --draft-vocab 8192 --vocab-data more_text.jsonl \
 #     --eval-data runs/data/dev_refs.jsonl --eval-every 100 --max-time 00:02:00:00 --resume last
-# python scripts/compare_heads.py --help   # several seeds per variant, intervals over seeds and prompts
+# python experiments/compare_heads.py --help   # several seeds per variant, intervals over seeds and prompts
 # ```
 
 # %% [markdown]

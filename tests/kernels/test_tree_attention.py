@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 # (atol, rtol) against the fp64 oracle computed from the same (already rounded) inputs; half
 # precision errors come from rounding p before the P.V product and the output itself.
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.py)")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run experiments/gpu_check.py)")
 
 
 # ----------------------------------------------------------------------------- the oracle
@@ -339,8 +339,8 @@ def test_clean_import_and_clear_error_without_the_interpreter():
 
 
 def test_gpu_check_dry_run(tmp_path):
-    """scripts/gpu_check.py runs once on a lent GPU: its CPU dry run keeps every code path working."""
-    cmd = [sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)]
+    """experiments/gpu_check.py runs once on a lent GPU: its CPU dry run keeps every code path working."""
+    cmd = [sys.executable, str(REPO / "experiments" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())

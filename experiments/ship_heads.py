@@ -1,6 +1,6 @@
 """Copy trained SmolLM2 heads into the package and write their model card.
 
-    python scripts/ship_heads.py --runs runs/heads --heads jetspec,dflash,eagle \
+    python experiments/ship_heads.py --runs runs/heads --heads jetspec,dflash,eagle \
         --run jetspec=runs/compare/jetspec-s0 --run dflash=runs/compare/dflash-s0
 
 Reads ``RUN/head`` (written by ``jetspec train``; RUN is ``RUNS/<head>`` unless ``--run`` names
@@ -93,7 +93,7 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(DEST / "loss_curves.png", dpi=90)
-    card = (ROOT / "scripts" / "model_card_template.md").read_text()
+    card = (Path(__file__).parent / "model_card_template.md").read_text()
     text = card.replace("{{COMMIT}}", commit).replace("{{HEADS}}", "\n".join(lines))
     (DEST / "MODEL_CARD.md").write_text(text)
     print(f"wrote {DEST / 'MODEL_CARD.md'}")

@@ -13,19 +13,20 @@ under 8 minutes. Four parts:
    (sdpa, torch reference, triton kernel): time and agreement of the logits;
 4. results.md / results.json under $OUT (default ./gpu_out).
 
-    python scripts/gpu_check.py            # on the GPU machine
-    python scripts/gpu_check.py --dry-run  # on a CPU: tiny shapes, Triton interpreter, same code path
+    pip install --no-deps --no-build-isolation -e .   # once, in the repository root (offline is fine)
+    python experiments/gpu_check.py                   # on the GPU machine
+    python experiments/gpu_check.py --dry-run         # on a CPU: tiny shapes, Triton interpreter, same code
 
-jetspec need not be pip-installed: the script maps the repo's top-level folders (``kernels/`` ->
-``jetspec.kernels``, ...) as setuptools' package-dir does. It needs torch, triton, transformers and
-the project's light dependencies (jaxtyping, einops, lightning); put any that are missing on
-PYTHONPATH (pure-Python wheels unpacked into a carried folder).
+It imports jetspec as an installed package: ``jetspec.kernels`` & co. live in the repository's
+top-level folders (``kernels/``, ...) and only an install applies that folder mapping, so the
+``pip install`` line comes first (``--no-deps``: the machine brings torch, triton and transformers;
+``--no-build-isolation``: no index is needed to build). The project's light dependencies (jaxtyping,
+einops, lightning) must be importable too; put any that are missing on PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.abc
 import importlib.util
 import json
 import os
@@ -37,30 +38,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 420  # stop starting new benchmark rows after 7 minutes: the run must end within 8
-PACKAGE_DIRS = {"drafters": "drafters", "verifiers": "verifiers", "trees": "trees", "kernels": "kernels"}
-
-
-class _RepoLayout(importlib.abc.MetaPathFinder):
-    """Find ``jetspec.kernels`` & co. in the repo's top-level folders, as an editable install would."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        parts = fullname.split(".")
-        if len(parts) != 2 or parts[0] != "jetspec" or parts[1] not in PACKAGE_DIRS:
-            return None
-        folder = REPO / PACKAGE_DIRS[parts[1]]
-        return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
 
 
 def bootstrap(dry_run: bool) -> None:
+    """Select the Triton interpreter for a dry run and make sure jetspec is installed; exit if not."""
     if dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel is built
     try:
-        import jetspec.kernels  # noqa: F401  installed (pip install -e .): nothing to do
-    except ImportError:
-        sys.modules.pop("jetspec", None)
-        sys.path.insert(0, str(REPO))
-        sys.meta_path.insert(0, _RepoLayout())
+        import jetspec.kernels  # noqa: F401  (the folder mapping exists only in an install)
+    except ImportError as err:
+        raise SystemExit(f"jetspec is not importable ({err}): run `pip install --no-deps --no-build-isolation "
+                         f"-e .` in {REPO} first") from err
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -140,14 +128,10 @@ def run_gpu_pytest() -> dict:
     missing = [m for m in ("pytest", "hypothesis") if importlib.util.find_spec(m) is None]
     if missing:
         return dict(ran=False, reason=f"not installed: {', '.join(missing)}")
-    # TRITON_INTERPRET=0 explicitly: tests/conftest.py only sets it to 1 when it is unset. The child
-    # maps the repo folders the same way as this script, so jetspec need not be installed.
+    # TRITON_INTERPRET=0 explicitly: tests/conftest.py only sets it to 1 when it is unset.
     env = dict(os.environ, TRITON_INTERPRET="0")
-    child = ("import sys; sys.path.insert(0, %r); import gpu_check; gpu_check.bootstrap(False); "
-             "import pytest; "
-             "sys.exit(pytest.main(['-q', '-m', 'gpu', '-p', 'no:cacheprovider', "
-             "'tests/kernels/test_tree_attention.py']))" % str(REPO / "scripts"))
-    cmd = [sys.executable, "-c", child]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+           "tests/kernels/test_tree_attention.py"]
     try:
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     except subprocess.TimeoutExpired:

@@ -1,6 +1,6 @@
 """Seed-level comparison of head variants: same data, same steps, several seeds, replay tau with intervals.
 
-    python scripts/compare_heads.py --out runs/compare --data runs/data/train_v2.jsonl \
+    python experiments/compare_heads.py --out runs/compare --data runs/data/train_v2.jsonl \
         --refs runs/data/dev_refs.jsonl --teacher-cache runs/v2/teacher_cache \
         --variant jetspec:--head=jetspec --variant dflash:--head=dflash --seeds 0,1,2 --steps 300 \
         -- --draft-vocab 8192 --vocab-data runs/data/vocab_counts.jsonl
@@ -158,7 +158,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--data", required=True)
-    p.add_argument("--refs", required=True, help="replay references (scripts/make_references.py)")
+    p.add_argument("--refs", required=True, help="replay references (jetspec references)")
     p.add_argument("--teacher-cache", required=True)
     p.add_argument("--variant", action="append", required=True, metavar="NAME:--flag=value,...")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])

@@ -1,7 +1,7 @@
 """The three learned drafters (+ conditioned JetSpec) on a tiny target, with equal training.
 
-    .venv/bin/python scripts/tiny_comparison.py                 # ~3 minutes on one CPU thread
-    .venv/bin/python scripts/tiny_comparison.py --steps 600 --seeds 0 1 2 --out results/tiny.md
+    .venv/bin/python experiments/tiny_comparison.py                 # ~3 minutes on one CPU thread
+    .venv/bin/python experiments/tiny_comparison.py --steps 600 --seeds 0 1 2 --out results/tiny.md
 
 What it does (docs/design.md §4 and §7):
 

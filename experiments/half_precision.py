@@ -7,7 +7,7 @@ margin between the two tokens (also in bf16 spacings), the plain top-1/top-2 mar
 largest |plain - tree| logit difference there and over the shared prefix
 (``jetspec.precision``). ``--dtype fp32`` is the control (the outputs must all be identical).
 
-    nice -n 19 python scripts/half_precision.py --threads 1 --out runs/half_precision.md
+    nice -n 19 python experiments/half_precision.py --threads 1 --out runs/half_precision.md
 """
 
 from __future__ import annotations
