@@ -26,7 +26,7 @@ from pathlib import Path
 
 from jetspec.prompts import read_prompts, write_jsonl
 
-# set name -> file in the shared data folder
+# set name -> file in the source data folder (--data-dir)
 SOURCES = {"math": "gsm8k_train.jsonl", "code": "codealpaca.jsonl", "chat": "alpaca_seed_tasks.jsonl"}
 SETS = tuple(SOURCES)
 
@@ -35,8 +35,9 @@ SETS = tuple(SOURCES)
 class PrepareDataConfig:
     """Everything ``jetspec prepare-data`` can vary. The CLI flags are generated from these fields."""
 
-    data_dir: str = "/work/shared/data"
-    """Folder with the source jsonl files (gsm8k_train, codealpaca, alpaca_seed_tasks)."""
+    data_dir: str = "data"
+    """Folder with the source jsonl files (gsm8k_train, codealpaca, alpaca_seed_tasks); they are not
+    shipped with jetspec: bring your own copies."""
     out: str = "runs/data"
     """Output folder (git-ignored)."""
     dev_size: int = 40
