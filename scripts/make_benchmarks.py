@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from jetspec.bench import BenchConfig, run_bench
-from jetspec.plots import divergence_note, markdown_table
+from jetspec.report import divergence_note, markdown_table
 from jetspec.prompts import read_prompts
 
 SETS = ("math", "code", "chat")
@@ -34,7 +34,7 @@ MAIN_COLUMNS = [("drafter", "method"), ("tree", "tree"), ("budget", "budget"), (
                 ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x HF"),
                 ("draft_forwards_per_round", "draft fwd/round"),
                 ("draft_ms", "draft ms"), ("tree_ms", "tree ms"), ("verify_ms", "verify ms"),
-                ("accept_ms", "accept ms"), ("matches_ar", "= ar")]
+                ("accept_ms", "accept ms"), ("commit_ms", "commit ms"), ("matches_ar", "= ar")]
 
 
 def dev_prompts(data: Path, limit: int | None) -> list[dict]:
