@@ -165,7 +165,19 @@ class SpeculativeDecoder:
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  eos_token_id: Optional[int | list[int]] = None,
                  generator: Optional[torch.Generator] = None) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T]."""
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T].
+
+        Args:
+            input_ids: the prompt, [1, T] or [T].
+            max_new_tokens: new tokens at most (fewer if an EOS id is committed).
+            temperature: 0 = greedy; > 0 samples, verified losslessly.
+            top_k: sample only among the k most likely tokens (None: all).
+            top_p: sample only from the smallest set with this much probability (None: all).
+            eos_token_id: stop after committing this id (or any of these ids).
+            generator: the random source of sampling (None: torch's global one).
+
+        The target is reset afterwards, also when a stage raises.
+        """
         cfg = SamplingConfig(temperature, top_k, top_p)
         input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         verifier = self._verifier_for(cfg)

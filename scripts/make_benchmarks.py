@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from jetspec.bench import BenchConfig, run_bench
-from jetspec.report import divergence_note, markdown_table
 from jetspec.prompts import read_prompts
+from jetspec.report import divergence_note, markdown_table
 
 SETS = ("math", "code", "chat")
 # The reduced run: enough to exercise every method on every set in minutes, not hours.

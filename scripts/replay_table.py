@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter, spec_label
+from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.loading import load_target
 from jetspec.prompts import read_jsonl
 from jetspec.replay import as_references, reference_taps, replay
@@ -62,10 +62,11 @@ def main() -> None:
     taps_by_layers: dict = {}
     results = []
     for spec in split_specs(a.drafters):
-        drafter, reason = make_drafter(spec, model, Path(a.head_dir))
         label = spec_label(spec)
-        if drafter is None:
-            print(f"skip {spec}: {reason}")
+        try:
+            drafter = make_drafter(spec, model, Path(a.head_dir))
+        except DrafterUnavailable as err:
+            print(f"skip {spec}: {err}")
             continue
         taps = None
         if drafter.tap_layers:

@@ -86,16 +86,18 @@ def test_cost_aware_trees_are_benchmarked_beside_full_budget_trees(tiny, tmp_pat
 
 
 def test_drafter_options_in_specs(tiny, tmp_path):
-    from jetspec.bench import make_drafter, spec_label
+    from jetspec.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 
-    d, reason = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
-    assert reason is None and d.smoothing == 1.0 and d.max_ngram == 4
+    d = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
+    assert d.smoothing == 1.0 and d.max_ngram == 4
     assert spec_label("ngram:smoothing=1+jetspec") == "ngram:smoothing=1+jetspec"
     assert spec_label("mine=runs/x/head+ngram") == "mine+ngram"
     for bad, why in (("ngram:nope=1", "no option"), ("ngram:smoothing", "key=value"),
                      ("ngram:smoothing=x", "not a float"), ("ngram:smoothing=-1", "smoothing")):
-        d, reason = make_drafter(bad, tiny, tmp_path)
-        assert d is None and why in reason, (bad, reason)
+        with pytest.raises(DrafterUnavailable, match=why):
+            make_drafter(bad, tiny, tmp_path)
+    with pytest.raises(ValueError, match="not a registered drafter"):  # DrafterUnavailable is a ValueError
+        make_drafter("nope", tiny, tmp_path)
 
 
 def test_divergence_locates_the_first_differing_token(tiny):

@@ -39,18 +39,23 @@ class Flag:
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The docstring written under each field of a class (and its dataclass bases), from the source."""
+    """The help of each field of a class (and its bases), read from the source: the docstring
+    written under the field, else the ``#`` comment at the end of its line."""
     docs: dict[str, str] = {}
     for klass in reversed([k for k in cls.__mro__ if k is not object]):
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+            source = textwrap.dedent(inspect.getsource(klass))
         except (OSError, TypeError):
             continue
-        body = tree.body[0].body
-        for stmt, nxt in zip(body, body[1:]):
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) \
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+        lines = source.splitlines()
+        body = ast.parse(source).body[0].body
+        for stmt, nxt in zip(body, body[1:] + [None]):
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
                 docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
+            elif "  # " in lines[stmt.end_lineno - 1]:
+                docs[stmt.target.id] = lines[stmt.end_lineno - 1].split("  # ", 1)[1].strip()
     return docs
 
 
@@ -125,11 +130,13 @@ def _strip_optional(annotation):
     return annotation
 
 
-def _argparse_options(flag: Flag) -> dict:
+def _argparse_options(flag: Flag, choices: Optional[tuple] = None) -> dict:
     """``add_argument`` keywords for one flag: type, choices, nargs, default, help."""
     base = _strip_optional(flag.annotation)
     opts: dict[str, Any] = {}
-    if typing.get_origin(base) is typing.Literal:
+    if choices is not None:
+        opts["choices"] = choices
+    elif typing.get_origin(base) is typing.Literal:
         opts["choices"] = typing.get_args(base)
     elif typing.get_origin(base) is tuple:
         opts["type"] = _comma_list(typing.get_args(base)[0] if typing.get_args(base) else str)
@@ -149,24 +156,25 @@ def _argparse_options(flag: Flag) -> dict:
 
 def add_config_flags(parser: argparse.ArgumentParser, source, only: Optional[Iterable[str]] = None,
                      skip: Iterable[str] = (), rename: Optional[dict[str, str]] = None,
-                     defaults: Optional[dict[str, Any]] = None) -> list[str]:
+                     choices: Optional[dict[str, tuple]] = None) -> list[str]:
     """Add one ``--flag`` per field / parameter of ``source``; returns the destination names added.
 
     Args:
         only: add just these names (in this order). skip: names not to add.
-        rename: destination name -> flag name, where a flag's historic name differs (``anchors``).
-        defaults: a default the command overrides for a good reason (say so where it is passed).
+        rename: field name -> flag and destination name, where the flag's historic name differs
+            (``anchors_per_seq`` -> ``--anchors``, read back as ``args.anchors``).
+        choices: field name -> the values argparse accepts (for a field typed ``str``).
     """
-    rename, defaults = rename or {}, defaults or {}
+    rename, choices = rename or {}, choices or {}
     flags = {f.name: f for f in flags_of(source)}
     names = list(only) if only is not None else [n for n in flags if n not in set(skip)]
+    added = []
     for name in names:
-        flag = flags[name]
-        if name in defaults:
-            flag = dataclasses.replace(flag, default=defaults[name])
-        option = "--" + rename.get(name, name).replace("_", "-")
-        parser.add_argument(option, dest=name, **_argparse_options(flag))
-    return names
+        dest = rename.get(name, name)
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
+                            **_argparse_options(flags[name], choices.get(name)))
+        added.append(dest)
+    return added
 
 
 def config_from_args(cls, args: argparse.Namespace, **extra):
