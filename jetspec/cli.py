@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 
@@ -44,12 +45,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_logs() -> None:
+    """Library code logs (``jetspec.*`` loggers) instead of printing; the command line shows it."""
+    logger = logging.getLogger("jetspec")
+    if not logger.handlers:  # main() may run many times in one process (the tests)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
+    _show_library_logs()
     # Denormal floats make CPU matmuls (the lm_head's backward above all) up to ~30x slower;
     # flushing them to zero changes no result that matters here. A process setting, so the entry
     # point makes it, not the library.
