@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             continue
     ids = torch.tensor([chat_ids(tok, prompts[0]["prompt"])])
     depth = min(8, drafter.max_depth or 8)
-    dec = SpeculativeDecoder(model, drafter, BestFirstBuilder(budget=32, width=4, depth=depth))
+    dec = SpeculativeDecoder(model, drafter, BestFirstBuilder(depth=depth))  # the builder's own budget and width
     res = dec.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=eos_ids(tok, model) or None)
     print(f"\n[demo] {name} drafter, prompt: {prompts[0]['prompt']!r}\n")
     print(marked_generation(tok, ids.shape[1], res))
