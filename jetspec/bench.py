@@ -10,7 +10,7 @@ The numbers follow METHOD.md section 6:
 * Two outside anchors run in the same process: ``hf_greedy`` and ``hf_prompt_lookup`` (HF's own
   n-gram speculative decoding). If our ``ar`` is much slower than ``hf_greedy``, the harness, not
   the drafter, is the bottleneck.
-* Every round's time is split into draft / tree build / verify / accept (+ commit), in ms.
+* Every round's time is split into its five stages, draft / tree build / verify / accept / commit, in ms.
 
 Measurement discipline. A shared 2-core machine is noisy (+-20 % run to run), so only ratios taken
 in one run mean anything. Every method therefore runs on the same prompt back to back: the outer
