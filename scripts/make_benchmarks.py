@@ -161,8 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.limit if args.limit is not None else (QUICK["limit"] if args.quick else None)
     max_new = args.max_new_tokens or (QUICK["max_new_tokens"] if args.quick else defaults.max_new_tokens)
     prompts = dev_prompts(Path(args.data), limit)
-    from jetspec.loading import load_target
+    import torch
 
+    from jetspec.loading import load_target
+    from jetspec.threads import choose_threads
+
+    # Process settings are the entry point's to make (run_bench leaves them alone).
+    threads = choose_threads(args.threads) if args.threads is not None else None
+    if threads is not None:
+        torch.set_num_threads(threads.count)
+    torch.set_flush_denormal(True)
     model, tok = load_target(args.target)
     results = {}
     for temp in (float(t) for t in args.temperatures.split(",")):
@@ -170,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                           budgets=args.budgets, node_costs=args.node_costs, temperature=temp, max_new_tokens=max_new,
                           repeats=args.repeats, threads=args.threads, limit=limit,
                           out=str(Path(args.out) / f"t{temp:g}"))
-        results[temp] = run_bench(cfg, model=model, tokenizer=tok, prompts=prompts)
+        results[temp] = run_bench(cfg, model=model, tokenizer=tok, prompts=prompts,
+                                  threads_reason=threads.reason if threads else "torch's default")
     command = "python scripts/make_benchmarks.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     Path(args.write).write_text(render(results, args, command.strip()))
     print(f"wrote {args.write} and {args.out}/")
