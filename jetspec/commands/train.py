@@ -7,8 +7,9 @@ Example::
 
 Writes ``OUT/head`` (``save_pretrained``: config.json + model.safetensors, the head's weights
 only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest)
-and ``OUT/logs`` (CSV or TensorBoard). Every default comes from ``HeadConfig``, ``TrainConfig``
-or ``TokenDataModule``; none is written twice.
+and ``OUT/logs`` (CSV or TensorBoard). Every flag is generated (``jetspec.commands.flags``) from
+``TrainCommand`` below, ``TokenDataModule``, ``HeadConfig`` or ``TrainConfig``, which hold the
+defaults; none is written twice.
 
 A finished run is never overwritten by accident: a non-empty ``--out`` is refused unless the run
 resumes (``--resume``) or ``--overwrite`` replaces it (removing the previous run's ``head``,
