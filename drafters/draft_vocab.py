@@ -103,6 +103,19 @@ class DraftVocabulary(nn.Module):
         self._weight_key = None
         self._weight: Optional[Tensor] = None
         self._packed: Optional[PackedLinear] = None  # self._weight packed for drafting (no autograd)
+        # Loading a state dict copies new ids into the buffer in place: the slice must follow.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.invalidate())
+
+    def invalidate(self) -> None:
+        """Forget the sliced lm_head weight; the next ``logits`` call slices it again.
+
+        Needed only after changing the target's lm_head weight or ``ids`` in place by hand (the
+        target is frozen and loading a state dict already calls this); moving either to another
+        device or dtype, or replacing the tensors, is noticed without it.
+        """
+        self._weight_key = None
+        self._weight = None
+        self._packed = None
 
     @property
     def size(self) -> int:
@@ -122,9 +135,13 @@ class DraftVocabulary(nn.Module):
         return self.inverse().to(target_ids.device)[target_ids.long()]
 
     def logits(self, hidden: Float[Tensor, "... H"], lm_head: nn.Module) -> Float[Tensor, "... Vd"]:
-        """``lm_head`` restricted to the draft vocabulary (its sliced weight is cached, never trained)."""
+        """``lm_head`` restricted to the draft vocabulary (its sliced weight is cached, never trained).
+
+        The cache is keyed on which tensors these are (storage, device, dtype), not on their
+        contents: after an in-place edit of the weight call ``invalidate`` (see there).
+        """
         w = lm_head.weight
-        key = (w.data_ptr(), w._version, w.device, w.dtype, self.ids.data_ptr(), self.ids._version)
+        key = (w.data_ptr(), w.device, w.dtype, self.ids.data_ptr(), self.ids.device)
         if key != self._weight_key:
             # A normal tensor even when first built under inference_mode, so training can reuse it.
             with torch.inference_mode(False):

@@ -13,8 +13,12 @@ from transformers import DynamicCache
 
 
 class CachedLM:
+    """Runs ``model`` under ``torch.no_grad`` without changing it (it must already be in eval mode)."""
+
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval()
+        if model.training:  # dropout would make the drafts random; switching modes is the caller's call
+            raise ValueError("the drafting model is in training mode: call model.eval() first")
+        self.model = model
         self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
         self.cache: DynamicCache | None = None
         self.tokens: list[int] = []  # the tokens whose K/V are in the cache

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
+from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter
 from jetspec.loading import load_target
 from jetspec.precision import RecordingDecoder, compare, markdown_table, plain_trace, summary
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
@@ -60,9 +60,10 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model, tok = load_target("smollm2-135m-instruct", dtype=dtype)
     target = TargetModel(model)  # the default engine
-    head, reason = make_drafter("jetspec", model, DEFAULT_HEAD_DIR)
-    if head is None:
-        raise SystemExit(f"the shipped JetSpec head did not load: {reason}")
+    try:
+        head = make_drafter("jetspec", model, DEFAULT_HEAD_DIR)
+    except DrafterUnavailable as err:
+        raise SystemExit(f"the shipped JetSpec head did not load: {err}") from None
     builder = BestFirstBuilder(budget=args.budget, width=args.width, depth=head.max_depth)
     dec = RecordingDecoder(target, head, builder)
     eos = eos_ids(tok, model)

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from jetspec.kernels import chain_ancestor, full_ancestor, masked_attention, tree_attention
+from jetspec.kernels import chain_ancestor, full_ancestor, masked_attention, pack_ancestor_bits, tree_attention
 
 TREE_TORCH = "jetspec_tree_torch"  # attention implementation names as registered in transformers
 TREE_TRITON = "jetspec_tree_triton"
@@ -92,29 +92,44 @@ def tree_layout(
 
 
 class _LayoutCache:
-    """Remembers the layout of the last mask seen: every layer of one forward gets the same tensor,
-    so the mask is inspected (and the device synchronised) once per forward, not once per layer.
-    With no mask, the chain / all-True ancestor is built once, not once per layer."""
+    """The layout of the mask of the forward under way: every layer of one forward gets the same
+    mask tensor, so it is inspected (and the device synchronised) once per forward, not once per
+    layer, and the ancestor bits the Triton kernel reads are packed once.
+
+    A forward starts at the layer with ``layer_idx == 0``: there the memory is dropped, so a mask
+    edited in place between two forwards is read again. Only the mask's identity (a weak
+    reference) and the call's shapes are compared; no private tensor field is read. A model whose
+    attention modules carry no ``layer_idx`` is not cached (each layer reads the mask itself).
+    """
 
     def __init__(self) -> None:
         self._ref = None  # weak reference to the mask tensor, or None for "no mask"
         self._key = None
-        self._layout = None
+        self._layout: Optional[TreeLayout] = None
+        self._bits: Optional[Tensor] = None
 
     def get(
-        self, mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool, device
+        self, module: torch.nn.Module, mask: Optional[Tensor], q_len: int, kv_len: int, causal: bool, device
     ) -> Optional[TreeLayout]:
-        if mask is not None and mask.is_inference():
-            # Inference-mode tensors have no version counter, so an in-place edit could go unseen.
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
             return tree_layout(mask, q_len, kv_len, causal, device)
-        key = (None if mask is None else mask._version, q_len, kv_len, causal, str(device))
+        key = (q_len, kv_len, causal, str(device))
         same_mask = (mask is None and self._ref is None) or (self._ref is not None and self._ref() is mask)
-        if self._key == key and same_mask:
+        if layer != 0 and self._key == key and same_mask:
             return self._layout
         layout = tree_layout(mask, q_len, kv_len, causal, device)
         self._ref = None if mask is None else weakref.ref(mask)
-        self._key, self._layout = key, layout
+        self._key, self._layout, self._bits = key, layout, None
         return layout
+
+    def bits(self, layout: TreeLayout, device) -> Tensor:
+        """``pack_ancestor_bits`` of the current layout's ancestor, packed once per forward."""
+        if layout is not self._layout:  # a layout this cache does not hold (a model without layer_idx)
+            return pack_ancestor_bits(layout.ancestor.to(device))
+        if self._bits is None:
+            self._bits = pack_ancestor_bits(layout.ancestor.to(device))
+        return self._bits
 
 
 _layouts = _LayoutCache()
@@ -144,10 +159,11 @@ def tree_attention_forward(
                              "use 'sdpa' or 'eager'")
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = getattr(module, "is_causal", True)
-    layout = _layouts.get(attention_mask, q_len, kv_len, causal, query.device)
+    layout = _layouts.get(module, attention_mask, q_len, kv_len, causal, query.device)
     if layout is not None:
         k, v = key[:, :, : layout.kv_len], value[:, :, : layout.kv_len]
-        out = tree_attention(query, k, v, layout.ancestor, scale=scaling, backend=backend)
+        bits = _layouts.bits(layout, query.device) if backend == "triton" else None
+        out = tree_attention(query, k, v, layout.ancestor, scale=scaling, backend=backend, ancestor_bits=bits)
     else:
         out = masked_attention(query, key, value, attention_mask, scaling)  # any other mask: exact fallback
     return out.transpose(1, 2).contiguous(), None  # (B, N, h, K), as the attention modules expect

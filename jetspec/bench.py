@@ -10,7 +10,7 @@ The numbers follow docs/design.md §7:
 * Two outside anchors run in the same process: ``hf_greedy`` and ``hf_prompt_lookup`` (HF's own
   n-gram speculative decoding). If our ``ar`` is much slower than ``hf_greedy``, the harness, not
   the drafter, is the bottleneck.
-* Every round's time is split into draft / tree build / verify / accept (+ commit), in ms.
+* Every round's time is split into its five stages, draft / tree build / verify / accept / commit, in ms.
 
 Measurement discipline. A shared 2-core machine is noisy (+-20 % run to run), so only ratios taken
 in one run mean anything. Every method therefore runs on the same prompt back to back: the outer
@@ -24,14 +24,14 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
 ``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
-``jetspec.plots`` writes these files and draws the PNGs.
+``jetspec.report`` writes these files (``jetspec.plots`` draws the PNGs).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
+import logging
 import os
 import platform
 import time
@@ -44,14 +44,15 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
-from jetspec.drafters.head_files import read_config
+from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
-from jetspec.plots import write_outputs
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
+from jetspec.report import write_outputs
 from jetspec.target import TargetModel
 from jetspec.threads import choose_threads
 
-DEFAULT_HEAD_DIR = Path(__file__).parent / "assets" / "heads"
+__all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergence", "run_bench", "spec_label"]
+log = logging.getLogger(__name__)
 
 
 def _csv(kind):
@@ -103,7 +104,7 @@ class BenchConfig:
     """Seed of sampling (temperature > 0) and of the method order per prompt."""
     threads: Optional[str] = None
     """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py);
-    default: torch's choice."""
+    default: torch's choice. Set by the jetspec bench command; run_bench itself leaves threads alone."""
     out: str = "runs/bench"
     """Output folder for results.json, results.md, runs.jsonl and the plots."""
     plots: bool = True
@@ -224,92 +225,6 @@ class Method:
         return self.drafter if self.budget is None else f"{self.drafter}@{self.budget}"
 
 
-def make_drafter(name: str, model, head_dir: Path, subdir: Optional[str] = None):
-    """``(drafter, None)`` or ``(None, reason it cannot run here)``.
-
-    Learned heads (classes with ``from_pretrained``) load from ``head_dir/<name>`` (or
-    ``head_dir/<subdir>``); ``label=folder`` loads whatever head ``folder`` holds. Other drafters
-    are built from their constructor, which may only ask for ``target`` and ``vocab_size``;
-    ``name:key=value:key=value`` sets constructor options (``ngram:smoothing=1``).
-    """
-    if "+" in name:
-        # "jetspec+ngram": one tree from several drafters under one budget (CompositeDrafter)
-        from jetspec.drafters.composite import CompositeDrafter
-
-        members = []
-        for part in name.split("+"):
-            drafter, reason = make_drafter(part, model, head_dir)
-            if drafter is None:
-                return None, f"member '{part}': {reason}"
-            members.append(drafter)
-        return CompositeDrafter(members), None
-    if ":" in name and name.split(":", 1)[0] in DRAFTERS:
-        base, *opts = name.split(":")
-        try:
-            options = dict(o.split("=", 1) for o in opts)
-        except ValueError:
-            return None, f"options are key=value after ':' (e.g. ngram:smoothing=1), got '{name}'"
-        return _build(DRAFTERS[base], model, options)
-    if "=" in name:
-        # "label=folder": a head saved anywhere (an ablation run, say), labelled in the results
-        label, folder = name.split("=", 1)
-        if not (Path(folder) / "config.json").is_file():
-            return None, f"{label}: no saved head at {folder}"
-        try:
-            kind = read_config(folder).get("head")
-        except (OSError, ValueError) as err:
-            return None, f"{label}: {err}"
-        if kind not in DRAFTERS or not hasattr(DRAFTERS[kind], "from_pretrained"):
-            return None, f"{label}: {folder} holds no loadable head ('{kind}')"
-        return make_drafter(kind, model, Path(folder).parent, Path(folder).name)
-    if name not in DRAFTERS:
-        return None, f"not a registered drafter (known: {', '.join(sorted(DRAFTERS))})"
-    cls = DRAFTERS[name]
-    if hasattr(cls, "from_pretrained"):
-        folder = head_dir / (subdir or name)
-        if not folder.is_dir():
-            return None, f"no trained head at {folder}"
-        try:
-            return cls.from_pretrained(folder, target=model), None
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            return None, f"could not load {folder}: {err}"
-    return _build(cls, model, {})
-
-
-def _build(cls, model, options: dict[str, str]):
-    """A non-learned drafter from its constructor: target / vocab_size supplied, options parsed by
-    the type of each parameter's default."""
-    supplied = {"target": model, "vocab_size": model.get_output_embeddings().weight.shape[0]}
-    params = dict(list(inspect.signature(cls.__init__).parameters.items())[1:])
-    unknown = set(options) - set(params)
-    if unknown:
-        return None, f"{cls.__name__} has no option(s) {sorted(unknown)}"
-    kwargs = {}
-    for pname, p in params.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if pname in options:
-            kind = type(p.default) if p.default not in (p.empty, None) else str
-            try:
-                kwargs[pname] = (options[pname].lower() in ("1", "true", "yes")) if kind is bool \
-                    else kind(options[pname])
-            except ValueError:
-                return None, f"option {pname}={options[pname]!r} is not a {kind.__name__}"
-        elif pname in supplied:
-            kwargs[pname] = supplied[pname]
-        elif p.default is p.empty:
-            return None, f"needs a '{pname}' argument the bench cannot supply; use the Python API"
-    try:
-        return cls(**kwargs), None
-    except ValueError as err:
-        return None, str(err)
-
-
-def spec_label(spec: str) -> str:
-    """How a drafter spec is named in results: 'label=folder' -> label; options stay visible."""
-    return "+".join(part if ":" in part else part.split("=", 1)[0] for part in spec.split("+"))
-
-
 def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method], list[dict]]:
     """The methods to time, and the drafters skipped (with the reason)."""
     target = TargetModel(model)
@@ -322,9 +237,10 @@ def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method]
     for name in cfg.drafters:
         if name in ANCHORS:
             continue
-        drafter, reason = make_drafter(name, model, head_dir)
-        if drafter is None:
-            skipped.append({"drafter": name, "reason": reason})
+        try:
+            drafter = make_drafter(name, model, head_dir)
+        except DrafterUnavailable as err:  # depends on the machine (a head not trained here): a skip
+            skipped.append({"drafter": name, "reason": str(err)})
             continue
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         budgets = [depth] if cfg.tree == "chain" else list(cfg.budgets)
@@ -385,16 +301,18 @@ def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos
     clock = _EmissionClock()
     kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos or [0])[0],
                   streamer=clock, top_k=None, top_p=None)
+    if m.drafter == "hf_prompt_lookup":
+        kwargs["prompt_lookup_num_tokens"] = m.budget
     if cfg.temperature > 0:
-        torch.manual_seed(seed)
         kwargs.update(do_sample=True, temperature=cfg.temperature)
     else:
         kwargs.update(do_sample=False, temperature=None)
-    if m.drafter == "hf_prompt_lookup":
-        kwargs["prompt_lookup_num_tokens"] = m.budget
-    t0 = time.perf_counter()
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kwargs)
-    total = time.perf_counter() - t0
+    # HF generate samples from the global RNG only: seed a fork of it, so the caller's state is kept.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+        total = time.perf_counter() - t0
     new = out[0, prompt.shape[1]:].tolist()
     steps = clock.emissions[1:]  # the first put() is the prompt itself
     first_t, first_n = steps[0] if steps else (clock.end_time, 0)
@@ -405,7 +323,8 @@ def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos
 
 
 def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
-              prompts: Optional[list[dict]] = None, progress: bool = True, **overrides) -> dict:
+              prompts: Optional[list[dict]] = None, progress: bool = True,
+              threads_reason: Optional[str] = None, **overrides) -> dict:
     """Run the benchmark and write its files; returns the ``results.json`` content.
 
     Args:
@@ -414,19 +333,17 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         prompts: rows ``{"prompt": str | list[int], "set": str}`` (else ``config.prompts`` or the
             built-in prompts). Token-id prompts are used as they are (no chat template).
         progress: show a tqdm bar.
+        threads_reason: how the caller chose the process's torch threads (recorded in ``machine``).
+
+    Process settings (torch threads, denormal flushing, the global RNG) are left as the caller
+    made them: ``jetspec bench`` and ``jetspec demo`` set threads and denormal flushing before
+    calling this; seeds come from ``config.seed``. A given ``model`` must be in eval mode.
     """
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
-    threads = None
-    if cfg.threads is not None:
-        threads = choose_threads(cfg.threads)
-        torch.set_num_threads(threads.count)
-    # Denormal floats make some CPU matmuls many times slower; flushing them is standard for inference.
-    torch.set_flush_denormal(True)
     if model is None:
         from jetspec.loading import load_target
 
         model, tokenizer = load_target(cfg.target)
-    model.eval()
     if prompts is None:
         prompts = read_prompts(cfg.prompts) if cfg.prompts else builtin_prompts()
     rows_in = encode_prompts(_limit_per_set(prompts, cfg.limit), tokenizer)
@@ -435,9 +352,9 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     head_dir = Path(cfg.head_dir) if cfg.head_dir else DEFAULT_HEAD_DIR
     methods, skipped = build_methods(cfg, model, head_dir)
     for reason in skipped:
-        print(f"[bench] skipped {reason['drafter']}: {reason['reason']}", flush=True)
+        log.warning("skipped %s: %s", reason["drafter"], reason["reason"])
     machine = machine_info()
-    machine["threads_choice"] = threads.reason if threads else "torch's default"
+    machine["threads_choice"] = threads_reason or "as the caller set them"
     shared = methods[0].target  # ar's wrapper, which every jetspec method shares
     machine["engine"] = shared.engine + (f", products: {shared.linear_backend}" if shared.linear_backend else "")
 
@@ -523,7 +440,7 @@ def _summarize(group: list[dict]) -> dict:
     decode_s = sum(r["decode_s"] for r in group)
     total_s = sum(r["total_s"] for r in group)
     per_round = {}
-    for stage in ("draft", "tree", "verify", "accept"):
+    for stage in STAGES:
         secs = [r["stages"].get(stage) for r in group]
         per_round[f"{stage}_ms"] = (None if any(s is None for s in secs)
                                     else round(1000 * sum(secs) / max(rounds, 1), 3))

@@ -31,7 +31,7 @@ MAIN_COLUMNS = [("drafter", "method"), ("tree", "tree"), ("budget", "budget"), (
                 ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x HF"),
                 ("draft_forwards_per_round", "draft fwd/round"),
                 ("draft_ms", "draft ms"), ("tree_ms", "tree ms"), ("verify_ms", "verify ms"),
-                ("accept_ms", "accept ms"), ("matches_ar", "= ar")]
+                ("accept_ms", "accept ms"), ("commit_ms", "commit ms"), ("matches_ar", "= ar")]
 
 
 @dataclass
@@ -121,14 +121,19 @@ def dev_prompts(data: Path, limit: Optional[int]) -> list[dict]:
     return rows
 
 
-def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[list[dict]] = None
-                   ) -> dict[float, dict]:
-    """One ``run_bench`` per temperature on ``prompts`` (default: the dev prompts); {temperature: results}."""
+def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[list[dict]] = None,
+                   threads_reason: str = "torch's default") -> dict[float, dict]:
+    """One ``run_bench`` per temperature on ``prompts`` (default: the dev prompts); {temperature: results}.
+
+    Thread count and denormal flushing are the caller's (the command sets them); ``threads_reason``
+    says how the count was chosen, for the report.
+    """
     from jetspec.bench import run_bench
 
     if prompts is None:
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())
-    return {t: run_bench(cfg.bench_config(t), model=model, tokenizer=tokenizer, prompts=prompts)
+    return {t: run_bench(cfg.bench_config(t), model=model, tokenizer=tokenizer, prompts=prompts,
+                         threads_reason=threads_reason)
             for t in cfg.temperature_list}
 
 
@@ -195,7 +200,7 @@ def _setup(first: dict, cfg: BenchmarksConfig) -> list[str]:
 
 def _temperature_section(temp: float, res: dict) -> list[str]:
     """One temperature's tables, divergences, skipped methods and where its raw files are."""
-    from jetspec.plots import divergence_note, markdown_table
+    from jetspec.report import divergence_note, markdown_table
 
     title = "Greedy (temperature 0)" if temp == 0 else f"Sampling (temperature {temp:g})"
     rows = res["rows"]

@@ -11,6 +11,7 @@ survives ``--resume`` (the file is appended to, the counters are saved in the ch
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +19,8 @@ from typing import Optional, Sequence
 import lightning as L
 
 from jetspec.replay import Reference, as_references, reference_taps, replay
+
+log = logging.getLogger(__name__)
 
 
 class TauCurve(L.Callback):
@@ -122,7 +125,7 @@ class TauCurve(L.Callback):
             with self.out_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         shown = ["step", "tokens_seen", "wall_s"] + [f"tau_b{b}" for b in budgets] + ["eval_s"]
-        print("tau curve: " + ", ".join(f"{k}={row[k]}" for k in shown), flush=True)
+        log.info("tau curve: %s", ", ".join(f"{k}={row[k]}" for k in shown))
         return row
 
 

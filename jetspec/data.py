@@ -373,8 +373,16 @@ def sample_continuations(model, prompts: Sequence[Sequence[int]], max_new_tokens
 
     Prompts of equal length are batched together, so no padding is needed; temperature 0 is greedy.
     A row ends after the model's first end-of-sequence token (later columns are batch filler).
+    ``seed`` seeds a fork of torch's global RNG (HF ``generate`` samples from it), so the caller's
+    RNG state is the same afterwards.
     """
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _continuations(model, prompts, max_new_tokens, temperature, batch_size)
+
+
+def _continuations(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+                   batch_size: int) -> list[dict]:
     eos = model.generation_config.eos_token_id
     eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     rows: dict[int, dict] = {}

@@ -25,7 +25,7 @@ from jetspec.sampling import SamplingConfig, TorchRng, process_logits
 from jetspec.target import TargetModel, as_target
 from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
-STAGES = ("draft", "tree", "verify", "accept")
+STAGES = ("draft", "tree", "verify", "accept", "commit")
 
 
 @dataclass
@@ -165,7 +165,19 @@ class SpeculativeDecoder:
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  eos_token_id: Optional[int | list[int]] = None,
                  generator: Optional[torch.Generator] = None) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T]."""
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T].
+
+        Args:
+            input_ids: the prompt, [1, T] or [T].
+            max_new_tokens: new tokens at most (fewer if an EOS id is committed).
+            temperature: 0 = greedy; > 0 samples, verified losslessly.
+            top_k: sample only among the k most likely tokens (None: all).
+            top_p: sample only from the smallest set with this much probability (None: all).
+            eos_token_id: stop after committing this id (or any of these ids).
+            generator: the random source of sampling (None: torch's global one).
+
+        The target is reset afterwards, also when a stage raises.
+        """
         cfg = SamplingConfig(temperature, top_k, top_p)
         input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         verifier = self._verifier_for(cfg)
@@ -175,7 +187,19 @@ class SpeculativeDecoder:
         timer = _Timer(res.timings)
 
         self.target.set_taps(self.drafter.tap_layers)
-        tokens = input_ids[0].cpu()
+        try:  # an exception anywhere (a drafter's, say) must not leave a stale cache behind
+            tokens = self._rounds(input_ids[0].cpu(), max_new_tokens, cfg, verifier, rng, eos, res, timer)
+        finally:
+            self.target.reset()
+        res.sequences = tokens[None]
+        return res
+
+    def _rounds(self, tokens: Tensor, max_new_tokens: int, cfg: SamplingConfig, verifier: Verifier, rng,
+                eos: set[int], res: GenerationResult, timer: "_Timer") -> Tensor:
+        """Prefill, then run rounds until ``max_new_tokens`` or EOS; returns prompt + new tokens.
+
+        Fills ``res``'s per-round records and timings; the caller resets the target afterwards.
+        """
         with timer("prefill"):
             taps = self.target.prefill(tokens)
         out: list[int] = []
@@ -189,6 +213,7 @@ class SpeculativeDecoder:
                 tout = self.verify(tree)
             with timer("accept"):
                 acc = self.accept(verifier, tree, tout.logits, cfg, rng)
+            with timer("commit"):
                 new_taps = self.commit(tree, acc, tout.taps)
                 new = _truncate(acc.tokens, max_new_tokens - len(out), eos)
                 out.extend(new)
@@ -203,9 +228,7 @@ class SpeculativeDecoder:
             round_index += 1
             if eos and new and new[-1] in eos:
                 break
-        self.target.reset()
-        res.sequences = tokens[None]
-        return res
+        return tokens
 
 
 def _eos_set(eos_token_id) -> set[int]:
@@ -259,21 +282,21 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     timer = _Timer(res.timings)
     tgt.set_taps(())
     tokens = input_ids[0].cpu().tolist()
-    with timer("prefill"):
-        tgt.prefill(input_ids[0].cpu())
-    for _ in range(max_new_tokens):
-        with timer("verify"):
-            logits = tgt.step(tokens[-1])
-        with timer("accept"):
-            if cfg.greedy:
-                nxt = int(logits.argmax())
-            else:
-                nxt = rng.categorical(process_logits(logits, cfg))
-        tokens.append(nxt)
-        res.accepted_lengths.append(1)
-        res.draft_forwards.append(0)
-        if nxt in eos:
-            break
-    tgt.reset()
+    try:
+        with timer("prefill"):
+            tgt.prefill(input_ids[0].cpu())
+        for _ in range(max_new_tokens):
+            with timer("verify"):
+                logits = tgt.step(tokens[-1])
+            with timer("accept"):
+                nxt = int(logits.argmax()) if cfg.greedy else rng.categorical(process_logits(logits, cfg))
+            with timer("commit"):  # the step already cached the token; commit is only the bookkeeping
+                tokens.append(nxt)
+                res.accepted_lengths.append(1)
+                res.draft_forwards.append(0)
+            if nxt in eos:
+                break
+    finally:
+        tgt.reset()
     res.sequences = torch.tensor(tokens, dtype=torch.long)[None]
     return res

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import time
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,11 +158,11 @@ def ensure_builtin(name: str, cache_dir: Optional[str | os.PathLike] = None) -> 
     if all((folder / f).is_file() for f in _CACHE_MARKERS):
         return folder
     package_folder = builtin_package_folder(name)
-    print(f"[jetspec] first use of '{name}': dequantizing {BUILTIN_TARGETS[name].gguf_file} to fp32 "
-          f"into {folder} (once, ~30 s)", flush=True)
+    log.warning("first use of '%s': dequantizing %s to fp32 into %s (once, ~30 s)",
+                name, BUILTIN_TARGETS[name].gguf_file, folder)
     t0 = time.perf_counter()
     _convert_gguf(package_folder, BUILTIN_TARGETS[name].gguf_file, folder)
-    print(f"[jetspec] cached '{name}' in {time.perf_counter() - t0:.0f} s", flush=True)
+    log.warning("cached '%s' in %.0f s", name, time.perf_counter() - t0)
     return folder
 
 

@@ -212,7 +212,8 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _trim_partial_line(out_path)
     todo = pending_rows(rows, out_path)
-    model.eval()
+    if model.training:  # the caller's module is not switched behind its back
+        raise ValueError("the target is in training mode (dropout would change its answers): call model.eval()")
     stats = {"rows_written": 0, "rows_skipped": len(rows) - len(todo), "new_tokens": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, unit="row", desc="regenerate", dynamic_ncols=True)

@@ -147,7 +147,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
 
     Taps are captured once per set of tap layers and shared by the drafters that read them.
     """
-    from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter, spec_label
+    from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
     from jetspec.replay import reference_taps, replay
     from jetspec.trees import BestFirstBuilder
 
@@ -156,10 +156,11 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
     taps_by_layers: dict = {}
     rows, skipped = [], []
     for spec in cfg.specs():
-        drafter, reason = make_drafter(spec, model, head_dir)
-        if drafter is None:
-            skipped.append(f"{spec}: {reason}")
-            log.info("skip %s: %s", spec, reason)
+        try:
+            drafter = make_drafter(spec, model, head_dir)
+        except DrafterUnavailable as err:
+            skipped.append(f"{spec}: {err}")
+            log.info("skip %s: %s", spec, err)
             continue
         taps = None
         if drafter.tap_layers:

@@ -59,14 +59,24 @@ class TargetModel:
     """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1)."""
 
     def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None,
-                 min_rows: Optional[int] = None, engine: str = "auto", linear_backend: str = "auto") -> None:
+                 min_rows: Optional[int] = None, engine: str = "auto", linear_backend: str = "auto",
+                 freeze: bool = False) -> None:
         """``engine``: ``"auto"``, ``"fast"`` or ``"hf"`` (module docstring); ``linear_backend``: how the
-        fast engine runs its products (``jetspec.kernels.PackedLinear``)."""
+        fast engine runs its products (``jetspec.kernels.PackedLinear``).
+
+        The wrapper leaves the caller's module as it is: every forward runs under ``torch.no_grad``,
+        so the parameters' ``requires_grad`` does not matter. The model must be in eval mode
+        (dropout would change the logits verification compares); ``freeze=True`` puts it there and
+        turns its gradients off, an explicit change to the caller's module.
+        """
         if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
             raise TypeError("target must be a Hugging Face causal LM (a PreTrainedModel with an lm_head)")
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        if freeze:
+            model.eval().requires_grad_(False)
+        elif model.training:
+            raise ValueError("the target is in training mode (dropout would change its logits): call "
+                             "model.eval() first, or pass freeze=True to let TargetModel do it")
+        self.model = model
         self.config = model.config
         self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
         self.hidden_size: int = self.config.hidden_size
@@ -255,12 +265,16 @@ def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, devic
 
 
 def as_target(target, attn_backend: Optional[str] = None) -> TargetModel:
-    """Accept a ``TargetModel`` or wrap a Hugging Face model."""
+    """Accept a ``TargetModel`` or wrap a Hugging Face model.
+
+    A ``TargetModel`` is returned as it is, never changed: asking it for another ``attn_backend``
+    than its own is refused (build the wrapper with the backend you want).
+    """
     if isinstance(target, TargetModel):
-        if attn_backend is not None:
-            if target.engine == "fast" and attn_backend != "sdpa":
-                raise ValueError(f"attn_backend={attn_backend!r} needs a TargetModel with engine='hf'; this one "
-                                 "runs the fast engine (TargetModel(model, attn_backend=..., engine='hf'))")
-            target.attn_backend = attn_backend
+        if attn_backend is not None and attn_backend != target.attn_backend:
+            engine = ", engine='hf'" if attn_backend not in ("sdpa", "eager") else ""
+            raise ValueError(f"attn_backend={attn_backend!r} needs a TargetModel with engine='hf' built for it: "
+                             f"pass TargetModel(model, attn_backend={attn_backend!r}{engine}); as_target never "
+                             f"changes the backend ({target.attn_backend!r}) of a wrapper it is given")
         return target
     return TargetModel(target, attn_backend=attn_backend)

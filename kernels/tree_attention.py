@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from typing import Optional
 
 import torch
@@ -74,23 +73,6 @@ def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
     # shifts right arithmetically and keeps only the lowest bit, so the sign never matters.
     packed = torch.where(packed >= 2**31, packed - 2**32, packed)
     return packed.to(torch.int32).contiguous()
-
-
-_last_bits: list = [None, None, None]  # [weak ref to an ancestor mask, its key, its packed bits]
-
-
-def _packed_bits(ancestor: Tensor, device: torch.device) -> Tensor:
-    """``pack_ancestor_bits`` with a one-entry memory: the layers of one verify forward all pass the
-    same ancestor tensor, and packing it once instead of L times saves L - 1 rounds of small ops."""
-    if ancestor.is_inference():  # no version counter: an in-place edit could go unseen, so no memory
-        return pack_ancestor_bits(ancestor.to(device))
-    key = (ancestor._version, str(device))
-    ref, last_key, bits = _last_bits
-    if ref is not None and ref() is ancestor and last_key == key:
-        return bits
-    bits = pack_ancestor_bits(ancestor.to(device))
-    _last_bits[:] = [weakref.ref(ancestor), key, bits]
-    return bits
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -268,12 +250,15 @@ def tree_attention_triton(
     block_m: Optional[int] = None,
     block_n: Optional[int] = None,
     num_splits: Optional[int] = None,
+    ancestor_bits: Optional[Int[Tensor, "N W"]] = None,
 ) -> Float[Tensor, "B h N K"]:
     """Launch the Triton kernel (arguments as in ``tree_attention``).
 
     Extra keyword arguments, for tests and tuning: ``out`` an output buffer of q's shape and dtype
     (any strides) to write into; ``block_m`` / ``block_n`` tile sizes (powers of two, >= 16);
-    ``num_splits`` how many slices to cut the prefix into (default: chosen from the SM count).
+    ``num_splits`` how many slices to cut the prefix into (default: chosen from the SM count);
+    ``ancestor_bits`` = ``pack_ancestor_bits(ancestor)`` on q's device, packed once by a caller
+    that runs many layers over one tree (``jetspec.attention`` does, once per forward).
     """
     check_tree_attention_args(q, k, v, ancestor)
     if q.dtype not in TRITON_DTYPES:
@@ -298,7 +283,7 @@ def tree_attention_triton(
     kv_heads = k.shape[1]
     group = heads // kv_heads
     prefix_len = k.shape[2] - n
-    bits = _packed_bits(ancestor, q.device)
+    bits = pack_ancestor_bits(ancestor.to(q.device)) if ancestor_bits is None else ancestor_bits
     block_d = max(16, _next_power_of_2(head_dim))
     auto_m, auto_n, num_warps = _launch_config(group * n, block_d, interpret)
     block_m, block_n = block_m or auto_m, block_n or auto_n
@@ -370,6 +355,7 @@ def tree_attention(
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     backend: str = "auto",
+    ancestor_bits: Optional[Int[Tensor, "N W"]] = None,
 ) -> Float[Tensor, "B h N K"]:
     """Attention of N tree nodes over a cached prefix and their own ancestors.
 
@@ -383,6 +369,8 @@ def tree_attention(
         backend: ``"torch"`` (the reference), ``"triton"`` (the kernel; CUDA tensors, or CPU
             tensors under ``TRITON_INTERPRET=1``) or ``"auto"`` (triton for CUDA tensors when
             triton is installed and the dtype/head dim fit, torch otherwise).
+        ancestor_bits: ``pack_ancestor_bits(ancestor)`` on q's device, when the caller packed it
+            once for many calls over the same tree (the Triton backend only; else packed here).
 
     Returns:
         ``[B, h, N, K]`` in q's dtype: key j is visible to query i iff ``j < P`` or
@@ -401,7 +389,7 @@ def tree_attention(
     if backend == "torch":
         return tree_attention_reference(q, k, v, ancestor, scale)
     if backend == "triton":
-        return tree_attention_triton(q, k, v, ancestor, scale)
+        return tree_attention_triton(q, k, v, ancestor, scale, ancestor_bits=ancestor_bits)
     raise ValueError(f"backend must be 'torch', 'triton' or 'auto', got {backend!r}")
 
 

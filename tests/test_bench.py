@@ -21,7 +21,7 @@ from jetspec.prompts import write_jsonl
 
 ROW_FIELDS = {"drafter", "tree", "budget", "temperature", "prompt_set", "tau", "tokens_per_s",
               "tokens_per_s_e2e", "speedup_vs_ar", "speedup_vs_hf", "draft_forwards_per_round", "draft_ms",
-              "tree_ms", "verify_ms", "accept_ms", "depth_acceptance", "n_prompts", "new_tokens",
+              "tree_ms", "verify_ms", "accept_ms", "commit_ms", "depth_acceptance", "n_prompts", "new_tokens",
               "matches_ar"}
 # Prompts with repeated n-grams, so prompt lookup has something to find.
 PROMPTS = [{"prompt": [1, 5, 6, 7, 5, 6, 7, 5, 6, 9, 10, 5], "set": "rep"},
@@ -41,7 +41,8 @@ def test_schema_baselines_and_files(tiny, tmp_path):
     assert set(res) == {"machine", "config", "skipped", "divergences", "rows"}
     assert res["divergences"] == []  # float64 target: no near-ties
     assert {"cpu", "logical_cores", "torch", "threads"} <= set(res["machine"])
-    assert res["machine"]["threads"] == 1
+    # run_bench leaves the process's threads alone (the command sets them) and records them.
+    assert res["machine"]["threads"] == torch.get_num_threads()
     rows = res["rows"]
     for r in rows:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
@@ -85,16 +86,18 @@ def test_cost_aware_trees_are_benchmarked_beside_full_budget_trees(tiny, tmp_pat
 
 
 def test_drafter_options_in_specs(tiny, tmp_path):
-    from jetspec.bench import make_drafter, spec_label
+    from jetspec.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 
-    d, reason = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
-    assert reason is None and d.smoothing == 1.0 and d.max_ngram == 4
+    d = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
+    assert d.smoothing == 1.0 and d.max_ngram == 4
     assert spec_label("ngram:smoothing=1+jetspec") == "ngram:smoothing=1+jetspec"
     assert spec_label("mine=runs/x/head+ngram") == "mine+ngram"
     for bad, why in (("ngram:nope=1", "no option"), ("ngram:smoothing", "key=value"),
                      ("ngram:smoothing=x", "not a float"), ("ngram:smoothing=-1", "smoothing")):
-        d, reason = make_drafter(bad, tiny, tmp_path)
-        assert d is None and why in reason, (bad, reason)
+        with pytest.raises(DrafterUnavailable, match=why):
+            make_drafter(bad, tiny, tmp_path)
+    with pytest.raises(ValueError, match="not a registered drafter"):  # DrafterUnavailable is a ValueError
+        make_drafter("nope", tiny, tmp_path)
 
 
 def test_divergence_locates_the_first_differing_token(tiny):
@@ -156,7 +159,7 @@ def test_a_head_folder_can_be_named_and_labelled(tiny, tmp_path):
 def test_cli_flags_come_from_the_config(tiny, tmp_path):
     parser = build_parser()
     args = parser.parse_args(["bench"])
-    assert args.budgets == "8,16,32,64" and args.target == "smollm2-135m-instruct" and args.hf is True
+    assert args.budgets == (8, 16, 32, 64) and args.target == "smollm2-135m-instruct" and args.hf is True
     assert BenchConfig(**{k: v for k, v in vars(args).items() if k in BenchConfig.__dataclass_fields__}) \
         == BenchConfig()
     help_text = parser._subparsers._group_actions[0].choices["bench"].format_help()

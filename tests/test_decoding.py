@@ -173,11 +173,42 @@ def test_padding_small_trees_changes_no_logit(qwen64, num_nodes):
 def test_timings_and_round_records(llama64):
     res = SpeculativeDecoder(llama64, NGramDrafter(), BestFirstBuilder(8, 2, 4)).generate(
         repetitive_prompt(8, 16), max_new_tokens=12)
-    assert set(res.timings) == {"prefill", "draft", "tree", "verify", "accept"}
+    assert set(res.timings) == {"prefill", "draft", "tree", "verify", "accept", "commit"}
     assert all(v >= 0 for v in res.timings.values())
     n = len(res.accepted_lengths)
     assert len(res.tree_sizes) == len(res.draft_forwards) == len(res.accepted_depths) == n
     assert all(0 <= r <= 1 for r in res.depth_acceptance())
+
+
+def test_commit_is_its_own_stage(llama64):
+    from jetspec.decoding import STAGES
+
+    assert STAGES == ("draft", "tree", "verify", "accept", "commit")
+    res = autoregressive_generate(llama64, repetitive_prompt(3, 8), max_new_tokens=4)
+    assert "commit" in res.timings
+
+
+class _FailingDrafter(NGramDrafter):
+    """Raises in its second round, after the target cache holds the prompt and one round."""
+
+    def draft(self, inp):
+        if inp.round_index == 1:
+            raise RuntimeError("drafter failed")
+        return super().draft(inp)
+
+
+def test_a_drafter_that_raises_leaves_the_target_reset(llama64):
+    from jetspec.target import TargetModel
+
+    target = TargetModel(llama64)
+    dec = SpeculativeDecoder(target, _FailingDrafter(), BestFirstBuilder(8, 2, 4))
+    with pytest.raises(RuntimeError, match="drafter failed"):
+        dec.generate(repetitive_prompt(8, 16), max_new_tokens=12)
+    assert target.cache_length == 0 and target.cache is None
+    # The same decoder generates afterwards exactly like a fresh one.
+    ids = repetitive_prompt(9, 16)
+    again = SpeculativeDecoder(target, NGramDrafter(), BestFirstBuilder(8, 2, 4)).generate(ids, max_new_tokens=8)
+    assert torch.equal(again.sequences, autoregressive_generate(llama64, ids, 8).sequences)
 
 
 # --------------------------------------------------------------------------- bad input

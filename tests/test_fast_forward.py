@@ -139,6 +139,22 @@ def test_attention_backends_select_the_hugging_face_engine():
         TargetModel(model, attn_backend="torch", engine="fast")
     with pytest.raises(ValueError, match="needs a TargetModel with engine='hf'"):
         SpeculativeDecoder(TargetModel(model), NGramDrafter(), attn_backend="torch")
+    hf = TargetModel(model, engine="hf")
+    with pytest.raises(ValueError, match="needs a TargetModel with engine='hf'"):
+        SpeculativeDecoder(hf, NGramDrafter(), attn_backend="torch")
+    assert hf.attn_backend is None  # the caller's wrapper is left as it was
+
+
+def test_target_model_leaves_the_callers_module_alone():
+    model = tiny_model("llama", seed=7, dtype=torch.float32)
+    grads = [p.requires_grad for p in model.parameters()]
+    TargetModel(model)
+    assert [p.requires_grad for p in model.parameters()] == grads and not model.training
+    model.train()
+    with pytest.raises(ValueError, match="training mode"):
+        TargetModel(model)
+    TargetModel(model, freeze=True)  # explicit: eval mode, gradients off
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
 def test_packed_weights_are_reused_until_the_weights_change():

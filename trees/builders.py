@@ -35,6 +35,14 @@ class BestFirstBuilder(TreeBuilder):
     """Best-first growth on accumulated log-prob with up to ``width`` children per node."""
 
     def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, node_cost: float = 0.0) -> None:
+        """
+        Args:
+            budget: drafted nodes per round, root excluded.
+            width: candidates per node the tree may take as children.
+            depth: deepest tree level (clamped to what the drafter can produce).
+            node_cost: verify cost per drafted node in plain steps: the tree stops growing where a
+                node would not pay (0 = spend the whole budget; ``jetspec roofline`` measures it).
+        """
         check_shape_args(budget, width, depth)
         check_node_cost(node_cost)
         self.budget, self.width, self.depth, self.node_cost = budget, width, depth, node_cost

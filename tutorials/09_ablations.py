@@ -46,9 +46,9 @@ for name, make in configs.items():
     same = torch.equal(res.sequences, reference.sequences)
     t = res.timings
     rows.append((name, res.tau, res.num_new_tokens / res.decode_seconds, same,
-                 *(1000 * t[s] / len(res.accepted_lengths) for s in ("draft", "tree", "verify", "accept"))))
+                 *(1000 * t[s] / len(res.accepted_lengths) for s in ("draft", "tree", "verify", "accept", "commit"))))
 
-print(f"{'configuration':30s} {'tau':>5s} {'tok/s':>6s} {'=plain':>6s} | ms/round: draft  tree verify accept")
+print(f"{'configuration':30s} {'tau':>5s} {'tok/s':>6s} {'=plain':>6s} | ms/round: draft  tree verify accept commit")
 for name, tau, tps, same, *split in rows:
     print(f"{name:30s} {tau:5.2f} {tps:6.1f} {str(same):>6s} | " + " ".join(f"{x:6.1f}" for x in split))
 

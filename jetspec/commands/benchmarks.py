@@ -40,17 +40,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from jetspec.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
     from jetspec.loading import load_target
+    from jetspec.threads import choose_threads
 
     names = {f.name for f in dataclasses.fields(BenchmarksConfig)}
     try:
         cfg = BenchmarksConfig(**{k: v for k, v in vars(args).items() if k in names})
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast
+        threads = choose_threads(cfg.threads) if cfg.threads is not None else None
     except ValueError as err:
         raise SystemExit(f"jetspec benchmarks: {err}") from err
+    # Process settings are the entry point's to make (run_bench leaves them alone).
+    if threads is not None:
+        torch.set_num_threads(threads.count)
+    torch.set_flush_denormal(True)
     model, tok = load_target(cfg.target)
-    results = run_benchmarks(cfg, model, tok, prompts)
+    results = run_benchmarks(cfg, model, tok, prompts, threads.reason if threads else "torch's default")
     Path(cfg.write).write_text(render(results, cfg))
     print(f"wrote {cfg.write} and {cfg.out}/")
     return 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Optional
+
+HELP = "benchmark the shipped heads on SmolLM2 and show a generation"
 
 
 @dataclass
@@ -17,21 +20,30 @@ class DemoConfig:
     """The demo's knobs; the CLI flags are generated from these fields (one source of defaults)."""
 
     target: str = "smollm2-135m-instruct"
-    head_dir: str | None = None  # default: the heads shipped inside the package
+    """Target model: built-in name, local folder or Hub id."""
+    head_dir: Optional[str] = None
+    """Folder with trained heads in <dir>/<drafter name>; default: the heads shipped inside the package."""
     drafters: str = "ngram:smoothing=1,jetspec,dflash,eagle,jetspec+ngram:smoothing=1"
+    """Drafter specs to benchmark (comma list)."""
     budgets: str = "16"
-    node_costs: str = "0,0.055"  # whole-budget trees and cost-aware ones, side by side (c from `jetspec roofline`)
+    """Drafted nodes per round (comma list)."""
+    node_costs: str = "0,0.055"
+    """Whole-budget trees and cost-aware ones, side by side (c measured by `jetspec roofline`)."""
     prompts_per_set: int = 1
+    """Built-in prompts taken from each of the math, code and chat sets."""
     max_new_tokens: int = 48
-    threads: str = "auto"  # a number, or auto: measure 1 thread vs all cores at start (jetspec/threads.py)
+    """New tokens per prompt."""
+    threads: str = "auto"
+    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py)."""
     out: str = "runs/demo"
+    """Output folder for the tables and plots."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="benchmark the shipped heads on SmolLM2 and show a generation")
-    for name, default in DemoConfig().__dict__.items():
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=type(default) if default is not None else str, default=default)
+    from jetspec.commands.flags import add_config_flags
+
+    p = sub.add_parser("demo", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, DemoConfig)
     p.set_defaults(func=run)
 
 
@@ -50,12 +62,12 @@ def marked_generation(tokenizer, prompt_len: int, res) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     import torch
 
-    from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter, run_bench
+    from jetspec.bench import run_bench
     from jetspec.decoding import SpeculativeDecoder
+    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
     from jetspec.loading import load_target
     from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
     from jetspec.threads import choose_threads
@@ -66,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         threads = choose_threads(args.threads)
     except ValueError as err:
         raise SystemExit(f"jetspec demo: {err}") from None
-    torch.set_num_threads(threads.count)
+    torch.set_num_threads(threads.count)  # process settings belong to the command (and jetspec.cli.main)
     print(f"[demo] torch threads: {threads.reason}")
     model, tok = load_target(args.target)
     print(f"[demo] target {args.target} loaded in {time.perf_counter() - t0:.1f}s")
@@ -75,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         prompts += [r for r in builtin_prompts([s])][: args.prompts_per_set]
     result = run_bench(model=model, tokenizer=tok, prompts=prompts, drafters=args.drafters,
                        budgets=args.budgets, node_costs=args.node_costs, max_new_tokens=args.max_new_tokens,
-                       head_dir=args.head_dir,
-                       out=args.out, threads=threads.count)
+                       head_dir=args.head_dir, out=args.out, threads=threads.count,
+                       threads_reason=threads.reason)
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
     width = max(18, max(len(r["drafter"]) for r in rows))
     print(f"\n{'drafter':{width}s} {'budget':>6s} {'tau':>5s} {'tok/s':>7s} {'vs HF greedy':>12s} {'vs ar':>6s}")
@@ -87,16 +99,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n[demo] tables and plots written to {args.out}/")
 
     # One generation, accepted draft spans in [brackets], with the best available drafter.
-    head_dir = DEFAULT_HEAD_DIR if args.head_dir is None else Path(args.head_dir)
     drafter, name = None, None
-    for cand in ("jetspec", "ngram"):
-        drafter, _ = make_drafter(cand, model, head_dir)
-        if drafter is not None:
-            name = cand
+    for name in ("jetspec", "ngram"):
+        try:
+            drafter = make_drafter(name, model, args.head_dir)
             break
+        except DrafterUnavailable:
+            continue
     ids = torch.tensor([chat_ids(tok, prompts[0]["prompt"])])
     depth = min(8, drafter.max_depth or 8)
-    dec = SpeculativeDecoder(model, drafter, BestFirstBuilder(budget=32, width=4, depth=depth))
+    dec = SpeculativeDecoder(model, drafter, BestFirstBuilder(depth=depth))  # the builder's own budget and width
     res = dec.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=eos_ids(tok, model) or None)
     print(f"\n[demo] {name} drafter, prompt: {prompts[0]['prompt']!r}\n")
     print(marked_generation(tok, ids.shape[1], res))

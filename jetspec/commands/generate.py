@@ -1,44 +1,59 @@
-"""``jetspec generate``: speculative generation from a prompt with any registered parts."""
+"""``jetspec generate``: speculative generation from a prompt with any registered parts.
+
+Flags come from three places, each the home of its defaults (``jetspec.commands.flags``):
+``GenerateConfig`` below (what only this command has), the tree builder's constructor
+(``--budget``, ``--width``, ``--depth``, ``--node-cost``) and ``SpeculativeDecoder.generate``
+(``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Optional
+
+HELP = "generate text with speculative decoding"
+TREE_FLAGS = ("budget", "width", "depth", "node_cost")
+SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p")
+
+
+@dataclass
+class GenerateConfig:
+    """What ``jetspec generate`` adds to the tree builder's and the decoder's own arguments."""
+
+    target: str
+    """HF model id, local folder or built-in name."""
+    prompt: str
+    """The user message (the target's chat template is applied)."""
+    drafter: str = "ngram"
+    """Registered drafter name, a+b for a composite, name:key=value for options (e.g. ngram:smoothing=1)."""
+    head_dir: Optional[str] = None
+    """Folder with trained heads in <dir>/<name>; default: the shipped heads."""
+    tree: str = "bestfirst"
+    """Tree builder: chain, bestfirst or fanout."""
+    seed: int = 0
+    """Seed of the sampling generator (temperature > 0)."""
+    threads: str = "auto"
+    """torch CPU threads: a number, or auto = measure 1 vs all cores at start."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text with speculative decoding")
-    p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--drafter", default="ngram",
-                   help="registered drafter name, a+b for a composite, name:key=value for options "
-                        "(e.g. ngram:smoothing=1) (default: ngram)")
-    p.add_argument("--head-dir", default=None,
-                   help="folder with trained heads in <dir>/<name> (default: the shipped heads)")
-    p.add_argument("--tree", default="bestfirst", help="chain | bestfirst | fanout")
-    p.add_argument("--budget", type=int, default=32)
-    p.add_argument("--width", type=int, default=4)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--node-cost", type=float, default=0.0,
-                   help="verify cost per drafted node in plain steps: trees stop growing where a node "
-                        "would not pay (0 = spend the whole budget; about 0.055 on a 2-core CPU, "
-                        "measured by `jetspec roofline`)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", default="auto",
-                   help="torch CPU threads: a number, or auto = measure 1 vs all cores at start (default: auto)")
+    from jetspec.commands.flags import add_config_flags
+    from jetspec.decoding import SpeculativeDecoder
+    from jetspec.trees import BestFirstBuilder
+
+    p = sub.add_parser("generate", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, GenerateConfig)
+    add_config_flags(p, BestFirstBuilder.__init__, only=TREE_FLAGS)
+    add_config_flags(p, SpeculativeDecoder.generate, only=SAMPLING_FLAGS)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from jetspec import SpeculativeDecoder
-    from jetspec.bench import DEFAULT_HEAD_DIR, make_drafter
+    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
     from jetspec.interfaces import TREE_BUILDERS
     from jetspec.loading import load_target
     from jetspec.threads import choose_threads
@@ -48,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"jetspec generate: {err}") from None
     torch.set_num_threads(threads.count)
-    model, tok = load_target(args.target)
-    head_dir = Path(args.head_dir) if args.head_dir else DEFAULT_HEAD_DIR
-    drafter, reason = make_drafter(args.drafter, model, head_dir)
-    if drafter is None:
-        raise SystemExit(f"cannot use drafter '{args.drafter}': {reason}")
-    depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
     if args.tree not in TREE_BUILDERS:
         raise SystemExit(f"--tree must be one of {', '.join(sorted(TREE_BUILDERS))}")
+    model, tok = load_target(args.target)
+    try:
+        drafter = make_drafter(args.drafter, model, args.head_dir)
+    except DrafterUnavailable as err:
+        raise SystemExit(f"cannot use drafter '{args.drafter}': {err}") from None
+    depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
     shape = dict(depth=depth, node_cost=args.node_cost)
     if args.tree != "chain":
         shape.update(budget=args.budget, width=args.width)

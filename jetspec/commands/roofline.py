@@ -7,27 +7,23 @@ Example::
 Measures this machine's memory bandwidth and matrix throughput, the target's own product shapes
 at skinny row counts on both product backends, each engine's forward over k rows (ratios to its
 own one-token step), where that time goes (torch.profiler), and the ratios again while one other
-CPU-bound process runs. Every flag is generated from a field of ``jetspec.roofline.RooflineConfig``.
+CPU-bound process runs. Every flag is generated from a field of ``jetspec.roofline.RooflineConfig``
+(``jetspec.commands.flags``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+
+HELP = "verify-forward cost vs the machine's roofline floor"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.commands.bench import _arg_type, field_docs
+    from jetspec.commands.flags import add_config_flags
     from jetspec.roofline import RooflineConfig
 
-    p = sub.add_parser("roofline", help="verify-forward cost vs the machine's roofline floor",
-                       description=__doc__.splitlines()[0])
-    docs, hints = field_docs(RooflineConfig), typing.get_type_hints(RooflineConfig)
-    for f in dataclasses.fields(RooflineConfig):
-        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_arg_type(hints[f.name]),
-                       default=shown, help=f"{docs.get(f.name, '')} (default: {shown})")
+    p = sub.add_parser("roofline", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, RooflineConfig)
     p.set_defaults(func=run)
 
 
@@ -36,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from jetspec.commands.flags import config_from_args
     from jetspec.loading import load_target
     from jetspec.roofline import RooflineConfig, roofline_markdown, run_roofline
     from jetspec.threads import choose_threads
 
-    names = {f.name for f in dataclasses.fields(RooflineConfig)}
     try:
-        cfg = RooflineConfig(**{k: v for k, v in vars(args).items() if k in names})
+        cfg = config_from_args(RooflineConfig, args)
         threads = choose_threads(cfg.threads)
     except ValueError as err:
         raise SystemExit(f"jetspec roofline: {err}") from err

@@ -7,8 +7,9 @@ Example::
 
 Writes ``OUT/head`` (``save_pretrained``: config.json + model.safetensors, the head's weights
 only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest)
-and ``OUT/logs`` (CSV or TensorBoard). Every default comes from ``HeadConfig``, ``TrainConfig``
-or ``TokenDataModule``; none is written twice.
+and ``OUT/logs`` (CSV or TensorBoard). Every flag is generated (``jetspec.commands.flags``) from
+``TrainCommand`` below, ``TokenDataModule``, ``HeadConfig`` or ``TrainConfig``, which hold the
+defaults; none is written twice.
 
 A finished run is never overwritten by accident: a non-empty ``--out`` is refused unless the run
 resumes (``--resume``) or ``--overwrite`` replaces it (removing the previous run's ``head``,
@@ -20,105 +21,92 @@ run. A checkpoint written for another head kind or architecture is refused.
 from __future__ import annotations
 
 import argparse
-import inspect
-from dataclasses import fields
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-from jetspec.drafters.parallel_head import HeadConfig
-from jetspec.training import TrainConfig
-
+HELP = "train a parallel draft head (jetspec or dflash) on a frozen target"
 DTYPES = ("float32", "float16", "bfloat16")
 
+# Flags whose defaults live elsewhere: (source, its fields, field -> historic flag name).
+DATA_FLAGS = ("batch_size", "max_length", "val_fraction", "seed")
+HEAD_FLAGS = ("num_layers", "block_size", "tap_layers", "hidden_size", "mask_token_id", "draft_vocab_size",
+              "conditioned", "direct_path")
+RECIPE_FLAGS = ("lr", "weight_decay", "warmup_steps", "anchors_per_seq", "loss", "kl_topk", "decay_gamma",
+                "on_policy", "teacher_cache", "seed")
 
-def _default(source, name: str):
-    """The default of a config field or of a constructor argument (the single source of truth)."""
-    if isinstance(source, type) and hasattr(source, "__dataclass_fields__"):
-        return {f.name: f.default for f in fields(source)}[name]
-    return inspect.signature(source).parameters[name].default
 
+@dataclass
+class TrainCommand:
+    """What only ``jetspec train`` has: the run, Lightning's Trainer, the saved head, the tau curve.
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from err
+    The data, architecture and recipe flags come from ``TokenDataModule``, ``HeadConfig`` and
+    ``TrainConfig`` (``register``), where their defaults live.
+    """
+
+    target: str
+    """HF model id, local folder or built-in name."""
+    data: str
+    """jsonl (input_ids | messages | prompt+response | text), plain text, or a local datasets folder."""
+    out: str
+    """Output folder."""
+    head: Literal["jetspec", "dflash", "eagle"] = "jetspec"
+    """jetspec: causal block; dflash: bidirectional block; eagle: EAGLE-3 head."""
+    max_steps: int = 1000
+    """Optimizer steps."""
+    max_time: Optional[str] = None
+    """Stop (and still save the head) after this wall time, DD:HH:MM:SS."""
+    val_every: Optional[int] = None
+    """Validate every N steps (default: every epoch)."""
+    vocab_data: Optional[str] = None
+    """Count --draft-vocab frequencies on this data instead of the training split (same formats as --data;
+    a larger sample of the target's text gives a better vocabulary)."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true, bf16-mixed, ..."""
+    accelerator: str = "auto"
+    """Lightning accelerator."""
+    devices: str = "auto"
+    """Lightning devices: a number or auto."""
+    strategy: str = "auto"
+    """auto | ddp | fsdp | ..."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping."""
+    checkpoint_every: int = 500
+    """Save a checkpoint every N steps."""
+    resume: Optional[str] = None
+    """Checkpoint path, or 'last' (OUT/checkpoints/last.ckpt; none yet: start from scratch)."""
+    overwrite: bool = False
+    """Replace the previous run in a non-empty --out (its head, checkpoints, logs, tau curve)."""
+    logger: Literal["csv", "tensorboard"] = "csv"
+    """Where the metrics go."""
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """dtype of the saved head weights."""
+    eval_data: Optional[str] = None
+    """Replay references (jsonl: input_ids, response_start, set) for the tau curve."""
+    eval_every: int = 100
+    """Replay tau every N steps (with --eval-data)."""
+    eval_budgets: tuple[int, ...] = (16,)
+    """Comma-separated tree budgets of the replay."""
+    eval_final_budgets: Optional[tuple[int, ...]] = None
+    """Budgets of the last replay, when training ends (default: --eval-budgets)."""
+    eval_tokens: Optional[int] = None
+    """Replay only the first N answer tokens."""
+    cache_only: Optional[str] = None
+    """Only fill --teacher-cache (share I/N: run N processes, 1 thread each) and exit."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # These imports load Lightning: jetspec.cli builds this parser only when `train` is the command.
+    from jetspec.commands.flags import add_config_flags
     from jetspec.data import TokenDataModule
+    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.training import TrainConfig
 
-    p = sub.add_parser("train", help="train a parallel draft head (jetspec or dflash) on a frozen target")
-    p.add_argument("--head", choices=("jetspec", "dflash", "eagle"), default="jetspec",
-                   help="jetspec: causal block; dflash: bidirectional block")
-    p.add_argument("--target", required=True, help="HF model id, local folder or built-in name")
-    p.add_argument("--data", required=True, help="jsonl (input_ids | messages | prompt+response | text), "
-                   "plain text, or a local datasets folder")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--max-time", default=None,
-                   help="stop (and still save the head) after this wall time, DD:HH:MM:SS")
-    p.add_argument("--batch-size", type=int, default=_default(TokenDataModule, "batch_size"),
-                   help="sequences per process and step")
-    p.add_argument("--max-length", type=int, default=_default(TokenDataModule, "max_length"))
-    p.add_argument("--val-fraction", type=float, default=_default(TokenDataModule, "val_fraction"))
-    p.add_argument("--val-every", type=int, default=None,
-                   help="validate every N steps (default: every epoch)")
-    # Architecture (HeadConfig).
-    p.add_argument("--num-layers", type=int, default=_default(HeadConfig, "num_layers"))
-    p.add_argument("--block-size", type=int, default=_default(HeadConfig, "block_size"))
-    p.add_argument("--tap-layers", type=_int_list, default=_default(HeadConfig, "tap_layers"),
-                   help="comma-separated target layers (default: evenly spaced from 1 to L-3)")
-    p.add_argument("--hidden-size", type=int, default=_default(HeadConfig, "hidden_size"))
-    p.add_argument("--mask-token-id", type=int, default=_default(HeadConfig, "mask_token_id"),
-                   help="embed MASK as this token (default: a learned mask embedding)")
-    p.add_argument("--draft-vocab", type=int, default=_default(HeadConfig, "draft_vocab_size"), metavar="V'",
-                   help="score only the V' most frequent response tokens of the training data (default: all)")
-    p.add_argument("--vocab-data", default=None,
-                   help="count --draft-vocab frequencies on this data instead of the training split "
-                   "(same formats as --data; a larger sample of the target's text gives a better vocabulary)")
-    p.add_argument("--conditioned", action="store_true",
-                   help="jetspec only: train for and draft with a second, branch-conditioned forward")
-    p.add_argument("--direct-path", action="store_true",
-                   help="add the anchor embedding and the last context row to every block slot")
-    # Optimisation and loss (TrainConfig).
-    p.add_argument("--lr", type=float, default=_default(TrainConfig, "lr"))
-    p.add_argument("--weight-decay", type=float, default=_default(TrainConfig, "weight_decay"))
-    p.add_argument("--warmup-steps", type=int, default=_default(TrainConfig, "warmup_steps"))
-    p.add_argument("--anchors", type=int, default=_default(TrainConfig, "anchors_per_seq"),
-                   help="anchor blocks per sequence and step")
-    p.add_argument("--loss", choices=("kl", "ce"), default=_default(TrainConfig, "loss"))
-    p.add_argument("--kl-topk", type=int, default=_default(TrainConfig, "kl_topk"))
-    p.add_argument("--decay-gamma", type=float, default=_default(TrainConfig, "decay_gamma"))
-    p.add_argument("--on-policy", action="store_true",
-                   help="supervise block slot k only while the data's tokens before it are the target's "
-                        "greedy choices (exact labels from dataset text; see training.on_policy_slots)")
-    p.add_argument("--teacher-cache", default=_default(TrainConfig, "teacher_cache"),
-                   help="folder for cached taps + top-k teacher logits (needs --kl-topk)")
-    # Lightning.
-    p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, ...")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
-    p.add_argument("--resume", default=None,
-                   help="checkpoint path, or 'last' (OUT/checkpoints/last.ckpt; none yet: start from scratch)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the previous run in a non-empty --out (its head, checkpoints, logs, tau curve)")
-    p.add_argument("--logger", choices=("csv", "tensorboard"), default="csv")
-    p.add_argument("--save-dtype", choices=DTYPES, default="float32", help="dtype of the saved head weights")
-    p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"))
-    p.add_argument("--data-seed", type=int, default=_default(TokenDataModule, "seed"),
-                   help="seed of the train/val split and of the shuffling (kept apart from --seed so "
-                   "runs with several seeds see identical data)")
-    p.add_argument("--eval-data", default=None,
-                   help="replay references (jsonl: input_ids, response_start, set) for the tau curve")
-    p.add_argument("--eval-every", type=int, default=100, help="replay tau every N steps (with --eval-data)")
-    p.add_argument("--eval-budgets", type=_int_list, default=(16,), help="comma-separated tree budgets")
-    p.add_argument("--eval-final-budgets", type=_int_list, default=None,
-                   help="budgets of the last replay, when training ends (default: --eval-budgets)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="replay only the first N answer tokens")
-    p.add_argument("--cache-only", default=None, metavar="I/N",
-                   help="only fill --teacher-cache (share I of N: run N processes, 1 thread each) and exit")
+    p = sub.add_parser("train", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, TrainCommand)
+    add_config_flags(p, TokenDataModule.__init__, only=DATA_FLAGS, rename={"seed": "data_seed"})
+    add_config_flags(p, HeadConfig, only=HEAD_FLAGS, rename={"draft_vocab_size": "draft_vocab"})
+    add_config_flags(p, TrainConfig, only=RECIPE_FLAGS, rename={"anchors_per_seq": "anchors"},
+                     choices={"loss": ("kl", "ce")})
     p.set_defaults(func=run)
 
 

@@ -207,3 +207,19 @@ def test_training_with_a_reduced_vocabulary(target, loss, topk):
     after = head.net.state_dict()
     assert torch.equal(after["vocab.ids"], before["vocab.ids"])  # a buffer, never trained
     assert not torch.equal(after["direct.weight"], before["direct.weight"])  # the direct path learns
+
+
+def test_sliced_weight_follows_loaded_ids_and_invalidate():
+    # The sliced lm_head weight is cached by tensor identity; loading new ids in place and editing
+    # the weight in place (then invalidate()) must both be seen.
+    lm_head = torch.nn.Linear(8, 10, bias=False)
+    vocab = DraftVocabulary(torch.tensor([1, 3, 4, 8]), 10)
+    hidden = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        vocab.logits(hidden, lm_head)
+        vocab.load_state_dict({"ids": torch.tensor([0, 2, 5, 9])})
+        got = vocab.logits(hidden, lm_head)
+        torch.testing.assert_close(got, hidden @ lm_head.weight[[0, 2, 5, 9]].T)
+        lm_head.weight.mul_(2.0)
+        vocab.invalidate()
+        torch.testing.assert_close(vocab.logits(hidden, lm_head), 2 * got)

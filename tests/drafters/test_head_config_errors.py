@@ -67,9 +67,10 @@ def test_an_intact_config_loads(target, tmp_path, cls, kw):
 
 
 def test_bench_names_a_damaged_head_folder(target, tmp_path):
-    from jetspec.bench import make_drafter
+    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
 
     path = saved(JetSpecHead, dict(block_size=4), target, tmp_path / "h")
     path.write_text("")
-    drafter, reason = make_drafter(f"mine={tmp_path / 'h'}", target, tmp_path)
-    assert drafter is None and str(path) in reason
+    with pytest.raises(DrafterUnavailable) as err:
+        make_drafter(f"mine={tmp_path / 'h'}", target, tmp_path)
+    assert str(path) in str(err.value)

@@ -1,0 +1,67 @@
+"""The files a benchmark (``jetspec.bench``) leaves behind, and its Markdown tables.
+
+    results.json   {"machine", "config", "skipped", "divergences", "rows"}: what the bench returns
+    runs.jsonl     one line per single generate call, for noise analysis
+    results.md     the rows as a Markdown table, with the machine and settings above it
+    *.png          three pictures, drawn by ``jetspec.plots``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [("drafter", "drafter"), ("tree", "tree"), ("budget", "budget"), ("prompt_set", "set"),
+           ("n_prompts", "prompts"), ("tau", "tau"), ("tokens_per_s", "tok/s"),
+           ("tokens_per_s_e2e", "tok/s e2e"), ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x hf"),
+           ("draft_forwards_per_round", "draft fwd/round"), ("draft_ms", "draft ms"), ("tree_ms", "tree ms"),
+           ("verify_ms", "verify ms"), ("accept_ms", "accept ms"), ("commit_ms", "commit ms"),
+           ("matches_ar", "= ar")]
+
+
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+    """Rows as a Markdown table; ``columns`` = [(row key, header)]; missing values print as '-'."""
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool = True) -> None:
+    """Write results.json, runs.jsonl, results.md and (if ``plots``) the PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    with open(out / "runs.jsonl", "w") as f:
+        for r in runs:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
+    m, c = result["machine"], result["config"]
+    head = [f"# jetspec bench: {c['target']}", "",
+            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch threads, "
+            f"torch {m['torch']}, transformers {m['transformers']}; load average {m.get('load_average')} "
+            f"at start, {m.get('load_average_end')} at the end.", "",
+            f"Tree {c['tree']}, width {c['width']}, depth {c['depth']}, temperature {c['temperature']}, "
+            f"max_new_tokens {c['max_new_tokens']}, repeats {c['repeats']}. tok/s is decode-only "
+            f"(prefill excluded); x ar / x hf are speedups over plain decoding in this harness and over "
+            f"HF generate; '= ar' is the share of outputs identical to plain greedy decoding.", ""]
+    notes = [f"- skipped {s['drafter']}: {s['reason']}" for s in result["skipped"]]
+    notes += [divergence_note(d) for d in result.get("divergences", [])]
+    (out / "results.md").write_text("\n".join(head + notes + ([""] if notes else [])
+                                              + [markdown_table(result["rows"]), ""]))
+    if plots:
+        from jetspec.plots import plot_results  # matplotlib only when pictures are asked for
+
+        plot_results(result["rows"], out)
+
+
+def divergence_note(d: dict) -> str:
+    """One line on a greedy output that left plain decoding (see ``jetspec.bench.divergence``)."""
+    gap = "n/a" if d["logit_gap"] is None else f"{d['logit_gap']:.2g}"
+    return (f"- {d['drafter']} (budget {d['budget']}) left plain greedy decoding on {d['prompt_set']} prompt "
+            f"{d['prompt_index']} at new token {d['position']}; the target's logit gap between the two "
+            f"tokens there: {gap}")

@@ -1,0 +1,116 @@
+"""The one CLI mechanism (jetspec/commands/flags.py) and what `jetspec` imports to run a command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import pytest
+
+from jetspec.cli import build_parser, command_modules
+from jetspec.commands.flags import add_config_flags, config_from_args
+
+
+@dataclass
+class _Knobs:
+    """A config as a command would declare it."""
+
+    name: str
+    """Required: no default."""
+    budgets: tuple[int, ...] = (8, 16)
+    """Comma list."""
+    mode: Literal["a", "b"] = "a"
+    """Choices."""
+    fast: bool = False
+    """A switch."""
+    limit: Optional[int] = None  # the comment is the help when no docstring follows
+
+
+def _fn(x, depth: int = 3, scale: float = 0.5) -> None:
+    """A function whose keyword parameters become flags.
+
+    Args:
+        depth: how deep.
+        scale: how large, on a
+            second line.
+    """
+
+
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, _Knobs, rename={"limit": "max_rows"})
+    add_config_flags(p, _fn, only=("depth", "scale"))
+    return p
+
+
+def test_flags_from_a_dataclass_and_a_signature():
+    p = _parser()
+    args = p.parse_args(["--name", "n"])
+    assert (args.budgets, args.mode, args.fast, args.max_rows, args.depth, args.scale) == ((8, 16), "a", False,
+                                                                                           None, 3, 0.5)
+    args = p.parse_args(["--name", "n", "--budgets", "4,32", "--mode", "b", "--fast", "--max-rows", "7",
+                         "--depth", "5"])
+    assert (args.budgets, args.mode, args.fast, args.max_rows, args.depth) == ((4, 32), "b", True, 7, 5)
+    assert p.parse_args(["--name", "n", "--fast", "false"]).fast is False
+    assert config_from_args(_Knobs, p.parse_args(["--name", "n"])) == _Knobs("n")
+    text = p.format_help()
+    for words in ("Required: no default.", "Comma list. (default: 8,16)", "the comment is the help",
+                  "how deep.", "how large, on a second line."):
+        assert words in " ".join(text.split()), words
+    for bad in (["--fast"], ["--name", "n", "--mode", "c"], ["--name", "n", "--budgets", "x"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+
+
+def test_every_command_builds_its_flags_with_help():
+    parser = build_parser()
+    for name in command_modules():
+        sub = parser._subparsers._group_actions[0].choices[name]
+        missing = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
+        # The data module's constructor documents no Args: its three flags are the exception.
+        assert set(missing) <= {"batch_size", "max_length", "val_fraction", "data_seed"}, (name, missing)
+
+
+def test_generate_reuses_the_tree_builder_and_decoder_defaults():
+    import inspect
+
+    from jetspec.decoding import SpeculativeDecoder
+    from jetspec.trees import BestFirstBuilder
+
+    args = build_parser("generate").parse_args(["generate", "--target", "t", "--prompt", "p"])
+    for fn, names in ((BestFirstBuilder.__init__, ("budget", "width", "depth", "node_cost")),
+                      (SpeculativeDecoder.generate, ("max_new_tokens", "temperature", "top_k", "top_p"))):
+        params = inspect.signature(fn).parameters
+        assert all(getattr(args, n) == params[n].default for n in names)
+
+
+CHECK = """
+import sys
+from jetspec.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("LIGHTNING" if "lightning" in sys.modules else "NO-LIGHTNING")
+"""
+
+
+def _imports_lightning(argv: list[str]) -> bool:
+    out = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], capture_output=True, text=True,
+                         check=True).stdout
+    return out.strip().splitlines()[-1] == "LIGHTNING"
+
+
+def test_commands_that_do_not_train_do_not_import_lightning(tmp_path):
+    from test_regenerate import tiny_llama, tiny_tokenizer
+
+    tiny_llama().save_pretrained(tmp_path / "target")
+    tiny_tokenizer().save_pretrained(tmp_path / "target")
+    assert not _imports_lightning(["--help"])
+    assert not _imports_lightning(["generate", "--target", str(tmp_path / "target"), "--prompt", "w3 w4 w3",
+                                   "--max-new-tokens", "3", "--threads", "1"])
+    assert _imports_lightning(["train", "--help"])  # the negative control: train's defaults live there
