@@ -24,12 +24,14 @@ import jetspec.commands
 
 
 def command_modules() -> dict:
-    """Sub-command name -> its module (modules without ``register``, like ``flags``, are helpers)."""
+    """Sub-command name -> its module (modules without ``register``, like ``flags``, are helpers).
+
+    A module's name with ``-`` for ``_`` is its command's name, as its ``register`` spells it."""
     modules = {}
     for info in sorted(pkgutil.iter_modules(jetspec.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"jetspec.commands.{info.name}")
         if hasattr(module, "register"):
-            modules[info.name] = module
+            modules[info.name.replace("_", "-")] = module  # prepare_data.py -> `jetspec prepare-data`
     return modules
 
 

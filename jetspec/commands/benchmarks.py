@@ -14,26 +14,19 @@ by other commands. Every flag is generated from a field of ``jetspec.bench_repor
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+
+HELP = "rerun the benchmark on the dev splits and rewrite BENCHMARKS.md"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.bench_report import BenchmarksConfig
-    from jetspec.commands.bench import _arg_type, field_docs
+    from jetspec.commands.flags import add_config_flags
 
-    p = sub.add_parser("benchmarks", help="rerun the benchmark on the dev splits and rewrite BENCHMARKS.md",
-                       description=__doc__.splitlines()[0])
-    docs, hints = field_docs(BenchmarksConfig), typing.get_type_hints(BenchmarksConfig)
-    for f in dataclasses.fields(BenchmarksConfig):
-        kind = hints[f.name]
-        extra: dict = {"type": _arg_type(kind), "default": f.default}
-        if kind is bool:  # bare --quick, as the script it replaces accepted it
-            extra.update(nargs="?", const=True)
-        elif typing.get_origin(kind) is tuple:  # --include: repeatable, one file each
-            extra.update(action="append", default=None, metavar="MD")
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
-                       help=f"{docs.get(f.name, '')} (default: {f.default})", **extra)
+    p = sub.add_parser("benchmarks", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, BenchmarksConfig, skip={"include"})
+    # --include is repeatable, one file each (a path may hold a comma), unlike other tuple flags
+    p.add_argument("--include", action="append", default=None, metavar="MD",
+                   help="append this Markdown file (a section written by another command); repeatable")
     p.set_defaults(func=run)
 
 
@@ -43,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
+    from jetspec.commands.flags import config_from_args
     from jetspec.loading import load_target
     from jetspec.threads import choose_threads
 
-    names = {f.name for f in dataclasses.fields(BenchmarksConfig)}
     try:
-        cfg = BenchmarksConfig(**{k: v for k, v in vars(args).items() if k in names})
+        cfg = config_from_args(BenchmarksConfig, args)
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast
         threads = choose_threads(cfg.threads) if cfg.threads is not None else None
     except ValueError as err:

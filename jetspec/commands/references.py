@@ -13,22 +13,16 @@ reference is already in ``--out`` are skipped. Every flag is generated from a fi
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+
+HELP = "write a replay reference set (greedy answers as token ids)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.commands.bench import _arg_type, field_docs
+    from jetspec.commands.flags import add_config_flags
     from jetspec.replay_tools import ReferencesConfig
 
-    p = sub.add_parser("references", help="write a replay reference set (greedy answers as token ids)",
-                       description=__doc__.splitlines()[0])
-    docs, hints = field_docs(ReferencesConfig), typing.get_type_hints(ReferencesConfig)
-    for f in dataclasses.fields(ReferencesConfig):
-        required = f.default is dataclasses.MISSING
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_arg_type(hints[f.name]),
-                       required=required, default=None if required else f.default,
-                       help=docs.get(f.name, "") + ("" if required else f" (default: {f.default})"))
+    p = sub.add_parser("references", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, ReferencesConfig)
     p.set_defaults(func=run)
 
 
@@ -37,12 +31,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from jetspec.commands.flags import config_from_args
     from jetspec.loading import load_target
     from jetspec.replay_tools import ReferencesConfig, write_references
 
-    names = {f.name for f in dataclasses.fields(ReferencesConfig)}
     try:
-        cfg = ReferencesConfig(**{k: v for k, v in vars(args).items() if k in names})
+        cfg = config_from_args(ReferencesConfig, args)
     except ValueError as err:
         raise SystemExit(f"jetspec references: {err}") from err
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per reference written

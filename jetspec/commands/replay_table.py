@@ -15,22 +15,16 @@ Prints the Markdown table; ``--out`` keeps the per-reference taus as JSON, ``--m
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+
+HELP = "replay tau of drafters on a reference set (no target per round)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.commands.bench import _arg_type, field_docs
+    from jetspec.commands.flags import add_config_flags
     from jetspec.replay_tools import ReplayTableConfig
 
-    p = sub.add_parser("replay-table", help="replay tau of drafters on a reference set (no target per round)",
-                       description=__doc__.splitlines()[0])
-    docs, hints = field_docs(ReplayTableConfig), typing.get_type_hints(ReplayTableConfig)
-    for f in dataclasses.fields(ReplayTableConfig):
-        required = f.default is dataclasses.MISSING
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_arg_type(hints[f.name]),
-                       required=required, default=None if required else f.default,
-                       help=docs.get(f.name, "") + ("" if required else f" (default: {f.default})"))
+    p = sub.add_parser("replay-table", help=HELP, description=__doc__.splitlines()[0])
+    add_config_flags(p, ReplayTableConfig)
     p.set_defaults(func=run)
 
 
@@ -41,14 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from jetspec.commands.flags import config_from_args
     from jetspec.loading import load_target
     from jetspec.prompts import read_jsonl
     from jetspec.replay import as_references
     from jetspec.replay_tools import ReplayTableConfig, replay_markdown, replay_rows
 
-    names = {f.name for f in dataclasses.fields(ReplayTableConfig)}
     try:
-        cfg = ReplayTableConfig(**{k: v for k, v in vars(args).items() if k in names})
+        cfg = config_from_args(ReplayTableConfig, args)
     except ValueError as err:
         raise SystemExit(f"jetspec replay-table: {err}") from err
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per (drafter, budget)
