@@ -259,8 +259,8 @@ def _num_splits(programs: int, prefix_tiles: int, device: torch.device) -> int:
 
 def tree_attention_triton(
     q: Float[Tensor, "B h N K"],
-    k: Float[Tensor, "B h_kv PN K"],
-    v: Float[Tensor, "B h_kv PN K"],
+    k: Float[Tensor, "B h_kv T K"],
+    v: Float[Tensor, "B h_kv T K"],
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     *,
@@ -365,8 +365,8 @@ def _next_power_of_2(x: int) -> int:
 # ----------------------------------------------------------------------------- the dispatcher
 def tree_attention(
     q: Float[Tensor, "B h N K"],
-    k: Float[Tensor, "B h_kv PN K"],
-    v: Float[Tensor, "B h_kv PN K"],
+    k: Float[Tensor, "B h_kv T K"],
+    v: Float[Tensor, "B h_kv T K"],
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     backend: str = "auto",
@@ -397,7 +397,7 @@ def tree_attention(
     """
     if backend == "auto":
         usable = q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] <= MAX_HEAD_DIM
-        backend = "triton" if usable and _triton_installed() else "torch"
+        backend = "triton" if usable and triton_installed() else "torch"
     if backend == "torch":
         return tree_attention_reference(q, k, v, ancestor, scale)
     if backend == "triton":
@@ -405,7 +405,8 @@ def tree_attention(
     raise ValueError(f"backend must be 'torch', 'triton' or 'auto', got {backend!r}")
 
 
-def _triton_installed() -> bool:
+def triton_installed() -> bool:
+    """Whether triton can be imported (without importing it: that takes seconds and may fail)."""
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None

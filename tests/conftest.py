@@ -10,6 +10,14 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Shapes that can fail: every jaxtyping annotation in the package is checked at call time, by
+# beartype, for the whole test session. The hook must be installed before anything imports jetspec
+# (conftest runs first); it matches on module names, so the folder mapping of pyproject.toml
+# (drafters/ installed as jetspec.drafters, ...) is covered by the one prefix "jetspec".
+from jaxtyping import install_import_hook  # noqa: E402
+
+install_import_hook("jetspec", "beartype.beartype")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
