@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from jetspec.kernels import chain_ancestor, full_ancestor, masked_attention, tree_attention
+from jetspec.kernels import chain_ancestor, full_ancestor, masked_attention, tree_attention, triton_installed
 
 TREE_TORCH = "jetspec_tree_torch"  # attention implementation names as registered in transformers
 TREE_TRITON = "jetspec_tree_triton"

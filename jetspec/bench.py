@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
 from jetspec.drafters.head_files import read_config
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.plots import write_outputs
@@ -505,15 +505,10 @@ def divergence(model, prompt: list[int], ar_tokens: list[int], run: dict) -> dic
 
 # ---------------------------------------------------------------------------- aggregation
 def _pooled_depth_acceptance(runs: list[dict]) -> list[float]:
-    """P(depth d accepted | the round's tree reached depth d), pooled over every round of ``runs``."""
-    acc = [a for r in runs for a in r["accepted_depths"]]
-    reach = [d for r in runs for d in r["tree_depths"]]
-    rates = []
-    for d in range(1, max(reach, default=0) + 1):
-        n = sum(1 for td in reach if td >= d)
-        k = sum(1 for a, td in zip(acc, reach) if td >= d and a >= d)
-        rates.append(round(k / n, 4) if n else 0.0)
-    return rates
+    """``depth_acceptance`` pooled over every round of ``runs``, rounded for the tables."""
+    rates = depth_acceptance([a for r in runs for a in r["accepted_depths"]],
+                             [d for r in runs for d in r["tree_depths"]])
+    return [round(x, 4) for x in rates]
 
 
 def _summarize(group: list[dict]) -> dict:

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
-from jetspec.kernels import chain_ancestor
+from jetspec.kernels import additive_mask, chain_ancestor, tree_visibility
 from jetspec.types import DraftTree
 
 ENGINES = ("auto", "fast", "hf")
@@ -234,16 +234,14 @@ class TargetModel:
         self._padded = 0
 
 
-def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, device) -> Float[Tensor, "1 1 N PN"]:
-    """Additive float mask [1, 1, N, P + N]: prefix visible, tree part = ancestor mask.
+def tree_attention_mask(ancestor: Bool[Tensor, "N N"], prefix: int, dtype: torch.dtype,
+                        device) -> Float[Tensor, "1 1 N T"]:
+    """Additive float mask ``[1, 1, N, P + N]``: prefix visible, tree part = ancestor mask.
 
-    A float mask, not a boolean one: transformers' eager path silently mishandles boolean 4-D
-    masks (ENVIRONMENT.md), while 0 / -inf additive masks work for eager and sdpa alike.
+    Built from the kernels' one visibility rule and one additive mask (float, not boolean: see
+    ``jetspec.kernels.additive_mask``).
     """
-    n = ancestor.shape[0]
-    mask = torch.zeros(n, prefix + n, dtype=dtype, device=device)
-    mask[:, prefix:].masked_fill_(~ancestor.to(device), float("-inf"))
-    return mask[None, None]
+    return additive_mask(tree_visibility(ancestor.to(device), prefix), dtype)[None, None]
 
 
 def as_target(target, attn_backend: Optional[str] = None) -> TargetModel:

@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.kernels import ancestor_from_parents
 from jetspec.sampling import Rng, SamplingConfig, check_child_laws
 
 
@@ -205,20 +206,15 @@ class DraftTree:
 
 
 def ancestor_mask(parents: Int[Tensor, " N"]) -> Bool[Tensor, "N N"]:
-    """Transitive closure of ``parents``, self included: A[i, j] iff j is i or an ancestor of i.
+    """Ancestor mask of a draft tree, self included: A[i, j] iff j is i or an ancestor of i.
 
-    Because parents precede children, row i is row parent(i) plus the diagonal: one pass.
+    The closure itself is ``jetspec.kernels.ancestor_from_parents`` (it accepts forests); this adds
+    the draft tree's rule for roots: exactly one, node 0 (the anchor), and parents before children.
     """
-    n = parents.shape[0]
-    anc = torch.eye(n, dtype=torch.bool)
     for i, p in enumerate(parents.tolist()):
-        if p >= 0:
-            if p >= i:
-                raise ValueError(f"parents must precede children: parents[{i}] = {p}")
-            anc[i] |= anc[p]
-        elif i != 0:
+        if p < 0 and i != 0:
             raise ValueError(f"only node 0 may be the root, but parents[{i}] = {p}")
-    return anc
+    return ancestor_from_parents(parents)
 
 
 @dataclass
