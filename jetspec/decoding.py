@@ -32,7 +32,7 @@ STAGES = ("draft", "tree", "verify", "accept")
 class GenerationResult:
     """What ``generate`` returns. tau is pooled: committed tokens / verify forwards."""
 
-    sequences: Int[Tensor, "1 T2"]  # prompt + generated tokens
+    sequences: Int[Tensor, "1 T"]  # prompt + generated tokens
     accepted_lengths: list[int] = field(default_factory=list)  # tokens committed per round, bonus included
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill + the STAGES, summed
     draft_forwards: list[int] = field(default_factory=list)  # drafter forwards per round

@@ -167,7 +167,7 @@ class TargetModel:
         return TargetOutput(logits=out.logits[0], taps=taps)
 
     # ----------------------------------------------------------------- the four operations
-    def prefill(self, tokens: Int[Tensor, " T"]) -> Optional[Float[Tensor, "T1 F"]]:
+    def prefill(self, tokens: Int[Tensor, " T"]) -> Optional[Float[Tensor, "T-1 F"]]:
         """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")

@@ -39,7 +39,7 @@ class DraftInput:
     depth: int  # D: how many levels the tree builder will ask for
     width: int  # W: how many candidates per level (or per node) the builder can use
     budget: int  # drafted nodes the builder will keep, root excluded
-    taps: Optional[Float[Tensor, "T1 F"]] = None  # target features of tokens[:-1] (F = k*H), if asked
+    taps: Optional[Float[Tensor, "T-1 F"]] = None  # target features of tokens[:-1] (F = k*H), if asked
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rng: Optional[Rng] = None  # randomness for drafters that sample their drafts
     round_index: int = 0  # 0 on the first round of a generate() call
@@ -66,7 +66,7 @@ class DraftOutput:
     node_tokens: Optional[Int[Tensor, " M"]] = None
     node_parents: Optional[Int[Tensor, " M"]] = None
     node_logprobs: Optional[Float[Tensor, " M"]] = None
-    node_q: Optional[Float[Tensor, "M1 V"]] = None  # sampled drafts only; M1 = M + 1
+    node_q: Optional[Float[Tensor, "M+1 V"]] = None  # sampled drafts only: the anchor's row, then one per candidate
     forwards: int = 0  # draft-model forwards spent this round (reported by the benchmark)
 
     def __post_init__(self) -> None:
