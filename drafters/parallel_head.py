@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
@@ -67,7 +67,7 @@ class HeadConfig:
 
     num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
     block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
-    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
+    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: default_tap_layers)
     hidden_size: Optional[int] = None  # H_d, default the target's H
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None

@@ -112,7 +112,7 @@ class RowSampler(LogitsProcessor):
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: Optional[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
         if self.top_p is not None and self.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)

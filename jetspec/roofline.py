@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, no_type_check
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +204,8 @@ def component_floors(model: torch.nn.Module, rows: int, ceilings: Ceilings) -> d
 
 
 # ----------------------------------------------------------------------------- the whole report
+# Validates its own arguments with errors that name them: not re-checked by the test hook (jetspec/__init__.py).
+@no_type_check
 @dataclass
 class RooflineConfig:
     target: str = "smollm2-135m-instruct"

@@ -113,7 +113,7 @@ class TargetModel:
     def cache_length(self) -> int:
         return 0 if self.cache is None else self.cache.get_seq_length()
 
-    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+    def decoder_layers(self) -> torch.nn.ModuleList:
         return self.model.get_decoder().layers
 
     def set_taps(self, layers: Sequence[int]) -> None:

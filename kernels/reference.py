@@ -23,7 +23,7 @@ length, K head dim.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, no_type_check
 
 import torch
 from jaxtyping import Bool, Float
@@ -54,7 +54,7 @@ def ancestor_from_parents(parents: Union[Sequence[int], Tensor], device=None) ->
     anc = torch.zeros(n, n, dtype=torch.bool)
     for i, p in enumerate(parents):
         if p >= i or p < -1:
-            raise ValueError(f"parents[{i}] = {p}: a parent must come before its child (-1 <= parents[i] < i)")
+            raise ValueError(f"parents[{i}] = {p}: parents must precede their children (-1 <= parents[i] < i)")
         if p >= 0:
             anc[i] = anc[p]
         anc[i, i] = True
@@ -172,6 +172,7 @@ def masked_attention(
     return out.to(q.dtype)
 
 
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention_reference(
     q: Float[Tensor, "B h N K"],
     k: Float[Tensor, "B h_kv T K"],

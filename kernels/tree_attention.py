@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import weakref
-from typing import Optional
+from typing import Optional, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -257,6 +257,7 @@ def _num_splits(programs: int, prefix_tiles: int, device: torch.device) -> int:
     return max(1, min(math.ceil(2 * sms / programs), prefix_tiles // 4))
 
 
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention_triton(
     q: Float[Tensor, "B h N K"],
     k: Float[Tensor, "B h_kv T K"],
@@ -363,6 +364,7 @@ def _next_power_of_2(x: int) -> int:
 
 
 # ----------------------------------------------------------------------------- the dispatcher
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention(
     q: Float[Tensor, "B h N K"],
     k: Float[Tensor, "B h_kv T K"],
