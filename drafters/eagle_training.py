@@ -36,7 +36,7 @@ import jetspec.training as recipe
 from jetspec.kernels import additive_mask
 
 
-def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 M PM"]:
+def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 N T"]:
     """Additive mask of ``rows`` new rows after ``prefix`` cached ones: prefix visible, causal after."""
     ok = torch.ones(rows, prefix + rows, dtype=torch.bool, device=device)
     ok[:, prefix:] = torch.ones(rows, rows, dtype=torch.bool, device=device).tril()
@@ -44,8 +44,8 @@ def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Floa
 
 
 def ttt_mask(anchors: Int[Tensor, "B A"], num_context: int, step: int,
-             dtype: torch.dtype) -> Float[Tensor, "B 1 A TkA"]:
-    """Mask of unrolled step ``step`` (>= 1): keys = [T step-0 rows, steps 1..step, A rows each].
+             dtype: torch.dtype) -> Float[Tensor, "B 1 A _"]:
+    """Mask [B, 1, A, T + step*A] of unrolled step ``step`` (>= 1): keys = [T step-0 rows, steps 1..step, A rows each].
 
     Anchor a's query sees step-0 rows j < a and, in every step block, only its own row.
     """

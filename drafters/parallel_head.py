@@ -357,7 +357,7 @@ class ParallelHead(L.LightningModule, Drafter):
         self._ctx_len = taps.shape[0]
 
     @torch.no_grad()
-    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"], round_index: int = 0,
+    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
                      depth: Optional[int] = None) -> Float[Tensor, "D V"]:
         """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing the head's context cache."""
         depth = self.max_depth if depth is None else depth

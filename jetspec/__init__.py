@@ -9,6 +9,9 @@ package (docs/design.md section 8 mirrors it). Annotations are jaxtyping dimensi
 call time while the tests run (tests/conftest.py), so a wrong one fails; a size derived from others
 is written as an expression of them ("T-1", "M+1", "A*S") when jaxtyping can evaluate it (every
 name in it is bound by an earlier argument), else under the letter of what it counts (keys: T).
+Entry points that validate their own arguments, with errors that name them (``SamplingConfig``,
+``DraftOutput``, ``generate``, the tree builders, ``tree_attention``, the CLI configs), are marked
+``@no_type_check`` so that the tests see the errors users get; everything they call is checked.
 
     B    batch                          T    tokens of a sequence; in attention, the keys (P + N)
     P    cached prefix length           N    tree nodes, root included; in a forward, its new rows

@@ -251,6 +251,7 @@ def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:
     return new
 
 
+@no_type_check  # validates its own arguments, like generate
 @torch.no_grad()
 def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
                             top_k: Optional[int] = None, top_p: Optional[float] = None,

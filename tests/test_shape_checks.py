@@ -28,3 +28,26 @@ def test_a_mismatched_dimension_is_refused_in_kernels():
 def test_a_wrong_dtype_is_refused():
     with pytest.raises(TypeCheckError):
         ancestor_mask(torch.tensor([-1.0, 0.0]))  # parents are integers
+
+
+def test_dataclass_fields_are_checked_together():
+    from jetspec.types import DraftTree
+
+    with pytest.raises(TypeCheckError):  # tokens has N = 3 nodes, parents N = 2
+        DraftTree(tokens=torch.tensor([1, 2, 3]), parents=torch.tensor([-1, 0]), depth=torch.tensor([0, 1, 1]),
+                  score=torch.zeros(3))
+
+
+def test_a_drafters_module_is_checked_too():
+    from jetspec.drafters.head_layers import apply_rope
+
+    x = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(TypeCheckError):  # cos must be [B, N, K] = [1, 3, 4]
+        apply_rope(x, torch.zeros(1, 5, 4), torch.zeros(1, 3, 4))
+
+
+def test_self_validating_entry_points_keep_their_own_errors():
+    from jetspec.sampling import SamplingConfig
+
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature="1")
