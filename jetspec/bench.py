@@ -101,7 +101,7 @@ class BenchConfig:
     """Run every method once, untimed, before measuring."""
     seed: int = 0
     """Seed of sampling (temperature > 0) and of the method order per prompt."""
-    threads: Optional[str] = None
+    threads: Optional[int | str] = None
     """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py);
     default: torch's choice."""
     out: str = "runs/bench"

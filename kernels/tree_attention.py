@@ -26,8 +26,8 @@ N = S: a causal block is a chain tree (``ancestor = chain_ancestor(S)``, lower-t
 a bidirectional (DFlash-style) block is ``full_ancestor(S)`` (all True). There is therefore no
 separate block-attention kernel.
 
-Shape glossary: B batch, h query heads, h_kv key/value heads, N tree nodes, P cached prefix
-length, K head dim.
+Shapes (the glossary of ``jetspec``): B batch, h query heads, h_kv key/value heads, N tree nodes,
+P cached prefix length, T = P + N keys, K head dim.
 
 Triton is imported lazily inside functions: importing ``jetspec.kernels`` must stay cheap and
 free of side effects, and ``triton`` is an optional dependency (``pip install jetspec[kernels]``).
