@@ -343,16 +343,16 @@ def tree_attention_triton(
 
 
 def merge_splits(
-    partial: Float[Tensor, "S B h N K"], lse: Float[Tensor, "S B h N"]
+    partial: Float[Tensor, "Z B h N K"], lse: Float[Tensor, "Z B h N"]
 ) -> Float[Tensor, "B h N K"]:
-    """Merge S softmax slices, each normalised over its own keys, into one softmax over all keys.
+    """Merge Z softmax slices (split-K), each normalised over its own keys, into one softmax over all keys.
 
     Slice s covers keys with log2-sum-exp ``lse[s]``; the full softmax weights it by
     ``2^lse[s] / sum_t 2^lse[t]``. Subtracting the max first keeps the exponentials in range.
     """
     top = lse.amax(dim=0)  # (B, h, N)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weight = torch.exp2(lse - top)  # (S, B, h, N); 0 for a slice in which a row saw nothing
+    weight = torch.exp2(lse - top)  # (Z, B, h, N); 0 for a slice in which a row saw nothing
     total = weight.sum(dim=0)
     merged = (weight[..., None] * partial).sum(dim=0)  # (B, h, N, K)
     return merged / torch.where(total > 0, total, torch.ones_like(total))[..., None]
