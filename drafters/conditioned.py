@@ -32,8 +32,8 @@ the same targets, the same number of blocks and the same compute per step as a o
 the one-pass mode simply gets half of the anchors. (A block's real tokens are visible only to its
 own later slots, so teacher forcing leaks nothing.)
 
-Shapes: B batch, T tokens, A anchors, S block size, H hidden, F fused taps, N tree nodes,
-V vocab, W width.
+Shapes (glossary in ``jetspec``): B batch, T tokens, A anchors, S block size, H hidden, F = k*H tap
+features, N tree nodes, R the rows of them that ran, V vocab, Vd draft vocab, W width.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def depth_aligned(hidden: Float[Tensor, "B A S H"], forced: Bool[Tensor, "1 A 1 
 
 # ---------------------------------------------------------------------------------------- drafting
 @torch.no_grad()
-def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int], Float[Tensor, "N1 V"]]:
+def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int], Float[Tensor, "R Vd"]]:
     """One head forward over the tree's nodes above ``depth``: each node's children log-probs.
 
     Uses the context K/V the head cached while drafting this round (t rows). Returns the node
@@ -86,14 +86,14 @@ def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int
     """
     rows = (tree.depth < depth).nonzero().flatten()  # closed under parents: depth grows downwards
     dev = head.net.fuse.weight.device
-    ancestor = tree.ancestor[rows][:, rows].to(dev)  # [N1, N1]
-    emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))[None]  # [1, N1, H]
+    ancestor = tree.ancestor[rows][:, rows].to(dev)  # [R, R]
+    emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))[None]  # [1, R, H]
     positions = (t + tree.depth[rows]).to(dev)[None]
     hidden = head.over_context(emb, positions, ancestor)  # row 0 is the root, i.e. the anchor
     return rows.tolist(), torch.log_softmax(head.lm_head(hidden[0]).double(), -1)
 
 
-def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "N1 V"], table: DraftOutput,
+def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "R Vd"], table: DraftOutput,
                         width: int, budget: int, depth: int, to_target=None) -> DraftOutput:
     """The candidate tree of step 4, grown best-first on the re-scored log-probs.
 

@@ -15,7 +15,7 @@ Training compares the head with the teacher on the draft vocabulary only: the te
 (or full) distribution is restricted to ``ids`` and renormalised there (``restrict_teacher``), and
 slots whose data token is outside it get no cross-entropy loss.
 
-Shapes: V target vocab, V' draft vocab, M rows, k top-k, H hidden.
+Shapes (glossary in ``jetspec``): V target vocab, Vd draft vocab, R rows, C teacher top-C entries, H hidden.
 """
 
 from __future__ import annotations
@@ -159,16 +159,16 @@ class DraftVocabulary(nn.Module):
             return self._packed(hidden.to(w.dtype))
         return F.linear(hidden.to(w.dtype), self._weight, bias)
 
-    def restrict_teacher(self, data_tokens: Int[Tensor, " M"],
-                         teacher_logits: Optional[Float[Tensor, "M V"]] = None,
-                         top_values: Optional[Float[Tensor, "M k"]] = None,
-                         top_indices: Optional[Int[Tensor, "M k"]] = None):
+    def restrict_teacher(self, data_tokens: Int[Tensor, " R"],
+                         teacher_logits: Optional[Float[Tensor, "R V"]] = None,
+                         top_values: Optional[Float[Tensor, "R C"]] = None,
+                         top_indices: Optional[Int[Tensor, "R C"]] = None):
         """Training targets in draft-vocabulary terms, and which rows keep a target at all.
 
         Returns ``(data, teacher_logits, top_values, top_indices, row_ok)``: the data token as a
-        draft id (-1 outside), the full teacher logits gathered on ``ids`` [M, V'], the top-k values
+        draft id (-1 outside), the full teacher logits gathered on ``ids`` [R, Vd], the top-k values
         with -inf where the token is outside the vocabulary and its index as a draft id (0 there, its
-        probability being zero), and ``row_ok`` [M]: the row has some teacher mass inside the vocabulary.
+        probability being zero), and ``row_ok`` [R]: the row has some teacher mass inside the vocabulary.
         """
         inv = self.inverse().to(data_tokens.device)
         data = inv[data_tokens]

@@ -42,7 +42,7 @@ P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -93,7 +93,7 @@ class EagleConfig:
 
     num_layers: int = 1  # decoder layers; the first fuses token embedding and feature (EAGLE-3: 1)
     ttt_steps: int = 7  # depths unrolled in training-time test (EAGLE-3 unrolls 7)
-    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: eagle_tap_layers)
+    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: eagle_tap_layers)
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
     head_dim: Optional[int] = None
@@ -181,7 +181,7 @@ class EagleDraftNet(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
 
     def forward(self, feat: Float[Tensor, "B M H"], emb: Float[Tensor, "B M H"],
-                positions: Int[Tensor, "B M"], mask: Float[Tensor, "B 1 M PM"],
+                positions: Int[Tensor, "B M"], mask: Float[Tensor, "#B 1 M T"],
                 prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B M H"], list[KV]]:
         """Run M rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
 
@@ -286,7 +286,7 @@ class EagleHead(LearnedHead):
         self._ctx_kv: Optional[list[KV]] = None
         self._ctx_len = 0
 
-    def _sync_context(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"],
+    def _sync_context(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]],
                       round_index: int) -> Float[Tensor, " H"]:
         """Run the context rows that are new since the last round; return the root row's output.
 

@@ -33,17 +33,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from jetspec.kernels import additive_mask
 
-def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 M PM"]:
+
+def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 N T"]:
     """Additive mask of ``rows`` new rows after ``prefix`` cached ones: prefix visible, causal after."""
     ok = torch.ones(rows, prefix + rows, dtype=torch.bool, device=device)
     ok[:, prefix:] = torch.ones(rows, rows, dtype=torch.bool, device=device).tril()
-    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(~ok, float("-inf"))[None, None]
+    return additive_mask(ok, dtype)[None, None]
 
 
 def ttt_mask(anchors: Int[Tensor, "B A"], num_context: int, step: int,
-             dtype: torch.dtype) -> Float[Tensor, "B 1 A TkA"]:
-    """Mask of unrolled step ``step`` (>= 1): keys = [T step-0 rows, steps 1..step, A rows each].
+             dtype: torch.dtype) -> Float[Tensor, "B 1 A _"]:
+    """Mask [B, 1, A, T + step*A] of unrolled step ``step`` (>= 1): keys = [T step-0 rows, steps 1..step, A rows each].
 
     Anchor a's query sees step-0 rows j < a and, in every step block, only its own row.
     """
@@ -52,7 +54,7 @@ def ttt_mask(anchors: Int[Tensor, "B A"], num_context: int, step: int,
     ctx_ok = torch.arange(num_context, device=dev) < anchors[..., None]  # [B, A, T]
     own = torch.eye(a, dtype=torch.bool, device=dev).repeat(1, step)  # [A, step*A]
     ok = torch.cat([ctx_ok, own.expand(b, a, step * a)], dim=-1)  # [B, A, T + step*A]
-    return torch.zeros(ok.shape, dtype=dtype, device=dev).masked_fill_(~ok, float("-inf"))[:, None]
+    return additive_mask(ok, dtype)[:, None]
 
 
 def unrolled_hidden(head, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],

@@ -16,7 +16,8 @@ Attention is plain PyTorch (SDPA with an additive float mask). The mask is addit
 for the same reason as in the target wrapper: one convention everywhere, and it is the form a
 tree-attention kernel's reference uses. ``attend`` is the single function a kernel plugs into.
 
-Shapes: B batch, M query rows, P injected (prefix) rows, H hidden, h / h_kv heads, K head dim.
+Shapes (glossary in ``jetspec``): B batch, N new rows of this forward (the queries), T keys (P injected
+prefix rows, then the N rows), H hidden, h / h_kv heads, K head dim.
 """
 
 from __future__ import annotations
@@ -68,23 +69,23 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rope(x: Float[Tensor, "B h M K"], cos: Float[Tensor, "B M K"],
-               sin: Float[Tensor, "B M K"]) -> Float[Tensor, "B h M K"]:
+def apply_rope(x: Float[Tensor, "B h N K"], cos: Float[Tensor, "B N K"],
+               sin: Float[Tensor, "B N K"]) -> Float[Tensor, "B h N K"]:
     """Rotate pairs (x_i, x_{i+K/2}) by the position's angle (the rotate-half convention)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def attend(q: Float[Tensor, "B h M K"], k: Float[Tensor, "B h_kv PM K"], v: Float[Tensor, "B h_kv PM K"],
-           mask: Float[Tensor, "B 1 M PM"]) -> Float[Tensor, "B h M K"]:
+def attend(q: Float[Tensor, "B h N K"], k: Float[Tensor, "B h_kv T K"], v: Float[Tensor, "B h_kv T K"],
+           mask: Float[Tensor, "#B 1 N T"]) -> Float[Tensor, "B h N K"]:
     """Scaled dot-product attention with grouped K/V heads and an additive float mask (0 / -inf).
 
     The reference path every head uses in training. Query head j reads K/V head j // (h / h_kv).
     """
     group = q.shape[1] // k.shape[1]
     if group > 1:
-        k = k.repeat_interleave(group, dim=1)  # [B, h, PM, K]
+        k = k.repeat_interleave(group, dim=1)  # [B, h, T, K]
         v = v.repeat_interleave(group, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
 
@@ -121,36 +122,38 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(s.head_dim, s.eps) if s.qk_norm else None
         self.k_norm = RMSNorm(s.head_dim, s.eps) if s.qk_norm else None
 
-    def project_kv(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys (RoPE'd) and values [B, h_kv, M, K] of rows ``x``.
+    def project_kv(self, x: Float[Tensor, "B N I"], cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (RoPE'd) and values [B, h_kv, N, K] of rows ``x`` (I: the layer's input width).
 
         Used both for the layer's own rows and for injected rows: injected context rows go through
         the same k/v projections, so one cache entry per layer is all the context costs.
         """
-        k = rearrange(self.k_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
-        v = rearrange(self.v_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
+        k = rearrange(self.k_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
+        v = rearrange(self.v_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
         return apply_rope(k, cos, sin), v
 
-    def forward(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
+    def forward(self, x: Float[Tensor, "B N I"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
                 prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
-                attention_fn=None) -> Float[Tensor, "B M H"]:
+                attention_fn=None) -> Float[Tensor, "B N H"]:
         """Attend from the rows of ``x`` to [prefix_kv rows, rows of x] under the additive ``mask``.
+
+        ``x`` is ``[B, N, I]``: I = H, except EAGLE-3's layer, which reads [embedding, feature] (I = 2H).
 
         ``attention_fn(q, k, v)`` replaces the masked reference (``attend``) when given: the
         inference path passes a tree-attention kernel there.
         """
-        q = rearrange(self.q_proj(x), "B M (h K) -> B h M K", K=self.head_dim)
+        q = rearrange(self.q_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         q = apply_rope(q, cos, sin)
-        k, v = self.project_kv(x, cos, sin)  # [B, h_kv, M, K]
+        k, v = self.project_kv(x, cos, sin)  # [B, h_kv, N, K]
         if prefix_kv is not None:
-            k = torch.cat([prefix_kv[0], k], dim=2)  # [B, h_kv, P + M, K]
+            k = torch.cat([prefix_kv[0], k], dim=2)  # [B, h_kv, P + N, K]
             v = torch.cat([prefix_kv[1], v], dim=2)
         out = attend(q, k, v, mask) if attention_fn is None else attention_fn(q, k, v)
-        return self.o_proj(rearrange(out, "B h M K -> B M (h K)"))
+        return self.o_proj(rearrange(out, "B h N K -> B N (h K)"))
 
 
 class SwiGLU(nn.Module):
@@ -180,8 +183,8 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(shape.hidden_size, shape.eps)
         self.mlp = SwiGLU(shape.hidden_size, shape.intermediate_size)
 
-    def forward(self, x: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
+    def forward(self, x: Float[Tensor, "B N H"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
                 prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
-                attention_fn=None) -> Float[Tensor, "B M H"]:
+                attention_fn=None) -> Float[Tensor, "B N H"]:
         x = x + self.attn(self.input_norm(x), cos, sin, mask, prefix_kv, attention_fn)
         return x + self.mlp(self.post_attn_norm(x))

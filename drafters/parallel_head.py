@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -62,7 +62,7 @@ class HeadConfig:
 
     num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
     block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
-    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
+    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: default_tap_layers)
     hidden_size: Optional[int] = None  # H_d, default the target's H
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
@@ -315,7 +315,7 @@ class ParallelHead(LearnedHead):
         self._ctx_len = taps.shape[0]
 
     @torch.no_grad()
-    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"], round_index: int = 0,
+    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
                      depth: Optional[int] = None) -> Float[Tensor, "D V"]:
         """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing the head's context cache."""
         depth = self.max_depth if depth is None else depth

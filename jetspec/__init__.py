@@ -4,13 +4,31 @@ A round of tree speculative decoding (docs/design.md §1) has five named stages:
 
     draft (Drafter) -> build tree (TreeBuilder) -> verify (target forward) -> accept (Verifier) -> commit
 
-Shape glossary used in every docstring and shape comment of this package:
+Shape glossary: one meaning per letter in every annotation, docstring and shape comment of the
+package (docs/design.md section 8 mirrors it). Annotations are jaxtyping dimensions, checked at
+call time while the tests run (tests/conftest.py), so a wrong one fails; a size derived from others
+is written as an expression of them ("T-1", "M+1", "A*S") when jaxtyping can evaluate it (every
+name in it is bound by an earlier argument), else under the letter of what it counts (keys: T).
+Entry points that validate their own arguments, with errors that name them (``SamplingConfig``,
+``DraftOutput``, ``generate``, ``autoregressive_generate``, the tree builders' constructors,
+``tree_attention`` and its two backends), are marked ``@no_type_check`` so that the tests see the
+errors users get; everything they call is checked.
 
-    B  batch                      T  tokens in a sequence         P  cached prefix length
-    N  tree nodes (root included) D  tree depth                   W  tree width (candidates/depth)
-    V  vocabulary size            H  hidden size                  h  attention heads (h_kv: K/V heads)
-    K  head dim                   L  target decoder layers        S  block size of a parallel head
-    F  fused tap features (k tapped layers x H)
+    B    batch                          T    tokens of a sequence; in attention, the keys (P + N)
+    P    cached prefix length           N    tree nodes, root included; in a forward, its new rows
+    D    tree depth                     W    tree width: candidates per depth (or per node)
+    M    candidate nodes of a DraftOutput (the anchor excluded; M+1 rows when the anchor has one)
+    V    target vocabulary              Vd   draft vocabulary (a head's reduced output layer)
+    H    hidden size                    I    a layer's input width when it differs from H
+    Hd   a draft head's hidden size, where it differs from the target's H
+    h    attention (query) heads        h_kv key/value heads (GQA: h is a multiple of h_kv)
+    K    head dim                       L    decoder layers
+    A    anchors per training sequence  S    slots per anchor: a parallel head's block size
+                                             (an EAGLE head's unrolled steps + 1)
+    k    tapped target layers           F    tap features, F = k*H
+    R    rows picked from a larger set (the tree nodes a head re-runs, the supervised positions)
+    C    teacher entries kept per row (a cached top-C distribution)
+    Z    slices of the keys that a split-K attention kernel merges
 
 Notation: p is the target's distribution, q the draft's.
 """

@@ -41,7 +41,14 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from jetspec.kernels import chain_ancestor, full_ancestor, masked_attention, pack_ancestor_bits, tree_attention
+from jetspec.kernels import (
+    chain_ancestor,
+    full_ancestor,
+    masked_attention,
+    pack_ancestor_bits,
+    tree_attention,
+    triton_installed,
+)
 
 TREE_TORCH = "jetspec_tree_torch"  # attention implementation names as registered in transformers
 TREE_TRITON = "jetspec_tree_triton"
@@ -195,7 +202,7 @@ def resolve_backend(model: torch.nn.Module, backend: Optional[str]) -> Optional[
         return None
     if backend == "auto":
         on_cuda = any(p.is_cuda for p in model.parameters())
-        backend = "triton" if on_cuda and _triton_installed() else "torch"
+        backend = "triton" if on_cuda and triton_installed() else "torch"
     if backend in _IMPLEMENTATIONS:
         return _IMPLEMENTATIONS[backend]
     if backend in _IMPLEMENTATIONS.values():
@@ -225,9 +232,3 @@ def attention_backend(model: torch.nn.Module, backend: Optional[str]) -> Iterato
         yield model
     finally:
         model.set_attn_implementation(previous)
-
-
-def _triton_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None

@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
 from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
@@ -73,17 +73,17 @@ class BenchConfig:
     """JSON-lines prompt file (rows with 'prompt' and optional 'set'); default: the built-in prompts."""
     limit: Optional[int] = None
     """Use at most this many prompts per prompt set."""
-    drafters: tuple[str, ...] = ("ngram", "jetspec", "dflash", "eagle")
+    drafters: str | tuple[str, ...] = ("ngram", "jetspec", "dflash", "eagle")
     """Registered drafter names (comma list); ar and the HF anchors always run as well."""
     head_dir: Optional[str] = None
     """Folder with trained heads in <dir>/<drafter name>; default: jetspec/assets/heads."""
     tree: str = "bestfirst"
     """Tree builder: bestfirst, chain or fanout."""
-    budgets: tuple[int, ...] = (8, 16, 32, 64)
+    budgets: str | tuple[int, ...] = (8, 16, 32, 64)
     """Drafted nodes per round, root excluded (comma list). A chain's budget is its depth."""
     width: int = 4
     """Candidates per depth (per node) the tree builder may use."""
-    node_costs: tuple[float, ...] = (0.0,)
+    node_costs: str | tuple[float, ...] = (0.0,)
     """Tree builder node_cost values (comma list; 0 = spend the whole budget). Each drafter runs at
     each; a drafter run with c > 0 is labelled 'name(c=...)'. See trees/best_first.py."""
     depth: int = 8
@@ -102,7 +102,7 @@ class BenchConfig:
     """Run every method once, untimed, before measuring."""
     seed: int = 0
     """Seed of sampling (temperature > 0) and of the method order per prompt."""
-    threads: Optional[str] = None
+    threads: Optional[int | str] = None
     """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py);
     default: torch's choice. Set by the jetspec bench command; run_bench itself leaves threads alone."""
     out: str = "runs/bench"
@@ -422,15 +422,10 @@ def divergence(model, prompt: list[int], ar_tokens: list[int], run: dict) -> dic
 
 # ---------------------------------------------------------------------------- aggregation
 def _pooled_depth_acceptance(runs: list[dict]) -> list[float]:
-    """P(depth d accepted | the round's tree reached depth d), pooled over every round of ``runs``."""
-    acc = [a for r in runs for a in r["accepted_depths"]]
-    reach = [d for r in runs for d in r["tree_depths"]]
-    rates = []
-    for d in range(1, max(reach, default=0) + 1):
-        n = sum(1 for td in reach if td >= d)
-        k = sum(1 for a, td in zip(acc, reach) if td >= d and a >= d)
-        rates.append(round(k / n, 4) if n else 0.0)
-    return rates
+    """``depth_acceptance`` pooled over every round of ``runs``, rounded for the tables."""
+    rates = depth_acceptance([a for r in runs for a in r["accepted_depths"]],
+                             [d for r in runs for d in r["tree_depths"]])
+    return [round(x, 4) for x in rates]
 
 
 def _summarize(group: list[dict]) -> dict:

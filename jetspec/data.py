@@ -23,7 +23,6 @@ Batch layout (B sequences, T = longest length in the batch)::
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from jetspec.jsonl import numbered_rows
 
 
 @dataclass
@@ -277,15 +278,7 @@ class TokenDataModule(L.LightningDataModule):
 
         Rows written by ``jetspec regenerate`` carry ``input_ids`` and are used as they are.
         """
-        examples = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):  # n: the line number, which errors name
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{n} is not valid JSON ({err})") from err
-                    examples.append(encode_row(tokenizer, row, f"{path}:{n}"))
+        examples = [encode_row(tokenizer, row, f"{path}:{n}") for n, row in numbered_rows(path)]
         return cls(examples, **kwargs)
 
     @classmethod

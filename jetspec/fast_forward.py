@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.kernels import additive_mask, tree_visibility
 from jetspec.kernels.packed_linear import PackedLinear
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -202,9 +203,8 @@ class CompactForward:
         """The additive mask ``[1, 1, g * N, P + N]`` for GQA-folded queries; None for one row."""
         if ancestor is None:
             return None
-        n, group = ancestor.shape[0], self.heads // self.kv_heads
-        mask = torch.zeros(n, prefix + n, dtype=self.dtype, device=self.device)
-        mask[:, prefix:].masked_fill_(~ancestor.to(self.device), float("-inf"))
+        group = self.heads // self.kv_heads
+        mask = additive_mask(tree_visibility(ancestor.to(self.device), prefix), self.dtype)
         return mask.repeat(group, 1)[None, None]  # row r * N + i = query head group r, node i
 
     @torch.no_grad()

@@ -116,7 +116,7 @@ def compare(plain: Trace, spec: Trace) -> Comparison:
         top = row.topk(2).values
         res.position, res.plain_token, res.spec_token = first, a, b
         res.margin, res.top2_margin = float(row[a] - row[b]), float(top[0] - top[1])
-        res.margin_spacings = res.margin / bf16_spacing(row[a])
+        res.margin_spacings = res.margin / bf16_spacing(float(row[a]))
         res.delta_there = float(deltas[first])
     return res
 

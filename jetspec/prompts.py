@@ -20,10 +20,11 @@ and the data-preparation script:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
+
+from jetspec.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported: prompts files are JSONL)
 
 BUILTIN_PROMPTS: dict[str, list[str]] = {
     "math": [
@@ -90,30 +91,6 @@ def _join(instruction: str, extra: str) -> str:
     """Instruction, then its input (if any) after a blank line, the usual Alpaca layout."""
     extra = (extra or "").strip()
     return instruction.strip() + ("\n\n" + extra if extra else "")
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Rows of a JSON-lines file; blank lines are skipped, a broken line names its number."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from err
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write rows as JSON lines (creating parent folders); returns the number written."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def read_prompts(path: str | os.PathLike, limit: Optional[int] = None, default_set: Optional[str] = None,

@@ -31,7 +31,6 @@ no generation at all (only a teacher forward when training), so they are a fast 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import Counter
@@ -42,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from jetspec.prompts import chat_ids, eos_ids, read_jsonl
+from jetspec.jsonl import jsonl_line, read_jsonl, write_jsonl
+from jetspec.prompts import chat_ids, eos_ids
 from jetspec.sampling import SamplingConfig
 
 
@@ -56,17 +56,14 @@ def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
     legacy: list[str] = []
     if not Path(out_path).exists():
         return done, legacy
-    with open(out_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                prompt = row["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-            if "id" in row:
-                done[int(row["id"])] = prompt
-            else:
-                legacy.append(prompt)
+    for row in read_jsonl(out_path, skip_invalid=True):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if prompt is None:
+            continue
+        if "id" in row:
+            done[int(row["id"])] = prompt
+        else:
+            legacy.append(prompt)
     return done, legacy
 
 
@@ -115,7 +112,7 @@ class RowSampler(LogitsProcessor):
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: Optional[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
         if self.top_p is not None and self.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -221,7 +218,7 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
         for i in range(0, len(todo), batch_size):
             batch = todo[i: i + batch_size]
             for row in _answer(model, tokenizer, batch, max_new_tokens, temperature, top_p, seed):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(jsonl_line(row))
                 stats["new_tokens"] += len(row["input_ids"]) - row["response_start"]
             f.flush()
             stats["rows_written"] += len(batch)
@@ -278,14 +275,7 @@ def distillation_rows(tokenizer, prompt_rows: Iterable[dict]) -> Iterable[dict]:
 
 def write_distillation(tokenizer, prompt_rows: Iterable[dict], out_path: str | os.PathLike) -> int:
     """Write ``distillation_rows`` to ``out_path`` (overwritten); returns the number of rows."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(out_path, "w", encoding="utf-8") as f:
-        for row in distillation_rows(tokenizer, prompt_rows):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+    return write_jsonl(out_path, distillation_rows(tokenizer, prompt_rows))
 
 
 def read_regenerated(path: str | os.PathLike) -> list[dict]:

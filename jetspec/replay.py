@@ -29,6 +29,7 @@ from torch import Tensor
 from jetspec.checks import run_drafter
 from jetspec.interfaces import Drafter, TreeBuilder
 from jetspec.types import DraftInput, DraftTree
+from jetspec.verifiers.greedy import greedy_accept
 
 
 @dataclass
@@ -62,22 +63,16 @@ def make_references(target, prompts: Sequence[Sequence[int]], max_new_tokens: in
     return rows
 
 
-def greedy_accept(tree: DraftTree, truth: Sequence[int]) -> list[int]:
-    """Nodes of the longest root path whose tokens equal ``truth[0], truth[1], ...``.
+def accepted_path(tree: DraftTree, truth: Sequence[int]) -> list[int]:
+    """Nodes the greedy verifier accepts when the target's argmax along the path is ``truth``.
 
-    This is the greedy verifier's verdict when the target's argmax after the committed prefix is
-    ``truth`` (the reference continuation); siblings hold distinct tokens, so the path is unique.
+    ``truth[d]`` is the target's greedy token after depth d of the path (the reference
+    continuation), so every node at depth d has "argmax" ``truth[d]``; the match itself is the
+    greedy verifier's own ``greedy_accept``, so replay and decoding cannot disagree on a verdict.
     """
-    kids = tree.children()
-    toks = tree.tokens.tolist()
-    node, path = 0, []
-    for want in truth:
-        nxt = next((c for c in kids[node] if toks[c] == want), None)
-        if nxt is None:
-            break
-        path.append(nxt)
-        node = nxt
-    return path
+    depth = tree.depth.tolist()
+    argmax = torch.tensor([truth[d] if d < len(truth) else -1 for d in depth], dtype=torch.long)
+    return greedy_accept(tree.tokens, tree.parents, argmax)
 
 
 def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, " T"], response_start: int,
@@ -101,7 +96,7 @@ def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, 
         inp = DraftInput(tokens=tokens[: a + 1], depth=builder.depth, width=builder.width, budget=builder.budget,
                          taps=None if not drafter.tap_layers else taps[:a], round_index=r)
         tree = builder.build(run_drafter(drafter, inp, drafter.vocab_size), int(tokens[a]))  # as generate does
-        path = greedy_accept(tree, tokens[a + 1: end].tolist())
+        path = accepted_path(tree, tokens[a + 1: end].tolist())
         if sizes is not None:
             sizes.append(tree.budget)
         n = min(len(path) + 1, end - a - 1)  # the bonus token, unless the reference ends first

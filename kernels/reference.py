@@ -16,14 +16,14 @@ the ``P + N`` keys::
     keys:       0 .. P-1 (cached prefix)  |  P .. P+N-1 (the tree nodes)
     query i:    all visible               |  ancestor[i, :]
 
-Shape glossary: B batch, h query heads, h_kv key/value heads, N tree nodes, P cached prefix
-length, K head dim.
+Shapes (the glossary of ``jetspec``): B batch, h query heads, h_kv key/value heads, N tree nodes,
+P cached prefix length, T = P + N keys, K head dim.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, no_type_check
 
 import torch
 from jaxtyping import Bool, Float
@@ -36,11 +36,15 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # ----------------------------------------------------------------------------- ancestor helpers
 def ancestor_from_parents(parents: Union[Sequence[int], Tensor], device=None) -> Bool[Tensor, "N N"]:
-    """Ancestor mask (self included) of a tree given as a parents array.
+    """Ancestor mask (self included) of a forest given as a parents array: the one ancestor closure.
 
-    ``parents[i]`` is the parent of node ``i`` (``-1`` for a root) and parents come before their
-    children (``parents[i] < i``), the order every jetspec tree uses. Because of that order one
-    pass suffices: node i's row is its parent's row plus itself.
+    ``parents[i]`` is the parent of node ``i`` and parents come before their children
+    (``parents[i] < i``), the order every jetspec tree uses. Because of that order one pass
+    suffices: node i's row is its parent's row plus itself.
+
+    The rule for roots: every node with ``parents[i] == -1`` is a root, so several roots (a forest,
+    e.g. the independent blocks of a packed batch) are accepted here. Whether a *draft tree* may
+    have only one root, node 0, is the tree's own rule, checked by ``jetspec.types.ancestor_mask``.
 
     Example: ``parents = [-1, 0, 0, 1]`` (a root with two children, the first with a child) gives
     rows ``1000, 1100, 1010, 1101``.
@@ -49,8 +53,8 @@ def ancestor_from_parents(parents: Union[Sequence[int], Tensor], device=None) ->
     n = len(parents)
     anc = torch.zeros(n, n, dtype=torch.bool)
     for i, p in enumerate(parents):
-        if p >= i:
-            raise ValueError(f"parents[{i}] = {p}: a parent must come before its child (parents[i] < i)")
+        if p >= i or p < -1:
+            raise ValueError(f"parents[{i}] = {p}: parents must precede their children (-1 <= parents[i] < i)")
         if p >= 0:
             anc[i] = anc[p]
         anc[i, i] = True
@@ -70,11 +74,20 @@ def full_ancestor(n: int, device=None) -> Bool[Tensor, "N N"]:
     return torch.ones(n, n, dtype=torch.bool, device=device)
 
 
-def tree_visibility(ancestor: Bool[Tensor, "N N"], prefix_len: int) -> Bool[Tensor, "N PN"]:
+def tree_visibility(ancestor: Bool[Tensor, "N N"], prefix_len: int) -> Bool[Tensor, "N T"]:
     """The ``[N, P + N]`` visibility matrix: the whole prefix, then the ancestor mask."""
     n = ancestor.shape[0]
     prefix = torch.ones(n, prefix_len, dtype=torch.bool, device=ancestor.device)
     return torch.cat([prefix, ancestor.to(torch.bool)], dim=1)
+
+
+def additive_mask(visible: Bool[Tensor, "*shape"], dtype: torch.dtype) -> Float[Tensor, "*shape"]:
+    """The one additive float mask: 0 where ``visible``, ``-inf`` elsewhere, same shape and device.
+
+    Models take float masks rather than boolean ones: transformers' eager attention mishandles
+    boolean 4-D masks, while 0 / -inf added to the scores means the same thing to every backend.
+    """
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -159,10 +172,11 @@ def masked_attention(
     return out.to(q.dtype)
 
 
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention_reference(
     q: Float[Tensor, "B h N K"],
-    k: Float[Tensor, "B h_kv PN K"],
-    v: Float[Tensor, "B h_kv PN K"],
+    k: Float[Tensor, "B h_kv T K"],
+    v: Float[Tensor, "B h_kv T K"],
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
 ) -> Float[Tensor, "B h N K"]:

@@ -26,8 +26,8 @@ N = S: a causal block is a chain tree (``ancestor = chain_ancestor(S)``, lower-t
 a bidirectional (DFlash-style) block is ``full_ancestor(S)`` (all True). There is therefore no
 separate block-attention kernel.
 
-Shape glossary: B batch, h query heads, h_kv key/value heads, N tree nodes, P cached prefix
-length, K head dim.
+Shapes (the glossary of ``jetspec``): B batch, h query heads, h_kv key/value heads, N tree nodes,
+P cached prefix length, T = P + N keys, K head dim.
 
 Triton is imported lazily inside functions: importing ``jetspec.kernels`` must stay cheap and
 free of side effects, and ``triton`` is an optional dependency (``pip install jetspec[kernels]``).
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Optional, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -239,10 +239,11 @@ def _num_splits(programs: int, prefix_tiles: int, device: torch.device) -> int:
     return max(1, min(math.ceil(2 * sms / programs), prefix_tiles // 4))
 
 
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention_triton(
     q: Float[Tensor, "B h N K"],
-    k: Float[Tensor, "B h_kv PN K"],
-    v: Float[Tensor, "B h_kv PN K"],
+    k: Float[Tensor, "B h_kv T K"],
+    v: Float[Tensor, "B h_kv T K"],
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     *,
@@ -327,16 +328,16 @@ def tree_attention_triton(
 
 
 def merge_splits(
-    partial: Float[Tensor, "S B h N K"], lse: Float[Tensor, "S B h N"]
+    partial: Float[Tensor, "Z B h N K"], lse: Float[Tensor, "Z B h N"]
 ) -> Float[Tensor, "B h N K"]:
-    """Merge S softmax slices, each normalised over its own keys, into one softmax over all keys.
+    """Merge Z softmax slices (split-K), each normalised over its own keys, into one softmax over all keys.
 
     Slice s covers keys with log2-sum-exp ``lse[s]``; the full softmax weights it by
     ``2^lse[s] / sum_t 2^lse[t]``. Subtracting the max first keeps the exponentials in range.
     """
     top = lse.amax(dim=0)  # (B, h, N)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weight = torch.exp2(lse - top)  # (S, B, h, N); 0 for a slice in which a row saw nothing
+    weight = torch.exp2(lse - top)  # (Z, B, h, N); 0 for a slice in which a row saw nothing
     total = weight.sum(dim=0)
     merged = (weight[..., None] * partial).sum(dim=0)  # (B, h, N, K)
     return merged / torch.where(total > 0, total, torch.ones_like(total))[..., None]
@@ -348,10 +349,11 @@ def _next_power_of_2(x: int) -> int:
 
 
 # ----------------------------------------------------------------------------- the dispatcher
+@no_type_check  # validates its arguments with errors naming them (check_tree_attention_args)
 def tree_attention(
     q: Float[Tensor, "B h N K"],
-    k: Float[Tensor, "B h_kv PN K"],
-    v: Float[Tensor, "B h_kv PN K"],
+    k: Float[Tensor, "B h_kv T K"],
+    v: Float[Tensor, "B h_kv T K"],
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     backend: str = "auto",
@@ -385,7 +387,7 @@ def tree_attention(
     """
     if backend == "auto":
         usable = q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] <= MAX_HEAD_DIM
-        backend = "triton" if usable and _triton_installed() else "torch"
+        backend = "triton" if usable and triton_installed() else "torch"
     if backend == "torch":
         return tree_attention_reference(q, k, v, ancestor, scale)
     if backend == "triton":
@@ -393,7 +395,8 @@ def tree_attention(
     raise ValueError(f"backend must be 'torch', 'triton' or 'auto', got {backend!r}")
 
 
-def _triton_installed() -> bool:
+def triton_installed() -> bool:
+    """Whether triton can be imported (without importing it: that takes seconds and may fail)."""
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None

@@ -10,6 +10,17 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Shapes that can fail: every annotation in the package (jaxtyping shapes and dtypes, and plain
+# types) is checked at call time, by beartype, for the whole test session. The hook must be
+# installed before anything imports jetspec (conftest runs first); it matches on module names, so
+# the folder mapping of pyproject.toml (drafters/ installed as jetspec.drafters, ...) is covered by
+# the one prefix "jetspec". The PEP 484 numeric tower lets an int stand where a float is annotated,
+# as Python's typing rules say. Entry points that validate their own arguments with errors naming
+# them are marked ``@no_type_check`` (see jetspec/__init__.py), so the tests see the errors users see.
+from jaxtyping import install_import_hook  # noqa: E402
+
+install_import_hook("jetspec", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

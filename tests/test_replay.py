@@ -15,7 +15,7 @@ from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
 from jetspec.drafters import CompositeDrafter, DraftModelDrafter, JetSpecHead, NGramDrafter
-from jetspec.replay import Reference, greedy_accept, make_references, mean_ci, replay, replay_sequence
+from jetspec.replay import Reference, accepted_path, make_references, mean_ci, replay, replay_sequence
 from jetspec.trees import BestFirstBuilder, ChainBuilder
 from jetspec.types import DraftTree
 
@@ -35,14 +35,14 @@ def noisy_copy(model, scale: float, seed: int):
     return other
 
 
-def test_greedy_accept_walks_the_matching_path():
+def test_accepted_path_walks_the_matching_path():
     # root 0 -> 1 (tok 5), 2 (tok 6); 1 -> 3 (tok 7); 2 -> 4 (tok 7)
     tree = DraftTree(tokens=torch.tensor([9, 5, 6, 7, 7]), parents=torch.tensor([-1, 0, 0, 1, 2]),
                      depth=torch.tensor([0, 1, 1, 2, 2]), score=torch.zeros(5))
-    assert greedy_accept(tree, [6, 7, 1]) == [2, 4]
-    assert greedy_accept(tree, [5, 8]) == [1]
-    assert greedy_accept(tree, [1]) == []
-    assert greedy_accept(tree, []) == []
+    assert accepted_path(tree, [6, 7, 1]) == [2, 4]
+    assert accepted_path(tree, [5, 8]) == [1]
+    assert accepted_path(tree, [1]) == []
+    assert accepted_path(tree, []) == []
 
 
 @pytest.mark.parametrize("kind", ["draft_model", "ngram", "head+draft_model"])

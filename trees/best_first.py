@@ -42,21 +42,21 @@ from jetspec.types import DraftOutput, DraftTree, node_depths
 Fanout = Callable[[list[float]], int]
 
 
-def check_shape_args(budget: int, width: int, depth: int) -> None:
-    """Clear errors for impossible trees (the argument is named, as the CLI flag is)."""
+def check_shape_args(budget: object, width: object, depth: object) -> None:
+    """Clear errors for impossible trees (the argument is named, as the CLI flag is); any value may come in."""
     for name, value in (("budget", budget), ("width", width), ("depth", depth)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def check_finite(name: str, value: float, low: float = -math.inf) -> None:
+def check_finite(name: str, value: object, low: float = -math.inf) -> None:
     """A finite real number >= ``low`` (bools and strings refused), named in the error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
         at_least = "" if low == -math.inf else f" >= {low:g}"
         raise ValueError(f"{name} must be a finite number{at_least}, got {value!r}")
 
 
-def check_node_cost(node_cost: float) -> None:
+def check_node_cost(node_cost: object) -> None:
     check_finite("node_cost", node_cost, 0.0)
 
 

@@ -8,6 +8,8 @@ cap and lets each round's tree stop growing where more nodes would not pay for t
 
 from __future__ import annotations
 
+from typing import no_type_check
+
 from jetspec.interfaces import TreeBuilder, register_tree_builder
 from jetspec.trees.best_first import capped_fanout, check_finite, check_node_cost, check_shape_args, grow_tree
 from jetspec.types import DraftOutput, DraftTree
@@ -17,6 +19,7 @@ from jetspec.types import DraftOutput, DraftTree
 class ChainBuilder(TreeBuilder):
     """The top-1 candidate at every depth: a single path of ``depth`` drafted tokens."""
 
+    @no_type_check  # validates its arguments with errors naming them (see jetspec/__init__.py)
     def __init__(self, depth: int = 8, node_cost: float = 0.0) -> None:
         check_shape_args(1, 1, depth)  # the budget is the depth: only depth can be wrong (and is named)
         check_node_cost(node_cost)
@@ -34,6 +37,7 @@ class ChainBuilder(TreeBuilder):
 class BestFirstBuilder(TreeBuilder):
     """Best-first growth on accumulated log-prob with up to ``width`` children per node."""
 
+    @no_type_check  # validates its arguments with errors naming them (see jetspec/__init__.py)
     def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, node_cost: float = 0.0) -> None:
         """
         Args:
@@ -61,6 +65,7 @@ class BestFirstBuilder(TreeBuilder):
 class FanoutCapBuilder(TreeBuilder):
     """Best-first growth whose per-node fan-out shrinks where the top-2 log-prob gap is large."""
 
+    @no_type_check  # validates its arguments with errors naming them (see jetspec/__init__.py)
     def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, beta: float = 1.0,
                  gap0: float = 1.0, node_cost: float = 0.0) -> None:
         check_shape_args(budget, width, depth)

@@ -8,14 +8,15 @@ greedy decoding would have emitted at that position, the output cannot change.
 
 from __future__ import annotations
 
-import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from jetspec.interfaces import Verifier, register_verifier
 from jetspec.types import Acceptance, VerifyInput
 
 
-def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, argmax: torch.Tensor) -> list[int]:
-    """Deepest path of matching nodes. tokens, parents, argmax: [N]; returns node ids, root excluded.
+def greedy_accept(tokens: Int[Tensor, " N"], parents: Int[Tensor, " N"], argmax: Int[Tensor, " N"]) -> list[int]:
+    """Deepest path of matching nodes; returns node ids, root excluded (the one greedy path matcher).
 
     Vectorised over nodes: ``ok[i]`` = node i matches; ``accepted[i]`` = every node on its path
     matches, i.e. the number of matching ancestors-or-self equals the depth.

@@ -1,0 +1,51 @@
+"""JSON-lines files, read and written in one place (prompts, references, training data, logs).
+
+One row per line, UTF-8, non-ASCII kept as is. Blank lines are skipped. A line that is not valid
+JSON is an error naming ``path:line``, except where the caller says a cut-off line is expected
+(a file that an interrupted run was appending to): then it is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def numbered_rows(path: str | os.PathLike, skip_invalid: bool = False) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` for every non-blank line of ``path`` (numbers start at 1)."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                if skip_invalid:
+                    continue
+                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from err
+            yield i, row
+
+
+def read_jsonl(path: str | os.PathLike, skip_invalid: bool = False) -> Iterator[dict]:
+    """Rows of a JSON-lines file, in order (see ``numbered_rows``)."""
+    for _, row in numbered_rows(path, skip_invalid):
+        yield row
+
+
+def jsonl_line(row: dict) -> str:
+    """One row as a line, newline included: what ``write_jsonl`` writes, for callers that stream."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write rows as JSON lines, replacing the file (parent folders are created); returns the count."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(jsonl_line(row))
+            n += 1
+    return n
