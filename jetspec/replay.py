@@ -140,7 +140,7 @@ class ReplayReport:
 
 def reference_taps(model, tap_layers: Sequence[int], references: Sequence[Reference]) -> list[Tensor]:
     """The [T, F] taps of every reference (one teacher forward each); reuse them across evaluations."""
-    from jetspec.training import Teacher
+    from jetspec.target import Teacher
 
     teacher = Teacher(model, tap_layers)
     dev = next(model.parameters()).device

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from jetspec.target import capture_taps
+from jetspec.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
 
 
 @dataclass
@@ -247,43 +247,6 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 # ---------------------------------------------------------------------------------------- teacher
-@dataclass
-class TeacherOutput:
-    """What the frozen target tells the head about a batch."""
-
-    taps: Float[Tensor, "B T F"]  # tapped layer outputs, concatenated per token
-    logits: Optional[Float[Tensor, "B T V"]] = None  # full next-token logits
-    top_values: Optional[Float[Tensor, "B T k"]] = None  # or only the top-k of them
-    top_indices: Optional[Int[Tensor, "B T k"]] = None
-
-    def top1(self) -> Int[Tensor, "B T"]:
-        return self.logits.argmax(-1) if self.logits is not None else self.top_indices[..., 0]
-
-
-class Teacher:
-    """Runs the frozen target under no_grad and captures the tapped layers (``capture_taps``).
-
-    Only the tapped layers are captured (asking HF for all hidden states would keep L copies alive).
-    """
-
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int], topk: Optional[int] = None) -> None:
-        self.model = model
-        self.tap_layers = tuple(tap_layers)
-        self.topk = topk
-
-    @torch.no_grad()
-    def __call__(self, input_ids: Int[Tensor, "B T"],
-                 attention_mask: Optional[Tensor] = None) -> TeacherOutput:
-        with capture_taps(self.model, self.tap_layers) as captured:
-            # Right padding only: causal attention keeps padded tails out of real positions.
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        taps = torch.cat([captured[i] for i in self.tap_layers], dim=-1)  # [B, T, k*H]
-        if self.topk is None:
-            return TeacherOutput(taps=taps, logits=logits)
-        top = logits.topk(min(self.topk, logits.shape[-1]), dim=-1)
-        return TeacherOutput(taps=taps, top_values=top.values, top_indices=top.indices)
-
-
 class TeacherCache:
     """Taps and top-k teacher logits on disk (safetensors shards), reused across epochs.
 

@@ -30,7 +30,7 @@ CORE = {
     "jetspec.decoding", "jetspec.checks", "jetspec.loading", "jetspec.attention",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
-    "jetspec.replay", "jetspec.prompts",
+    "jetspec.replay", "jetspec.prompts", "jetspec.jsonl",
     "jetspec.trees", "jetspec.trees.best_first", "jetspec.trees.builders",
     "jetspec.verifiers", "jetspec.verifiers.greedy", "jetspec.verifiers.sampling",
     "jetspec.kernels", "jetspec.kernels.reference", "jetspec.kernels.tree_attention",
@@ -48,7 +48,8 @@ TRAINING = {
 }
 EVALUATION = {
     "jetspec.bench", "jetspec.bench_report", "jetspec.replay_tools", "jetspec.roofline",
-    "jetspec.plots", "jetspec.splits", "jetspec.precision", "jetspec.threads",
+    "jetspec.plots", "jetspec.splits", "jetspec.precision", "jetspec.threads", "jetspec.drafter_specs",
+    "jetspec.report",
 }
 TESTING = {"jetspec.exact", "jetspec.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.loading import load_target
     from jetspec.threads import choose_threads
 
+    if args.include is not None:  # argparse collects the repeated flag in a list
+        args.include = tuple(args.include)
     try:
         cfg = config_from_args(BenchmarksConfig, args)
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast
