@@ -33,7 +33,7 @@ test: $(STAMP)
 	  $(PY) -m pytest -q -n 2 --durations=20 --nbmake --nbmake-timeout=900 tests tutorials $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments
+	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments tutorials
 
 bench: $(STAMP)
 	$(PY) -m jetspec benchmarks

@@ -62,6 +62,7 @@ from jetspec.drafters.head_layers import (
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
 from jetspec.interfaces import register_drafter
+from jetspec.kernels import additive_mask
 from jetspec.training import TrainConfig
 from jetspec.types import DraftInput, DraftOutput
 
@@ -414,7 +415,7 @@ class _DraftTree:
             for a in self.ancestors(self.parents[m]):
                 ok[i, p + self.row[a]] = True
             ok[i, p + e + i] = True
-        mask = torch.zeros(ok.shape, dtype=feat.dtype).masked_fill_(~ok, float("-inf"))[None, None].to(dev)
+        mask = additive_mask(ok, feat.dtype)[None, None].to(dev)
         prefix = head._ctx_kv if self.kv is None else _concat(head._ctx_kv, self.kv)
         out, kv = net(feat, emb, positions, mask, prefix)
         self.kv = kv if self.kv is None else _concat(self.kv, kv)

@@ -10,7 +10,6 @@ survives ``--resume`` (the file is appended to, the counters are saved in the ch
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Optional, Sequence
 
 import lightning as L
 
+from jetspec.jsonl import jsonl_line, read_jsonl
 from jetspec.replay import Reference, as_references, reference_taps, replay
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class TauCurve(L.Callback):
         if self.out_file is not None:
             self.out_file.parent.mkdir(parents=True, exist_ok=True)
             with self.out_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(jsonl_line(row))
         shown = ["step", "tokens_seen", "wall_s"] + [f"tau_b{b}" for b in budgets] + ["eval_s"]
         log.info("tau curve: %s", ", ".join(f"{k}={row[k]}" for k in shown))
         return row
@@ -131,6 +131,5 @@ class TauCurve(L.Callback):
 
 def load_curve(path: str | Path) -> list[dict]:
     """The rows a ``TauCurve`` appended to ``path``."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return list(read_jsonl(path))
 

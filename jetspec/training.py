@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.kernels import additive_mask
 from jetspec.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
 
 
@@ -168,8 +169,7 @@ def packed_block_mask(anchors: Int[Tensor, "B A"], num_context: int, block_size:
         slot_ok = slot_ok.tril()  # [S, S]
     blk_ok = (same_block[:, None, :, None] & slot_ok[None, :, None, :]).reshape(a * s, a * s)
     ok = torch.cat([ctx_ok, blk_ok.expand(bsz, -1, -1)], dim=-1)  # [B, A*S, T + A*S]
-    mask = torch.zeros(ok.shape, dtype=dtype, device=dev).masked_fill_(~ok, float("-inf"))
-    return mask[:, None]
+    return additive_mask(ok, dtype)[:, None]
 
 
 # ---------------------------------------------------------------------------------------- losses

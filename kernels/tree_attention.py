@@ -76,6 +76,9 @@ def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
 
 
 # ----------------------------------------------------------------------------- the kernel
+# One function of ~110 lines on purpose: a Triton kernel is compiled as one program, and its tile
+# loop (load a key tile, score, mask, online-softmax update, accumulate) reads best in one place;
+# the small @triton.jit helpers it could be cut into would each be called once.
 def _tree_attention_fwd(
     Q, K, V, Bits, Out, Lse,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -262,24 +265,11 @@ def tree_attention_triton(
     that runs many layers over one tree (``jetspec.attention`` does, once per forward).
     """
     check_tree_attention_args(q, k, v, ancestor)
-    if q.dtype not in TRITON_DTYPES:
-        raise ValueError(f"q has dtype {q.dtype}; the Triton kernel takes {[str(d) for d in TRITON_DTYPES]} "
-                         "(use backend='torch' for others)")
-    batch, heads, n, head_dim = q.shape
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"q has head dim {head_dim}; the Triton kernel supports up to {MAX_HEAD_DIM}")
-    interpret = _interpreting()
-    if not q.is_cuda and not interpret:
-        raise RuntimeError("backend='triton' needs CUDA tensors; on a CPU, set TRITON_INTERPRET=1 before the "
-                           "first kernel call to run the Triton interpreter, or use backend='torch'")
-    kernel = _compiled_kernel()
-    if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
-        raise ValueError(f"out must match q: got {tuple(out.shape)} {out.dtype} on {out.device}, "
-                         f"expected {tuple(q.shape)} {q.dtype} on {q.device}")
+    out, interpret = _checked_triton_call(q, out)
     if out.numel() == 0:
         return out
+    batch, heads, n, head_dim = q.shape
+    kernel = _compiled_kernel()
 
     kv_heads = k.shape[1]
     group = heads // kv_heads
@@ -325,6 +315,29 @@ def tree_attention_triton(
     if num_splits > 1:
         out.copy_(merge_splits(target, lse))
     return out
+
+
+def _checked_triton_call(q: Tensor, out: Optional[Tensor]) -> tuple[Tensor, bool]:
+    """What only the Triton backend refuses (dtype, head dim, device), and the output buffer.
+
+    Returns ``(out, interpret)``: ``out`` the given buffer (checked to match q) or a new one, and
+    whether kernels run in Triton's CPU interpreter.
+    """
+    if q.dtype not in TRITON_DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}; the Triton kernel takes {[str(d) for d in TRITON_DTYPES]} "
+                         "(use backend='torch' for others)")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"q has head dim {q.shape[-1]}; the Triton kernel supports up to {MAX_HEAD_DIM}")
+    interpret = _interpreting()
+    if not q.is_cuda and not interpret:
+        raise RuntimeError("backend='triton' needs CUDA tensors; on a CPU, set TRITON_INTERPRET=1 before the "
+                           "first kernel call to run the Triton interpreter, or use backend='torch'")
+    if out is None:
+        return torch.empty_like(q, memory_format=torch.contiguous_format), interpret
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out must match q: got {tuple(out.shape)} {out.dtype} on {out.device}, "
+                         f"expected {tuple(q.shape)} {q.dtype} on {q.device}")
+    return out, interpret
 
 
 def merge_splits(

@@ -41,8 +41,12 @@ def greedy_without_cache(ids, n):
     return ids
 
 with torch.no_grad():
-    t0 = time.perf_counter(); slow = greedy_without_cache(ids, 8); t_slow = time.perf_counter() - t0
-t0 = time.perf_counter(); fast = autoregressive_generate(model, ids, 8).sequences; t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    slow = greedy_without_cache(ids, 8)
+    t_slow = time.perf_counter() - t0
+t0 = time.perf_counter()
+fast = autoregressive_generate(model, ids, 8).sequences
+t_fast = time.perf_counter() - t0
 print(tok.decode(fast[0, ids.shape[1]:]))
 print(f"no cache {t_slow:.2f}s, with cache {t_fast:.2f}s")
 assert torch.equal(slow, fast), "the cache must not change greedy output"
@@ -78,7 +82,8 @@ ax[0].plot(widths, [times[m] for m in widths], "o-")
 ax[0].set(xscale="log", xlabel="new tokens per forward (M)", ylabel="ms per forward", title="forward time")
 ax[1].plot(widths, [times[m] / m for m in widths], "o-", color="C1")
 ax[1].set(xscale="log", yscale="log", xlabel="M", ylabel="ms per token", title="cost per token")
-plt.tight_layout(); plt.show()
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # A forward over 16 tokens costs only a few times one token, so if a cheap drafter guesses several

@@ -49,20 +49,27 @@ for name, tr in trees.items():
 def draw(tree, ax, title):
     xs, counters = {}, {}
     for i in range(tree.num_nodes):
-        d = int(tree.depth[i]); counters[d] = counters.get(d, 0) + 1; xs[i] = (counters[d], -d)
+        d = int(tree.depth[i])
+        counters[d] = counters.get(d, 0) + 1
+        xs[i] = (counters[d], -d)
     for i in range(1, tree.num_nodes):
-        p = int(tree.parents[i]); ax.plot([xs[p][0], xs[i][0]], [xs[p][1], xs[i][1]], "k-", lw=0.8)
+        p = int(tree.parents[i])
+        ax.plot([xs[p][0], xs[i][0]], [xs[p][1], xs[i][1]], "k-", lw=0.8)
     for i, (x, y) in xs.items():
         ax.annotate(tok.decode([int(tree.tokens[i])]).strip() or "\u2423", (x, y), ha="center",
                     bbox=dict(boxstyle="round", fc="w"))
-    ax.set_title(title); ax.axis("off")
+    ax.set_title(title)
+    ax.axis("off")
 
 tree = trees["best-first"]
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
 draw(tree, ax[0], "best-first tree (depth downwards)")
-ax[1].imshow(tree.ancestor, cmap="Greys"); ax[1].set_title("ancestor mask A[i, j]")
-ax[1].set_xlabel("key node j"); ax[1].set_ylabel("query node i")
-plt.tight_layout(); plt.show()
+ax[1].imshow(tree.ancestor, cmap="Greys")
+ax[1].set_title("ancestor mask A[i, j]")
+ax[1].set_xlabel("key node j")
+ax[1].set_ylabel("query node i")
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## Verify every branch in one forward

@@ -37,7 +37,8 @@ plain, t_plain, n_plain = [], 0.0, 0
 for ids in prompts:
     res = autoregressive_generate(model, ids, N_NEW)
     plain.append(res.sequences)
-    t_plain += res.decode_seconds; n_plain += res.num_new_tokens
+    t_plain += res.decode_seconds
+    n_plain += res.num_new_tokens
 print(f"plain decoding: {n_plain / t_plain:.1f} tokens/s (decode only)")
 
 # %% [markdown]
@@ -53,8 +54,10 @@ for name, head in heads.items():
         for ids, ref in zip(prompts, plain):
             res = dec.generate(ids, max_new_tokens=N_NEW)
             # fp32 can flip near-ties between a tree verify and one-token decoding; count them
-            commits += sum(res.accepted_lengths); rounds += len(res.accepted_lengths)
-            secs += res.decode_seconds; fwd += sum(res.draft_forwards)
+            commits += sum(res.accepted_lengths)
+            rounds += len(res.accepted_lengths)
+            secs += res.decode_seconds
+            fwd += sum(res.draft_forwards)
         results[(name, b)] = dict(tau=commits / rounds, tps=commits / secs, forwards=fwd / rounds)
         print(f"{name:8s} budget {b:3d}: tau {commits / rounds:.2f}, {commits / secs:5.1f} tok/s, "
               f"{fwd / rounds:.1f} draft forwards per round")
@@ -67,7 +70,9 @@ for name in heads:
 ax[0].set(xscale="log", xlabel="budget (drafted nodes)", ylabel="tau", title="tokens per target forward")
 ax[1].axhline(1.0, color="k", lw=0.8, ls="--")
 ax[1].set(xscale="log", xlabel="budget", ylabel="speedup vs plain", title="decode speed")
-ax[0].legend(); plt.tight_layout(); plt.show()
+ax[0].legend()
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## What the numbers must show regardless of training quality

@@ -68,7 +68,8 @@ def per_path_row(inp):
             y = inp.rng.categorical(p[node])
             if y != int(inp.tree.tokens[nxt]):
                 break
-            accepted.append(nxt); node = nxt
+            accepted.append(nxt)
+            node = nxt
         else:
             y = inp.rng.categorical(p[node])
         if best is None or len(accepted) > len(best[0]):
@@ -86,7 +87,10 @@ xs = torch.arange(VOCAB)
 plt.bar(xs - 0.25, p_root, 0.25, label="target p")
 plt.bar(xs, [law.get(t, 0) for t in range(VOCAB)], 0.25, label="sample-and-match")
 plt.bar(xs + 0.25, [wrong.get(t, 0) for t in range(VOCAB)], 0.25, label="per path row (wrong)")
-plt.xlabel("first emitted token"); plt.ylabel("probability"); plt.legend(); plt.show()
+plt.xlabel("first emitted token")
+plt.ylabel("probability")
+plt.legend()
+plt.show()
 
 # %% [markdown]
 # ## Drafts sampled from q: rejection sampling
