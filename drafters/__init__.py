@@ -7,10 +7,10 @@ first time they are used (``DRAFTERS["jetspec"]`` or ``from jetspec.drafters imp
 
 import importlib
 
+from jetspec.core.interfaces import DRAFTERS
 from jetspec.drafters.draft_model import DraftModelDrafter
 from jetspec.drafters.ngram import NGramDrafter
 from jetspec.drafters.simple import OracleDrafter, RandomDrafter
-from jetspec.interfaces import DRAFTERS
 
 _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",

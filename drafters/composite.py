@@ -23,9 +23,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from jetspec.interfaces import Drafter, register_drafter
+from jetspec.core.interfaces import Drafter, register_drafter
+from jetspec.core.types import DraftInput, DraftOutput, DraftTree
 from jetspec.trees.best_first import grow_tree
-from jetspec.types import DraftInput, DraftOutput, DraftTree
 
 
 @register_drafter("composite")

@@ -45,8 +45,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.types import DraftInput, DraftOutput, DraftTree
 from jetspec.trees.best_first import grow_tree
-from jetspec.types import DraftInput, DraftOutput, DraftTree
 
 
 # ---------------------------------------------------------------------------------------- training

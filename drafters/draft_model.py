@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from jetspec.core.interfaces import Drafter, register_drafter
+from jetspec.core.sampling import TorchRng, process_logits
+from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.lm_runner import CachedLM
-from jetspec.interfaces import Drafter, register_drafter
-from jetspec.sampling import TorchRng, process_logits
-from jetspec.types import DraftInput, DraftOutput
 
 
 @register_drafter("draft_model")

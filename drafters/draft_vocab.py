@@ -34,7 +34,7 @@ from jetspec.kernels import PackedLinear
 def token_counts(sequences: Iterable, vocab_size: int) -> Int[Tensor, " V"]:
     """How often each token id occurs in the *response* part of the sequences.
 
-    ``sequences``: ``jetspec.data.Example`` objects, dicts with ``input_ids`` (and optionally
+    ``sequences``: ``jetspec.training.data.Example`` objects, dicts with ``input_ids`` (and optionally
     ``response_start``) or plain id lists. Only response tokens count: they are what a head drafts.
     """
     counts: Counter = Counter()

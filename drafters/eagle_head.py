@@ -49,6 +49,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.eagle_training as ttt
+from jetspec.core.interfaces import register_drafter
+from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import saved_vocabulary
 from jetspec.drafters.head_layers import (
     Attention,
@@ -61,10 +63,8 @@ from jetspec.drafters.head_layers import (
 )
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
-from jetspec.interfaces import register_drafter
 from jetspec.kernels import additive_mask
-from jetspec.training import TrainConfig
-from jetspec.types import DraftInput, DraftOutput
+from jetspec.training.recipe import TrainConfig
 
 KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, M, K]
 
@@ -232,7 +232,7 @@ class EagleHead(LearnedHead):
     the network (``EagleDraftNet``), its unrolled training forward and its depth-by-depth drafting.
 
     Args:
-        target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
+        target: a Hugging Face causal LM or a ``jetspec.core.target.TargetModel`` (frozen, not copied).
         num_layers: decoder layers, the first fusing token and feature (default: EagleConfig's 1).
         config / training: ``EagleConfig`` and ``TrainConfig``; their fields may also be given as
             keyword options, which override them.

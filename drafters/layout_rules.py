@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from jetspec.target import TargetModel
+from jetspec.core.target import TargetModel
 
 # jetspec name <-> published name, for the pieces of one decoder layer (HF Llama/Qwen3 names).
 LAYER_NAMES = {

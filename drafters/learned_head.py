@@ -1,6 +1,6 @@
 """The learned draft heads' base class: ONE place where a head's training reads top to bottom.
 
-``LearnedHead`` is a ``lightning.LightningModule`` and a ``jetspec.interfaces.Drafter``. It owns
+``LearnedHead`` is a ``lightning.LightningModule`` and a ``jetspec.core.interfaces.Drafter``. It owns
 the whole recipe (docs/design.md §5); a subclass (``JetSpecHead``, ``DFlashHead``, ``EagleHead``)
 only says what its network computes. One training step, in the order the code below runs it:
 
@@ -21,7 +21,7 @@ only says what its network computes. One training step, in the order the code be
    cosine decay (``warmup_cosine``).
 
 The pure pieces (anchors, masks, losses, metrics, the teacher and its cache) are functions and
-classes of ``jetspec.training``; nothing there touches a head.
+classes of ``jetspec.training.recipe``; nothing there touches a head.
 
 A subclass provides (the declared interface; everything else is inherited):
 
@@ -52,10 +52,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.head_files as head_files
+from jetspec.core.interfaces import DRAFTERS, Drafter
+from jetspec.core.target import TargetModel
 from jetspec.drafters.draft_vocab import DraftVocabulary
-from jetspec.interfaces import DRAFTERS, Drafter
-from jetspec.target import TargetModel
-from jetspec.training import (
+from jetspec.training.recipe import (
     Teacher,
     TeacherCache,
     TeacherOutput,
@@ -104,7 +104,7 @@ class LearnedHead(L.LightningModule, Drafter):
     """A trained draft head over a frozen target; subclasses declare the network (module docstring).
 
     Args:
-        target: a Hugging Face causal LM or a ``jetspec.target.TargetModel``. It is *used*, never
+        target: a Hugging Face causal LM or a ``jetspec.core.target.TargetModel``. It is *used*, never
             copied or registered: its embedding table and lm_head serve the head, it is in no
             checkpoint and no optimizer. It is put in eval mode with gradients off (frozen).
         config: the architecture (``config_class``); its fields may also be keyword options.

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from jetspec.interfaces import Drafter, register_drafter
-from jetspec.types import DraftInput, DraftOutput
+from jetspec.core.interfaces import Drafter, register_drafter
+from jetspec.core.types import DraftInput, DraftOutput
 
 
 @register_drafter("ngram")

@@ -12,7 +12,7 @@ The two heads differ in ONE switch, the class attribute ``causal``: slot i of a 
 slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
 block sees every slot (branch-agnostic marginals).
 
-Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.interfaces.Drafter``
+Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.core.interfaces.Drafter``
 (``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
 module only adds the network, its packed training forward and its drafting. The target's
 embedding table and lm_head are *used*, never copied: the target is held through a plain Python
@@ -33,13 +33,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 import jetspec.drafters.conditioned as conditioned
+from jetspec.core.interfaces import register_drafter
+from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.drafters.learned_head import LearnedHead
-from jetspec.interfaces import register_drafter
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
-from jetspec.training import TrainConfig, block_positions, packed_block_mask
-from jetspec.types import DraftInput, DraftOutput
+from jetspec.training.recipe import TrainConfig, block_positions, packed_block_mask
 
 
 def default_tap_layers(num_layers: int) -> tuple[int, ...]:
@@ -207,7 +207,7 @@ class ParallelHead(LearnedHead):
     the network (``ParallelDraftNet``), its packed training forward and its one-forward drafting.
 
     Args:
-        target: a Hugging Face causal LM or a ``jetspec.target.TargetModel`` (frozen, not copied).
+        target: a Hugging Face causal LM or a ``jetspec.core.target.TargetModel`` (frozen, not copied).
         config: architecture; fields of ``HeadConfig`` may also be given as keyword options.
         training: optimisation and loss; fields of ``TrainConfig`` may also be keyword options.
         draft_vocab: token ids of a reduced draft vocabulary (``drafters/draft_vocab.py``).
@@ -258,7 +258,7 @@ class ParallelHead(LearnedHead):
     # ------------------------------------------------------------------ training forward (packed)
     def packed_hidden(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
                       anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S H"]:
-        """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training``.
+        """Every anchor's block in one forward, under the block-sparse mask of ``jetspec.training.recipe``.
 
         A conditioned head teacher-forces every second block (``drafters/conditioned.py``) and
         returns its rows shifted so that row k still predicts depth k.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from jetspec.core.interfaces import Drafter, register_drafter
+from jetspec.core.target import TargetModel
+from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.lm_runner import CachedLM
-from jetspec.interfaces import Drafter, register_drafter
-from jetspec.target import TargetModel
-from jetspec.types import DraftInput, DraftOutput
 
 
 @register_drafter("random")

@@ -27,8 +27,8 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from jetspec.callbacks import load_curve
-from jetspec.replay import mean_ci
+from jetspec.core.replay import mean_ci
+from jetspec.training.callbacks import load_curve
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -198,7 +198,7 @@ def verify_forward(device: str, dry_run: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache, Qwen3Config
 
-    from jetspec.attention import attention_backend
+    from jetspec.core.attention import attention_backend
     from jetspec.kernels import ancestor_from_parents
 
     if dry_run:

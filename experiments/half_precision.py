@@ -5,7 +5,7 @@ JetSpec head (tree forwards) run on the same bf16 target and engine; the script 
 table: whether the outputs are identical and, at the first differing token, the plain logit
 margin between the two tokens (also in bf16 spacings), the plain top-1/top-2 margin, and the
 largest |plain - tree| logit difference there and over the shared prefix
-(``jetspec.precision``). ``--dtype fp32`` is the control (the outputs must all be identical).
+(``jetspec.evaluation.precision``). ``--dtype fp32`` is the control (the outputs must all be identical).
 
     nice -n 19 python experiments/half_precision.py --threads 1 --out runs/half_precision.md
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter
-from jetspec.loading import load_target
-from jetspec.precision import RecordingDecoder, compare, markdown_table, plain_trace, summary
-from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
-from jetspec.target import TargetModel
+from jetspec.core.loading import load_target
+from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids
+from jetspec.core.target import TargetModel
+from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter
+from jetspec.evaluation.precision import RecordingDecoder, compare, markdown_table, plain_trace, summary
 from jetspec.trees import BestFirstBuilder
 
 # Nine more prompts in the built-in sets' style, so that 24 prompts need no data files.

@@ -31,9 +31,9 @@ import lightning as L
 import torch
 
 from jetspec import SpeculativeDecoder
-from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
-from jetspec.toy import peaked_tiny_target
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.data import TokenDataModule, sample_continuations
 from jetspec.trees import BestFirstBuilder
 
 HEADS = {

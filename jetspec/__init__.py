@@ -33,8 +33,8 @@ errors users get; everything they call is checked.
 Notation: p is the target's distribution, q the draft's.
 """
 
-from jetspec.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
-from jetspec.interfaces import (
+from jetspec.core.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
+from jetspec.core.interfaces import (
     DRAFTERS,
     TREE_BUILDERS,
     VERIFIERS,
@@ -45,10 +45,10 @@ from jetspec.interfaces import (
     register_tree_builder,
     register_verifier,
 )
-from jetspec.loading import load_target
-from jetspec.sampling import SamplingConfig, process_logits
-from jetspec.target import TargetModel
-from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+from jetspec.core.loading import load_target
+from jetspec.core.sampling import SamplingConfig, process_logits
+from jetspec.core.target import TargetModel
+from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
 # Register the shipped parts by name (the CLI and configs look them up in the registries).
 import jetspec.drafters  # noqa: E402,F401  isort: skip

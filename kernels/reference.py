@@ -44,7 +44,7 @@ def ancestor_from_parents(parents: Union[Sequence[int], Tensor], device=None) ->
 
     The rule for roots: every node with ``parents[i] == -1`` is a root, so several roots (a forest,
     e.g. the independent blocks of a packed batch) are accepted here. Whether a *draft tree* may
-    have only one root, node 0, is the tree's own rule, checked by ``jetspec.types.ancestor_mask``.
+    have only one root, node 0, is the tree's own rule, checked by ``jetspec.core.types.ancestor_mask``.
 
     Example: ``parents = [-1, 0, 0, 1]`` (a root with two children, the first with a child) gives
     rows ``1000, 1100, 1010, 1101``.

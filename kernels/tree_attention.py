@@ -262,7 +262,7 @@ def tree_attention_triton(
     (any strides) to write into; ``block_m`` / ``block_n`` tile sizes (powers of two, >= 16);
     ``num_splits`` how many slices to cut the prefix into (default: chosen from the SM count);
     ``ancestor_bits`` = ``pack_ancestor_bits(ancestor)`` on q's device, packed once by a caller
-    that runs many layers over one tree (``jetspec.attention`` does, once per forward).
+    that runs many layers over one tree (``jetspec.core.attention`` does, once per forward).
     """
     check_tree_attention_args(q, k, v, ancestor)
     out, interpret = _checked_triton_call(q, out)

@@ -14,8 +14,8 @@ import torch
 from conftest import tiny_model
 from transformers import DynamicCache
 
-import jetspec.attention as attn
-from jetspec.attention import TREE_TORCH, TREE_TRITON, attention_backend, tree_layout
+import jetspec.core.attention as attn
+from jetspec.core.attention import TREE_TORCH, TREE_TRITON, attention_backend, tree_layout
 from jetspec.kernels import ancestor_from_parents, chain_ancestor
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 6]  # 8 nodes, depth 4, branching at the root and at node 1
@@ -192,8 +192,8 @@ def test_biased_float_mask_falls_back_and_still_matches_sdpa(spy):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_target_wrapper_verify_with_each_backend(backend):
     """The core's TargetModel drives the backend through `attention_backend` (its contract)."""
-    from jetspec.target import TargetModel
-    from jetspec.types import DraftTree
+    from jetspec.core.target import TargetModel
+    from jetspec.core.types import DraftTree
 
     dtype = torch.float64 if backend == "torch" else torch.float32
     model = model_for("qwen3", dtype)

@@ -15,9 +15,9 @@ import torch
 from test_regenerate import tiny_llama, tiny_tokenizer
 
 from jetspec import DRAFTERS
-from jetspec.bench import BenchConfig, divergence, run_bench
 from jetspec.cli import build_parser
-from jetspec.prompts import write_jsonl
+from jetspec.core.prompts import write_jsonl
+from jetspec.evaluation.bench import BenchConfig, divergence, run_bench
 
 ROW_FIELDS = {"drafter", "tree", "budget", "temperature", "prompt_set", "tau", "tokens_per_s",
               "tokens_per_s_e2e", "speedup_vs_ar", "speedup_vs_hf", "draft_forwards_per_round", "draft_ms",
@@ -86,7 +86,7 @@ def test_cost_aware_trees_are_benchmarked_beside_full_budget_trees(tiny, tmp_pat
 
 
 def test_drafter_options_in_specs(tiny, tmp_path):
-    from jetspec.drafter_specs import DrafterUnavailable, make_drafter, spec_label
+    from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 
     d = make_drafter("ngram:smoothing=1:max_ngram=4", tiny, tmp_path)
     assert d.smoothing == 1.0 and d.max_ngram == 4

@@ -12,10 +12,10 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.interfaces import Drafter
+from jetspec.core.types import DraftOutput
 from jetspec.drafters import DraftModelDrafter, NGramDrafter
-from jetspec.interfaces import Drafter
 from jetspec.trees import BestFirstBuilder, ChainBuilder
-from jetspec.types import DraftOutput
 
 VOCAB = 64
 DRAFT_LM = tiny_model("llama", seed=5, hidden=16, layers=1, heads=2, kv_heads=1)

@@ -78,7 +78,7 @@ def test_every_command_builds_its_flags_with_help():
 def test_generate_reuses_the_tree_builder_and_decoder_defaults():
     import inspect
 
-    from jetspec.decoding import SpeculativeDecoder
+    from jetspec.core.decoding import SpeculativeDecoder
     from jetspec.trees import BestFirstBuilder
 
     args = build_parser("generate").parse_args(["generate", "--target", "t", "--prompt", "p"])

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 from conftest import tiny_model
 
-from jetspec.data import TokenDataModule
+from jetspec.training.data import TokenDataModule
 
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, logger=False,
               enable_checkpointing=False)

@@ -146,8 +146,8 @@ def test_kv_cache_after_commit_equals_fresh_prefill(qwen64, drafter_fn, builder)
 
 @pytest.mark.parametrize("num_nodes", [2, 3])
 def test_padding_small_trees_changes_no_logit(qwen64, num_nodes):
-    from jetspec.target import TargetModel
-    from jetspec.types import DraftTree
+    from jetspec.core.target import TargetModel
+    from jetspec.core.types import DraftTree
 
     tokens = torch.tensor([5, 9, 11][:num_nodes])
     parents = torch.tensor([-1, 0, 0][:num_nodes])
@@ -181,7 +181,7 @@ def test_timings_and_round_records(llama64):
 
 
 def test_commit_is_its_own_stage(llama64):
-    from jetspec.decoding import STAGES
+    from jetspec.core.decoding import STAGES
 
     assert STAGES == ("draft", "tree", "verify", "accept", "commit")
     res = autoregressive_generate(llama64, repetitive_prompt(3, 8), max_new_tokens=4)
@@ -198,7 +198,7 @@ class _FailingDrafter(NGramDrafter):
 
 
 def test_a_drafter_that_raises_leaves_the_target_reset(llama64):
-    from jetspec.target import TargetModel
+    from jetspec.core.target import TargetModel
 
     target = TargetModel(llama64)
     dec = SpeculativeDecoder(target, _FailingDrafter(), BestFirstBuilder(8, 2, 4))

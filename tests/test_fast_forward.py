@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.fast_forward import KVBuffer, fast_forward_support
+from jetspec.core.target import TargetModel
+from jetspec.core.types import DraftTree
 from jetspec.drafters import NGramDrafter, RandomDrafter
-from jetspec.fast_forward import KVBuffer, fast_forward_support
-from jetspec.target import TargetModel
 from jetspec.trees import BestFirstBuilder
-from jetspec.types import DraftTree
 
 MODELS = {"llama": tiny_model("llama", seed=0), "qwen3": tiny_model("qwen3", seed=1)}
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from jetspec.data import TokenDataModule
+from jetspec.core.target import TargetModel
+from jetspec.core.types import Acceptance
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead, RandomDrafter
-from jetspec.precision import RecordingDecoder, compare, plain_trace, summary
-from jetspec.target import TargetModel
-from jetspec.toy import peaked_tiny_target
+from jetspec.evaluation.precision import RecordingDecoder, compare, plain_trace, summary
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.data import TokenDataModule
 from jetspec.trees import BestFirstBuilder
-from jetspec.types import Acceptance
 from jetspec.verifiers import GreedyVerifier
 
 BOUND_SPACINGS = 1.0  # measured: the largest plain margin at a divergence, in bf16 spacings

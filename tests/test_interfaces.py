@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from jetspec import DRAFTERS, TREE_BUILDERS, VERIFIERS
-from jetspec.interfaces import Registry
+from jetspec.core.interfaces import Registry
 
 
 def test_shipped_parts_are_registered():

@@ -1,4 +1,4 @@
-"""The layers of the package and the direction of their imports.
+"""The layers of the package, the folders that hold them and the direction of their imports.
 
     commands / cli         may import everything
     evaluation             benchmarks, replay tables, roofline, reports: imports core, training (heads)
@@ -7,9 +7,12 @@
                            the drafters that need no training: imports only core
     testing support        exact enumeration, toy models: imports only core
 
-Every module of the package is assigned to one layer below, and its imports (also those inside
-functions, which the interpreter would only meet later) are read from its source. A module that is
-not in the map fails the test, so a new module has to choose its layer.
+The layers of the package proper are its sub-packages jetspec/core, jetspec/training,
+jetspec/evaluation and jetspec/testing; the fixed top-level folders (drafters/, trees/, verifiers/,
+kernels/, installed as jetspec.*) keep their place and list their modules' layers here. Every module
+is assigned to one layer below, and its imports (also those inside functions, which the interpreter
+would only meet later) are read from its source. A module that is not in the map fails the test, so
+a new module has to choose its layer; a module of a layer sub-package must sit in its layer's folder.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+LAYER_PACKAGES = ("core", "training", "evaluation", "testing")  # jetspec/<layer>/ holds that layer's modules
 FOLDERS = {"jetspec": REPO / "jetspec", "jetspec.drafters": REPO / "drafters", "jetspec.trees": REPO / "trees",
-           "jetspec.verifiers": REPO / "verifiers", "jetspec.kernels": REPO / "kernels"}
+           "jetspec.verifiers": REPO / "verifiers", "jetspec.kernels": REPO / "kernels",
+           **{f"jetspec.{layer}": REPO / "jetspec" / layer for layer in LAYER_PACKAGES}}
 
 CORE = {
-    "jetspec", "jetspec.types", "jetspec.interfaces", "jetspec.sampling", "jetspec.target", "jetspec.fast_forward",
-    "jetspec.decoding", "jetspec.checks", "jetspec.loading", "jetspec.attention",
+    "jetspec", "jetspec.core", "jetspec.core.types", "jetspec.core.interfaces", "jetspec.core.sampling",
+    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.checks",
+    "jetspec.core.loading", "jetspec.core.attention",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
-    "jetspec.replay", "jetspec.prompts", "jetspec.jsonl",
+    "jetspec.core.replay", "jetspec.core.prompts", "jetspec.core.jsonl",
     "jetspec.trees", "jetspec.trees.best_first", "jetspec.trees.builders",
     "jetspec.verifiers", "jetspec.verifiers.greedy", "jetspec.verifiers.sampling",
     "jetspec.kernels", "jetspec.kernels.reference", "jetspec.kernels.tree_attention",
@@ -41,17 +47,21 @@ CORE = {
     "jetspec.drafters.lm_runner", "jetspec.drafters.composite", "jetspec.drafters.draft_vocab",
 }
 TRAINING = {
-    "jetspec.training", "jetspec.data", "jetspec.callbacks", "jetspec.regenerate",
+    "jetspec.training", "jetspec.training.recipe", "jetspec.training.data", "jetspec.training.callbacks",
+    "jetspec.training.regenerate",
+    # the compatibility module for the public jetspec.data.TokenDataModule (re-exports jetspec.training.data)
+    "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
     "jetspec.drafters.eagle_training", "jetspec.drafters.conditioned", "jetspec.drafters.head_layers",
     "jetspec.drafters.head_files", "jetspec.drafters.checkpoints", "jetspec.drafters.layout_rules",
 }
 EVALUATION = {
-    "jetspec.bench", "jetspec.bench_report", "jetspec.replay_tools", "jetspec.roofline",
-    "jetspec.plots", "jetspec.splits", "jetspec.precision", "jetspec.threads", "jetspec.drafter_specs",
-    "jetspec.report",
+    "jetspec.evaluation", "jetspec.evaluation.bench", "jetspec.evaluation.bench_report",
+    "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
+    "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
+    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report",
 }
-TESTING = {"jetspec.exact", "jetspec.toy"}
+TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},
          **{m: "testing" for m in TESTING}}
 ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "evaluation": {"core", "training", "evaluation"},
@@ -97,6 +107,20 @@ def test_every_module_has_a_layer():
     unassigned = sorted(m for m in package_modules() if m not in LAYER and not m.startswith("jetspec.commands")
                         and m not in ("jetspec.cli", "jetspec.__main__"))
     assert not unassigned, f"assign these modules to a layer in tests/test_layers.py: {unassigned}"
+
+
+def test_every_layer_folder_holds_only_its_layer():
+    """jetspec/core/ holds core modules, jetspec/training/ training modules, and so on; no layer module
+    is left flat in jetspec/ but the package itself and the jetspec.data compatibility module."""
+    misplaced = []
+    for module in package_modules():
+        parts = module.split(".")
+        if len(parts) >= 2 and parts[1] in LAYER_PACKAGES and LAYER.get(module) != parts[1]:
+            misplaced.append(f"{module} (listed as {LAYER.get(module)})")
+        if len(parts) == 2 and parts[1] not in LAYER_PACKAGES and module in LAYER and parts[1] not in (
+                "drafters", "trees", "verifiers", "kernels", "data"):
+            misplaced.append(f"{module} (flat in jetspec/; move it to jetspec/{LAYER[module]}/)")
+    assert not misplaced, misplaced
 
 
 @pytest.mark.parametrize("module", sorted(LAYER))

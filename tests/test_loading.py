@@ -16,15 +16,15 @@ import torch
 from test_regenerate import tiny_tokenizer
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
-from jetspec.drafters import NGramDrafter
-from jetspec.loading import (
+from jetspec.core.loading import (
     BUILTIN_TARGETS,
     builtin_cache_dir,
     ensure_builtin,
     load_target,
     load_tokenizer,
 )
-from jetspec.prompts import chat_ids, eos_ids
+from jetspec.core.prompts import chat_ids, eos_ids
+from jetspec.drafters import NGramDrafter
 from jetspec.trees import BestFirstBuilder
 
 NAME = "smollm2-135m-instruct"

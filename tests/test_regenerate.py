@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from jetspec import autoregressive_generate
-from jetspec.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
-from jetspec.regenerate import (
+from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
+from jetspec.training.regenerate import (
     cut_response,
     distillation_rows,
     left_pad,
@@ -171,7 +171,7 @@ def test_sampled_rows_are_the_same_after_an_interruption(tiny, tmp_path):
 
 
 def test_row_sampler_draws_from_the_tempered_nucleus():
-    from jetspec.regenerate import RowSampler
+    from jetspec.training.regenerate import RowSampler
 
     scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]] * 2))
 

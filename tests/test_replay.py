@@ -1,4 +1,4 @@
-"""Replay (jetspec.replay) reproduces greedy speculative decoding round for round; the tau curve callback.
+"""Replay (jetspec.core.replay) reproduces greedy speculative decoding round for round; the tau curve callback.
 
 Float64 tiny targets: no argmax ties, so the target's greedy continuation is unique and replaying
 it must give exactly the accepted lengths ``SpeculativeDecoder.generate`` reports.
@@ -14,10 +14,10 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
+from jetspec.core.replay import Reference, accepted_path, make_references, mean_ci, replay, replay_sequence
+from jetspec.core.types import DraftTree
 from jetspec.drafters import CompositeDrafter, DraftModelDrafter, JetSpecHead, NGramDrafter
-from jetspec.replay import Reference, accepted_path, make_references, mean_ci, replay, replay_sequence
 from jetspec.trees import BestFirstBuilder, ChainBuilder
-from jetspec.types import DraftTree
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_replay_equals_speculative_decoding(target, kind):
 
 
 def test_modelled_speedup_is_tokens_over_modelled_cost():
-    from jetspec.replay import ReplayReport
+    from jetspec.core.replay import ReplayReport
 
     rep = ReplayReport(lengths=[[3, 1], [2]], sets=["a", "b"], sizes=[[8, 0], [4]])
     # 6 tokens; cost = 3 rounds * (1 + 0.1) + 0.05 * 12 nodes = 3.9
@@ -91,7 +91,7 @@ def test_replay_cut_and_errors(target):
 
 
 def test_replay_hands_the_drafter_a_copy_and_checks_its_proposal(target):
-    """As in generate (jetspec.checks.run_drafter): a drafter writing into inp.tokens must not
+    """As in generate (jetspec.core.checks.run_drafter): a drafter writing into inp.tokens must not
     rewrite the reference it is replayed along, and a bad proposal names the drafter."""
 
     class Scribbler(NGramDrafter):
@@ -116,7 +116,7 @@ def test_replay_hands_the_drafter_a_copy_and_checks_its_proposal(target):
 
 
 def test_pooled_tau_and_confidence_interval():
-    from jetspec.replay import ReplayReport
+    from jetspec.core.replay import ReplayReport
 
     r = ReplayReport(lengths=[[1, 3], [2, 2, 2]], sets=["a", "b"])
     assert r.taus() == [2.0, 2.0] and r.pooled_tau() == 2.0 and r.pooled_tau("a") == 2.0
@@ -128,8 +128,8 @@ def test_pooled_tau_and_confidence_interval():
 def test_tau_curve_callback_logs_tokens_time_and_tau(target, tmp_path):
     import lightning as L
 
-    from jetspec.callbacks import TauCurve, load_curve
-    from jetspec.data import TokenDataModule
+    from jetspec.training.callbacks import TauCurve, load_curve
+    from jetspec.training.data import TokenDataModule
 
     torch.manual_seed(0)
     seqs = [torch.randint(0, 64, (16,)).tolist() for _ in range(4)]
@@ -157,8 +157,8 @@ def test_tau_curve_survives_a_resume(target, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from jetspec.callbacks import TauCurve, load_curve
-    from jetspec.data import TokenDataModule
+    from jetspec.training.callbacks import TauCurve, load_curve
+    from jetspec.training.data import TokenDataModule
 
     torch.manual_seed(0)
     seqs = [torch.randint(0, 64, (12,)).tolist() for _ in range(4)]

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from jetspec import roofline
+from jetspec.core.target import TargetModel
+from jetspec.evaluation import roofline
+from jetspec.evaluation.roofline import Ceilings, RooflineConfig, floor_ms, node_cost, roofline_markdown, run_roofline
 from jetspec.kernels import onednn_available
 from jetspec.kernels.packed_linear import skinny_available
-from jetspec.roofline import Ceilings, RooflineConfig, floor_ms, node_cost, roofline_markdown, run_roofline
-from jetspec.target import TargetModel
 
 
 def test_floor_is_the_larger_of_traffic_and_arithmetic():

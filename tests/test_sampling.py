@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from jetspec.sampling import SamplingConfig, TorchRng, process_logits
+from jetspec.core.sampling import SamplingConfig, TorchRng, process_logits
 
 
 @given(st.integers(2, 50), st.floats(0.1, 3.0), st.one_of(st.none(), st.integers(1, 60)),

@@ -16,10 +16,10 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.interfaces import Verifier
+from jetspec.core.types import Acceptance
 from jetspec.drafters import DraftModelDrafter, NGramDrafter, RandomDrafter
-from jetspec.interfaces import Verifier
 from jetspec.trees import BestFirstBuilder, ChainBuilder
-from jetspec.types import Acceptance
 
 VOCAB = 5
 TARGET = tiny_model("llama", seed=11, vocab=VOCAB, hidden=16, layers=1, heads=2, kv_heads=1)
@@ -87,7 +87,7 @@ class TrustingVerifier(Verifier):
     """WRONG on purpose: accepts the first drafted child at every level, then samples the bonus."""
 
     def verify(self, inp):
-        from jetspec.sampling import process_logits
+        from jetspec.core.sampling import process_logits
 
         tree, kids, path, node = inp.tree, inp.tree.children(), [], 0
         while kids[node]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
+from jetspec.core.types import ancestor_mask
 from jetspec.kernels import tree_visibility
-from jetspec.types import ancestor_mask
 
 
 def test_a_wrong_rank_is_refused_in_jetspec():
@@ -31,7 +31,7 @@ def test_a_wrong_dtype_is_refused():
 
 
 def test_dataclass_fields_are_checked_together():
-    from jetspec.types import DraftTree
+    from jetspec.core.types import DraftTree
 
     with pytest.raises(TypeCheckError):  # tokens has N = 3 nodes, parents N = 2
         DraftTree(tokens=torch.tensor([1, 2, 3]), parents=torch.tensor([-1, 0]), depth=torch.tensor([0, 1, 1]),
@@ -47,7 +47,7 @@ def test_a_drafters_module_is_checked_too():
 
 
 def test_self_validating_entry_points_keep_their_own_errors():
-    from jetspec.sampling import SamplingConfig
+    from jetspec.core.sampling import SamplingConfig
 
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature="1")

@@ -1,12 +1,12 @@
-"""Thread-count resolution for the command-line entry points (jetspec/threads.py)."""
+"""Thread-count resolution for the command-line entry points (jetspec/evaluation/threads.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from jetspec import threads as threads_mod
-from jetspec.threads import choose_threads
+from jetspec.evaluation import threads as threads_mod
+from jetspec.evaluation.threads import choose_threads
 
 
 def test_numbers_are_taken_as_given():
@@ -39,7 +39,7 @@ def test_the_probe_restores_the_thread_count():
 
 
 def test_bench_config_validates_threads():
-    from jetspec.bench import BenchConfig
+    from jetspec.evaluation.bench import BenchConfig
 
     assert BenchConfig(threads="auto").threads == "auto"
     with pytest.raises(ValueError, match="--threads"):

@@ -16,8 +16,8 @@ import pytest
 from test_regenerate import tiny_llama, tiny_tokenizer
 
 from jetspec.cli import build_parser, main
-from jetspec.prompts import read_jsonl, write_jsonl
-from jetspec.splits import SOURCES
+from jetspec.core.prompts import read_jsonl, write_jsonl
+from jetspec.evaluation.splits import SOURCES
 
 WORDS = [f"w{i}" for i in range(8, 56)]
 
@@ -65,8 +65,8 @@ def test_flags_come_from_the_configs():
 
 def test_tool_commands_import_no_lightning():
     code = ("import sys; import jetspec.commands.prepare_data, jetspec.commands.references, "
-            "jetspec.commands.replay_table, jetspec.commands.benchmarks, jetspec.splits, jetspec.replay_tools, "
-            "jetspec.bench_report; print('lightning' in sys.modules)")
+            "jetspec.commands.replay_table, jetspec.commands.benchmarks, jetspec.evaluation.splits, "
+            "jetspec.evaluation.replay_tools, jetspec.evaluation.bench_report; print('lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -54,8 +54,8 @@ def test_resume_check_in_the_lightning_hook(tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from jetspec.data import TokenDataModule
     from jetspec.drafters import DFlashHead, JetSpecHead
+    from jetspec.training.data import TokenDataModule
 
     target = tiny_model("llama", seed=4)
 

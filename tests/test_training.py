@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder
-from jetspec.data import TokenDataModule, collate, sample_continuations
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
-from jetspec.toy import mean_tau, peaked_tiny_target
-from jetspec.training import (
+from jetspec.testing.toy import mean_tau, peaked_tiny_target
+from jetspec.training.data import TokenDataModule, collate, sample_continuations
+from jetspec.training.recipe import (
     Teacher,
     TeacherCache,
     TrainConfig,
@@ -152,7 +152,7 @@ def test_losses_match_their_definitions():
 
 # ------------------------------------------------------------------------------ teacher
 def test_teacher_taps_equal_the_decoders_taps(llama64):
-    from jetspec.target import TargetModel
+    from jetspec.core.target import TargetModel
 
     ids = torch.randint(0, 64, (2, 9))
     out = Teacher(llama64, (0, 1))(ids)
@@ -170,7 +170,7 @@ def test_teacher_taps_equal_the_decoders_taps(llama64):
 
 
 def test_capture_taps_is_one_hook_set_removed_on_exit(llama64):
-    from jetspec.target import capture_taps
+    from jetspec.core.target import capture_taps
 
     layers = llama64.get_decoder().layers
     ids = torch.randint(0, 64, (1, 5))
@@ -234,7 +234,7 @@ def test_datamodule_batches_and_splits():
 
 
 def test_resumable_sampler_skips_what_was_trained_and_refuses_other_data():
-    from jetspec.data import ResumableSampler
+    from jetspec.training.data import ResumableSampler
 
     dm = TokenDataModule(random_seqs(10), batch_size=2, seed=5)
     sampler = ResumableSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=5)

@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from jetspec.types import DraftOutput, DraftTree, node_depths
+from jetspec.core.types import DraftOutput, DraftTree, node_depths
 
 # fanout(candidate_logprobs_sorted_desc) -> how many of them a node may take as children
 Fanout = Callable[[list[float]], int]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import no_type_check
 
-from jetspec.interfaces import TreeBuilder, register_tree_builder
+from jetspec.core.interfaces import TreeBuilder, register_tree_builder
+from jetspec.core.types import DraftOutput, DraftTree
 from jetspec.trees.best_first import capped_fanout, check_finite, check_node_cost, check_shape_args, grow_tree
-from jetspec.types import DraftOutput, DraftTree
 
 
 @register_tree_builder("chain")

@@ -12,8 +12,8 @@ import torch
 
 import jetspec
 from jetspec import DraftInput, TargetModel, VerifyInput
+from jetspec.core.target import tree_attention_mask
 from jetspec.drafters import OracleDrafter
-from jetspec.target import tree_attention_mask
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.verifiers import GreedyVerifier
 

@@ -25,10 +25,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from jetspec import DraftInput, DraftOutput, SpeculativeDecoder, TargetModel, VerifyInput, autoregressive_generate
-from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
-from jetspec.toy import peaked_tiny_target
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.data import TokenDataModule, sample_continuations
 from jetspec.trees import BestFirstBuilder
 from jetspec.verifiers import GreedyVerifier
 

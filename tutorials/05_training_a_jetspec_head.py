@@ -24,10 +24,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from jetspec import SpeculativeDecoder, TargetModel, autoregressive_generate
-from jetspec.data import TokenDataModule, sample_continuations
 from jetspec.drafters import JetSpecHead
-from jetspec.toy import peaked_tiny_target
-from jetspec.training import block_targets, packed_block_mask
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.data import TokenDataModule, sample_continuations
+from jetspec.training.recipe import block_targets, packed_block_mask
 from jetspec.trees import BestFirstBuilder
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared 2-core machine

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from jetspec import Acceptance, DraftTree, SamplingConfig, VerifyInput, process_logits
-from jetspec.exact import enumerate_law
+from jetspec.testing.exact import enumerate_law
 from jetspec.verifiers import SamplingVerifier
 
 VOCAB, CFG = 4, SamplingConfig(temperature=1.0)

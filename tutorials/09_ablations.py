@@ -10,9 +10,9 @@ import torch
 
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
-from jetspec.bench import DEFAULT_HEAD_DIR
+from jetspec.core.prompts import builtin_prompts, chat_ids
 from jetspec.drafters import NGramDrafter, OracleDrafter, RandomDrafter
-from jetspec.prompts import builtin_prompts, chat_ids
+from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.verifiers import GreedyVerifier, SamplingVerifier
 

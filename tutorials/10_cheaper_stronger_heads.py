@@ -6,12 +6,12 @@
 # BENCHMARKS.md). Getting there takes many training steps and many measurements, so this notebook
 # shows the three tools jetspec uses to make both cheap:
 #
-# 1. **Replay** (`jetspec.replay`): the exact greedy tau of a drafter, measured without running the
+# 1. **Replay** (`jetspec.core.replay`): the exact greedy tau of a drafter, measured without running the
 #    target once per round, from a prompt and the target's greedy answer.
 # 2. **A reduced draft vocabulary** (`drafters/draft_vocab.py`, as EAGLE-3 does): the head scores
 #    only the V' most frequent target tokens. Its lm_head shrinks by V / V'; verification still uses
 #    the full vocabulary, so decoding stays lossless.
-# 3. **The tau curve** (`jetspec.callbacks.TauCurve`): replay tau logged during training, against
+# 3. **The tau curve** (`jetspec.training.callbacks.TauCurve`): replay tau logged during training, against
 #    the tokens the head has seen and the wall time.
 #
 # Everything runs on the tiny peaked target of notebook 5 in a minute or two.
@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from jetspec import SpeculativeDecoder
-from jetspec.callbacks import TauCurve
-from jetspec.data import TokenDataModule, sample_continuations
+from jetspec.core.replay import make_references, replay
 from jetspec.drafters import JetSpecHead, NGramDrafter
 from jetspec.drafters.draft_vocab import coverage, frequent_tokens, token_counts
-from jetspec.replay import make_references, replay
-from jetspec.toy import peaked_tiny_target
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.callbacks import TauCurve
+from jetspec.training.data import TokenDataModule, sample_continuations
 from jetspec.trees import BestFirstBuilder
 
 torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores

@@ -11,8 +11,8 @@ from __future__ import annotations
 from jaxtyping import Int
 from torch import Tensor
 
-from jetspec.interfaces import Verifier, register_verifier
-from jetspec.types import Acceptance, VerifyInput
+from jetspec.core.interfaces import Verifier, register_verifier
+from jetspec.core.types import Acceptance, VerifyInput
 
 
 def greedy_accept(tokens: Int[Tensor, " N"], parents: Int[Tensor, " N"], argmax: Int[Tensor, " N"]) -> list[int]:

@@ -14,14 +14,14 @@ Two exact rules, chosen by the tree:
   every child is rejected, emit a sample of the final residual. For a chain this is exactly the
   classic min(1, p/q) rule, with the bonus token drawn from p after full acceptance.
 
-Randomness goes through ``jetspec.sampling.Rng`` so tests can enumerate it exactly.
+Randomness goes through ``jetspec.core.sampling.Rng`` so tests can enumerate it exactly.
 """
 
 from __future__ import annotations
 
-from jetspec.interfaces import Verifier, register_verifier
-from jetspec.sampling import Rng, TorchRng, check_child_laws, process_logits, residual
-from jetspec.types import Acceptance, VerifyInput
+from jetspec.core.interfaces import Verifier, register_verifier
+from jetspec.core.sampling import Rng, TorchRng, check_child_laws, process_logits, residual
+from jetspec.core.types import Acceptance, VerifyInput
 
 
 def sample_and_match(tree, p, rng: Rng) -> tuple[list[int], int]:

@@ -4,7 +4,7 @@ Example::
 
     jetspec bench --drafters ngram,jetspec --budgets 8,16,32,64 --max-new-tokens 128 --out runs/bench
 
-Every flag is generated from a field of ``jetspec.bench.BenchConfig`` (``jetspec.commands.flags``):
+Every flag is generated from a field of ``jetspec.evaluation.bench.BenchConfig`` (``jetspec.commands.flags``):
 its name (``max_new_tokens`` -> ``--max-new-tokens``), its default and the docstring under it (the
 help text). Defaults and help therefore live in one place.
 """
@@ -17,8 +17,8 @@ HELP = "benchmark drafters vs plain decoding and HF generate"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.bench import BenchConfig
     from jetspec.commands.flags import add_config_flags
+    from jetspec.evaluation.bench import BenchConfig
 
     p = sub.add_parser("bench", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, BenchConfig)
@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from jetspec.bench import BenchConfig, run_bench
     from jetspec.commands.flags import config_from_args
-    from jetspec.report import markdown_table
-    from jetspec.threads import choose_threads
+    from jetspec.evaluation.bench import BenchConfig, run_bench
+    from jetspec.evaluation.report import markdown_table
+    from jetspec.evaluation.threads import choose_threads
 
     try:
         cfg = config_from_args(BenchConfig, args)

@@ -7,8 +7,8 @@ Examples::
     jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md
 
 One ``jetspec bench`` run per temperature on the dev prompts of ``jetspec prepare-data`` (built if
-missing), rendered by ``jetspec.bench_report.render``; ``--include`` appends Markdown sections written
-by other commands. Every flag is generated from a field of ``jetspec.bench_report.BenchmarksConfig``.
+missing), rendered by ``jetspec.evaluation.bench_report.render``; ``--include`` appends Markdown sections written
+by other commands. Every flag is generated from a field of ``jetspec.evaluation.bench_report.BenchmarksConfig``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ HELP = "rerun the benchmark on the dev splits and rewrite BENCHMARKS.md"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jetspec.bench_report import BenchmarksConfig
     from jetspec.commands.flags import add_config_flags
+    from jetspec.evaluation.bench_report import BenchmarksConfig
 
     p = sub.add_parser("benchmarks", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, BenchmarksConfig, skip={"include"})
@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from jetspec.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
     from jetspec.commands.flags import config_from_args
-    from jetspec.loading import load_target
-    from jetspec.threads import choose_threads
+    from jetspec.core.loading import load_target
+    from jetspec.evaluation.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
+    from jetspec.evaluation.threads import choose_threads
 
     if args.include is not None:  # argparse collects the repeated flag in a list
         args.include = tuple(args.include)

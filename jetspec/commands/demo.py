@@ -34,7 +34,7 @@ class DemoConfig:
     max_new_tokens: int = 48
     """New tokens per prompt."""
     threads: str = "auto"
-    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py)."""
+    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/evaluation/threads.py)."""
     out: str = "runs/demo"
     """Output folder for the tables and plots."""
 
@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from jetspec.bench import run_bench
-    from jetspec.decoding import SpeculativeDecoder
-    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
-    from jetspec.loading import load_target
-    from jetspec.prompts import builtin_prompts, chat_ids, eos_ids
-    from jetspec.threads import choose_threads
+    from jetspec.core.decoding import SpeculativeDecoder
+    from jetspec.core.loading import load_target
+    from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids
+    from jetspec.evaluation.bench import run_bench
+    from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter
+    from jetspec.evaluation.threads import choose_threads
     from jetspec.trees import BestFirstBuilder
 
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ class GenerateConfig:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.decoding import SpeculativeDecoder
+    from jetspec.core.decoding import SpeculativeDecoder
     from jetspec.trees import BestFirstBuilder
 
     p = sub.add_parser("generate", help=HELP, description=__doc__.splitlines()[0])
@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec import SpeculativeDecoder
-    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
-    from jetspec.interfaces import TREE_BUILDERS
-    from jetspec.loading import load_target
-    from jetspec.threads import choose_threads
+    from jetspec.core.interfaces import TREE_BUILDERS
+    from jetspec.core.loading import load_target
+    from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter
+    from jetspec.evaluation.threads import choose_threads
 
     try:
         threads = choose_threads(args.threads)

@@ -7,7 +7,7 @@ Example::
 
 The rows feed ``jetspec replay-table`` and ``jetspec train --eval-data``. Resumable: prompts whose
 reference is already in ``--out`` are skipped. Every flag is generated from a field of
-``jetspec.replay_tools.ReferencesConfig``.
+``jetspec.evaluation.replay_tools.ReferencesConfig``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ HELP = "write a replay reference set (greedy answers as token ids)"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.replay_tools import ReferencesConfig
+    from jetspec.evaluation.replay_tools import ReferencesConfig
 
     p = sub.add_parser("references", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, ReferencesConfig)
@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.commands.flags import config_from_args
-    from jetspec.loading import load_target
-    from jetspec.replay_tools import ReferencesConfig, write_references
+    from jetspec.core.loading import load_target
+    from jetspec.evaluation.replay_tools import ReferencesConfig, write_references
 
     try:
         cfg = config_from_args(ReferencesConfig, args)

@@ -5,7 +5,7 @@ Example (resumable: run the same command again after an interruption)::
     jetspec regenerate --target smollm2-135m-instruct --prompts runs/data/train_prompts.jsonl \\
         --out runs/data/regen.jsonl --max-new-tokens 256 --batch-size 24
 
-The sampling flags come from the signature of ``jetspec.regenerate.regenerate`` and the others from
+The sampling flags come from the signature of ``jetspec.training.regenerate.regenerate`` and the others from
 ``RegenerateConfig`` below (``jetspec.commands.flags``), so every default exists once.
 """
 
@@ -21,7 +21,7 @@ FUNCTION_FLAGS = ("max_new_tokens", "batch_size", "temperature", "top_p", "limit
 
 @dataclass
 class RegenerateConfig:
-    """What ``jetspec regenerate`` adds to the arguments of ``jetspec.regenerate.regenerate``."""
+    """What ``jetspec regenerate`` adds to the arguments of ``jetspec.training.regenerate.regenerate``."""
 
     prompts: str
     """JSON-lines prompt file: rows with 'prompt', or raw GSM8K / Code Alpaca / Alpaca seed rows."""
@@ -36,7 +36,7 @@ class RegenerateConfig:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.regenerate import regenerate
+    from jetspec.training.regenerate import regenerate
 
     p = sub.add_parser("regenerate", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, RegenerateConfig)
@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.commands.flags import kwargs_from_args
-    from jetspec.loading import load_target
-    from jetspec.prompts import read_prompts
-    from jetspec.regenerate import regenerate
-    from jetspec.sampling import SamplingConfig
+    from jetspec.core.loading import load_target
+    from jetspec.core.prompts import read_prompts
+    from jetspec.core.sampling import SamplingConfig
+    from jetspec.training.regenerate import regenerate
 
     try:  # before the target is loaded: the same rules as `jetspec generate`
         SamplingConfig(args.temperature, top_p=args.top_p)

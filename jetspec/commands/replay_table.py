@@ -6,10 +6,10 @@ Example::
         --drafters "ngram,jetspec=runs/compare/jetspec-s0/head,jetspec=runs/compare/jetspec-s0/head+ngram" \\
         --out runs/replay_table.json --md runs/replay_table.md
 
-No target forward runs per round (``jetspec.replay``), so many drafters and budgets fit on a CPU.
+No target forward runs per round (``jetspec.core.replay``), so many drafters and budgets fit on a CPU.
 Prints the Markdown table; ``--out`` keeps the per-reference taus as JSON, ``--md`` the table for
 ``jetspec benchmarks --include``. Every flag is generated from a field of
-``jetspec.replay_tools.ReplayTableConfig``.
+``jetspec.evaluation.replay_tools.ReplayTableConfig``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ HELP = "replay tau of drafters on a reference set (no target per round)"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.replay_tools import ReplayTableConfig
+    from jetspec.evaluation.replay_tools import ReplayTableConfig
 
     p = sub.add_parser("replay-table", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, ReplayTableConfig)
@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.commands.flags import config_from_args
-    from jetspec.loading import load_target
-    from jetspec.prompts import read_jsonl
-    from jetspec.replay import as_references
-    from jetspec.replay_tools import ReplayTableConfig, replay_markdown, replay_rows
+    from jetspec.core.loading import load_target
+    from jetspec.core.prompts import read_jsonl
+    from jetspec.core.replay import as_references
+    from jetspec.evaluation.replay_tools import ReplayTableConfig, replay_markdown, replay_rows
 
     try:
         cfg = config_from_args(ReplayTableConfig, args)

@@ -7,7 +7,7 @@ Example::
 Measures this machine's memory bandwidth and matrix throughput, the target's own product shapes
 at skinny row counts on both product backends, each engine's forward over k rows (ratios to its
 own one-token step), where that time goes (torch.profiler), and the ratios again while one other
-CPU-bound process runs. Every flag is generated from a field of ``jetspec.roofline.RooflineConfig``
+CPU-bound process runs. Every flag is generated from a field of ``jetspec.evaluation.roofline.RooflineConfig``
 (``jetspec.commands.flags``).
 """
 
@@ -20,7 +20,7 @@ HELP = "verify-forward cost vs the machine's roofline floor"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.roofline import RooflineConfig
+    from jetspec.evaluation.roofline import RooflineConfig
 
     p = sub.add_parser("roofline", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, RooflineConfig)
@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.commands.flags import config_from_args
-    from jetspec.loading import load_target
-    from jetspec.roofline import RooflineConfig, roofline_markdown, run_roofline
-    from jetspec.threads import choose_threads
+    from jetspec.core.loading import load_target
+    from jetspec.evaluation.roofline import RooflineConfig, roofline_markdown, run_roofline
+    from jetspec.evaluation.threads import choose_threads
 
     try:
         cfg = config_from_args(RooflineConfig, args)

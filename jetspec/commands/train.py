@@ -97,9 +97,9 @@ class TrainCommand:
 def register(sub: argparse._SubParsersAction) -> None:
     # These imports load Lightning: jetspec.cli builds this parser only when `train` is the command.
     from jetspec.commands.flags import add_config_flags
-    from jetspec.data import TokenDataModule
     from jetspec.drafters.parallel_head import HeadConfig
-    from jetspec.training import TrainConfig
+    from jetspec.training.data import TokenDataModule
+    from jetspec.training.recipe import TrainConfig
 
     p = sub.add_parser("train", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, TrainCommand)
@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from jetspec.data import TokenDataModule
-    from jetspec.interfaces import DRAFTERS
-    from jetspec.loading import load_target
+    from jetspec.core.interfaces import DRAFTERS
+    from jetspec.core.loading import load_target
+    from jetspec.training.data import TokenDataModule
 
     # Denormal floats make the frozen lm_head's backward ~30x slower on CPU (docs/design.md §5.9).
     torch.set_flush_denormal(True)
@@ -233,7 +233,7 @@ def _remove_previous_run(out) -> None:
 
 def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:
     from jetspec.drafters.parallel_head import default_tap_layers
-    from jetspec.training import fill_teacher_cache
+    from jetspec.training.recipe import fill_teacher_cache
 
     if args.teacher_cache is None or args.kl_topk is None:
         raise SystemExit("--cache-only needs --teacher-cache and --kl-topk")
@@ -252,9 +252,9 @@ def _draft_vocab(args: argparse.Namespace, model, tok, dm):
     """The --draft-vocab most frequent response tokens of the training split (EOS always in)."""
     if not args.draft_vocab:
         return None
-    from jetspec.data import TokenDataModule
+    from jetspec.core.prompts import eos_ids
     from jetspec.drafters.draft_vocab import coverage, frequent_tokens, token_counts
-    from jetspec.prompts import eos_ids
+    from jetspec.training.data import TokenDataModule
 
     source = dm.train_set.examples
     if args.vocab_data:
@@ -268,8 +268,8 @@ def _draft_vocab(args: argparse.Namespace, model, tok, dm):
 def _tau_curve(args: argparse.Namespace, out) -> list:
     if not args.eval_data:
         return []
-    from jetspec.callbacks import TauCurve
-    from jetspec.prompts import read_jsonl
+    from jetspec.core.prompts import read_jsonl
+    from jetspec.training.callbacks import TauCurve
 
     refs = list(read_jsonl(args.eval_data))
     return [TauCurve(refs, budgets=args.eval_budgets, every_n_steps=args.eval_every,

@@ -22,7 +22,7 @@ from jetspec.drafters.checkpoints import (
     load_dflash_checkpoint,
     load_eagle3_checkpoint,
 )
-from jetspec.training import Teacher
+from jetspec.training.recipe import Teacher
 
 # jetspec module name -> the HF Qwen3 decoder-layer name DFlashDraftModel uses
 PUBLISHED = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",

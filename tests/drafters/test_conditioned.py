@@ -15,13 +15,13 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
-from jetspec.data import TokenDataModule, sample_continuations
+from jetspec.core.types import DraftInput, DraftTree
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.conditioned import branch_logprobs, teacher_forced
-from jetspec.toy import peaked_tiny_target
-from jetspec.training import Teacher
+from jetspec.testing.toy import peaked_tiny_target
+from jetspec.training.data import TokenDataModule, sample_continuations
+from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
-from jetspec.types import DraftInput, DraftTree
 
 
 @pytest.fixture(scope="module")

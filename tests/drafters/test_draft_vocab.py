@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
-from jetspec.data import Example
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.draft_vocab import DraftVocabulary, coverage, frequent_tokens, token_counts
-from jetspec.training import Teacher, TrainConfig, slot_losses, topk_forward_kl
+from jetspec.training.data import Example
+from jetspec.training.recipe import Teacher, TrainConfig, slot_losses, topk_forward_kl
 from jetspec.trees import BestFirstBuilder, ChainBuilder
 
 HEADS = [JetSpecHead, DFlashHead]
@@ -175,7 +175,7 @@ def test_restricted_topk_kl_is_the_kl_of_the_renormalised_teacher():
 
 
 def test_training_metrics_report_target_ids(target):
-    from jetspec.data import collate
+    from jetspec.training.data import collate
 
     torch.manual_seed(2)
     ids = torch.randperm(64)[:16]
@@ -192,7 +192,7 @@ def test_training_metrics_report_target_ids(target):
 def test_training_with_a_reduced_vocabulary(target, loss, topk):
     import lightning as L
 
-    from jetspec.data import TokenDataModule
+    from jetspec.training.data import TokenDataModule
 
     torch.manual_seed(0)
     seqs = [torch.randint(0, 64, (20,)).tolist() for _ in range(8)]

@@ -17,7 +17,8 @@ from layout_reference import dflash_default_layer_ids, dflash_reference, eagle3_
 from safetensors.torch import save_file
 
 from jetspec import SpeculativeDecoder
-from jetspec.decoding import autoregressive_generate
+from jetspec.core.decoding import autoregressive_generate
+from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.drafters.checkpoints import (
     export_dflash_checkpoint,
@@ -25,9 +26,8 @@ from jetspec.drafters.checkpoints import (
     load_dflash_checkpoint,
     load_eagle3_checkpoint,
 )
-from jetspec.training import Teacher
+from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder
-from jetspec.types import DraftInput
 
 LAYERS = 8  # engine defaults: inputs of layers (2, 4, 5) = outputs of layers (1, 3, 4)
 

@@ -67,7 +67,7 @@ def test_an_intact_config_loads(target, tmp_path, cls, kw):
 
 
 def test_bench_names_a_damaged_head_folder(target, tmp_path):
-    from jetspec.drafter_specs import DrafterUnavailable, make_drafter
+    from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter
 
     path = saved(JetSpecHead, dict(block_size=4), target, tmp_path / "h")
     path.write_text("")

@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead, ParallelHead
-from jetspec.training import Teacher
-from jetspec.types import DraftInput
+from jetspec.training.recipe import Teacher
 
 HEADS = {"jetspec": JetSpecHead, "dflash": DFlashHead, "eagle": EagleHead}
 SHIPPED = Path(__file__).resolve().parents[2] / "jetspec" / "assets" / "heads"

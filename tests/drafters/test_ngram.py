@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from jetspec.core.types import DraftInput
 from jetspec.drafters.ngram import NGramDrafter
-from jetspec.types import DraftInput
 
 # The tail (1, 2) occurred at positions 1 and 5: continuations 3 7 1 (most recent) and 3 9 1.
 TOKENS = torch.tensor([5, 1, 2, 3, 9, 1, 2, 3, 7, 1, 2])

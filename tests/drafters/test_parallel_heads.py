@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec import TREE_BUILDERS, SpeculativeDecoder
+from jetspec.core.target import TargetModel
+from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
 from jetspec.drafters.parallel_head import default_tap_layers
-from jetspec.target import TargetModel
-from jetspec.training import Teacher, packed_block_mask
+from jetspec.training.recipe import Teacher, packed_block_mask
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
-from jetspec.types import DraftInput
 
 HEADS = [JetSpecHead, DFlashHead]
 

@@ -217,7 +217,7 @@ def test_pack_ancestor_bits_round_trip(n):
 
 
 def test_packed_bits_memory_sees_in_place_edits():
-    # The launcher keeps no memory of earlier masks (jetspec.attention packs once per forward and
+    # The launcher keeps no memory of earlier masks (jetspec.core.attention packs once per forward and
     # passes the bits): editing the mask in place between calls must give the new attention.
     q, k, v, anc = make_inputs(1, 2, 1, 5, 3, 16, torch.float32)
     run_poisoned(q, k, v, anc)

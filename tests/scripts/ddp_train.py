@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from jetspec.data import TokenDataModule
 from jetspec.drafters import DFlashHead, JetSpecHead
+from jetspec.training.data import TokenDataModule
 
 GLOBAL_BATCH = 4
 STEPS = 4

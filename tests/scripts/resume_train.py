@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from jetspec.data import TokenDataModule
 from jetspec.drafters import JetSpecHead
+from jetspec.training.data import TokenDataModule
 
 BATCH, SEQS = 2, 10  # 5 batches per epoch
 STEPS, EVERY = 8, 2  # checkpoints at steps 2, 4, 6: the ones at 2 and 6 are mid-epoch

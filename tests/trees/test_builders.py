@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jetspec.core.types import DraftOutput, ancestor_mask
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
-from jetspec.types import DraftOutput, ancestor_mask
 
 
 @st.composite

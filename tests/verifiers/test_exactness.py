@@ -17,9 +17,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jetspec.exact import enumerate_law
-from jetspec.sampling import SamplingConfig, process_logits, residual
-from jetspec.types import DraftTree, VerifyInput
+from jetspec.core.sampling import SamplingConfig, process_logits, residual
+from jetspec.core.types import DraftTree, VerifyInput
+from jetspec.testing.exact import enumerate_law
 from jetspec.verifiers import SamplingVerifier
 
 CONFIGS = [
@@ -122,7 +122,7 @@ def test_sample_and_match_is_exact(vocab, n, seed, cfg):
 def per_path_row_verifier(inp: VerifyInput):
     """WRONG on purpose: sample-and-match run independently down every root-to-leaf path (one
     draw per path row), keeping the longest acceptance. Shared prefixes get several chances."""
-    from jetspec.types import Acceptance
+    from jetspec.core.types import Acceptance
 
     tree, p = inp.tree, process_logits(inp.logits, inp.sampling)
     kids = tree.children()

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from jetspec.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported: prompts files are JSONL)
+from jetspec.core.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported: prompts files are JSONL)
 
 BUILTIN_PROMPTS: dict[str, list[str]] = {
     "math": [

@@ -19,12 +19,12 @@ The functions here do not touch a head: ``jetspec.drafters.learned_head.LearnedH
 in this order, in one place (its ``slot_batch`` and ``training_step``).
 
 The target writes two kinds of training data, which is why there are two paths: *text*
-(``jetspec.regenerate``, or ``jetspec.data.sample_continuations`` in memory for token-id prompts:
+(``jetspec.training.regenerate``, or ``jetspec.training.data.sample_continuations`` in memory for token-id prompts:
 the target answers the prompts, and the answers become the sequences x) and *labels* (``Teacher``
 / ``TeacherCache`` / ``fill_teacher_cache`` here: one forward over an x that already exists, giving
 its taps and next-token logits at every position). The first samples new tokens and runs once per
 data set; the second never samples and runs (or is read from the cache) every step. The teacher
-captures taps with ``jetspec.target.capture_taps``, the hooks the decoding loop's target uses.
+captures taps with ``jetspec.core.target.capture_taps``, the hooks the decoding loop's target uses.
 
 Shapes: B batch, T tokens, A anchors per sequence, S block size, V vocab, F fused tap features,
 M supervised slots (flattened), k top-k.
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
 from jetspec.kernels import additive_mask
-from jetspec.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
 
 
 @dataclass
@@ -334,7 +334,7 @@ def fill_teacher_cache(model: torch.nn.Module, datasets: Sequence, tap_layers: S
     one cache on two cores. Training then reads every step's teacher from disk: the target forward, which
     is most of a step's cost on CPU, is paid once for all epochs, seeds and head variants.
     """
-    from jetspec.data import collate
+    from jetspec.training.data import collate
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in 0..{num_shards - 1}, got {shard}")

@@ -2,7 +2,7 @@
 
 A reference set holds prompts and the target's greedy answers (plain decoding), as token ids;
 ``write_references`` makes one. The rows (``input_ids``, ``response_start``, ``set``) feed
-``jetspec.replay.replay``, ``replay_rows`` below and ``jetspec train --eval-data``. Writing is
+``jetspec.core.replay.replay``, ``replay_rows`` below and ``jetspec train --eval-data``. Writing is
 resumable: prompts whose reference is already in the output file are skipped, and every reference
 is appended as soon as it is made, so an interrupted run keeps what it finished.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from jetspec.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
+from jetspec.core.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def pick_prompts(rows: list[dict], per_set: int) -> list[dict]:
 
 def write_references(model, tokenizer, cfg: ReferencesConfig) -> int:
     """Append the missing references of ``cfg.prompts`` to ``cfg.out``; returns how many were written."""
-    from jetspec.replay import make_references
+    from jetspec.core.replay import make_references
 
     rows = [{**r, "ids": chat_ids(tokenizer, r["prompt"])} for r in pick_prompts(read_prompts(cfg.prompts),
                                                                                    cfg.per_set)]
@@ -147,8 +147,8 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
 
     Taps are captured once per set of tap layers and shared by the drafters that read them.
     """
-    from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
-    from jetspec.replay import reference_taps, replay
+    from jetspec.core.replay import reference_taps, replay
+    from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
     from jetspec.trees import BestFirstBuilder
 
     sets = sorted({r.set for r in refs})

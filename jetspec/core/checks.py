@@ -16,7 +16,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from jetspec.types import DraftInput, DraftOutput, MalformedDraft
+from jetspec.core.types import DraftInput, DraftOutput, MalformedDraft
 
 
 def drafter_name(drafter) -> str:

@@ -1,6 +1,6 @@
 """The three swappable parts of a speculative round, and their registries.
 
-Each part is a small ABC with one typed input and one typed output (``jetspec.types``):
+Each part is a small ABC with one typed input and one typed output (``jetspec.core.types``):
 
     Drafter.draft(DraftInput) -> DraftOutput          (docs/design.md §4)
     TreeBuilder.build(DraftOutput) -> DraftTree       (docs/design.md §2)
@@ -16,7 +16,7 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import Callable, TypeVar
 
-from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
 
 class Drafter(ABC):
@@ -36,7 +36,7 @@ class Drafter(ABC):
     def draft(self, inp: DraftInput) -> DraftOutput:
         """Propose per-depth candidate tables or a candidate tree for ``inp.tokens[-1]``.
 
-        The decoding loop calls this through ``jetspec.checks.run_drafter``: ``inp.tokens`` is the
+        The decoding loop calls this through ``jetspec.core.checks.run_drafter``: ``inp.tokens`` is the
         drafter's own copy (writing to it changes nothing that is emitted), and the returned
         ``DraftOutput`` is checked (shapes, ids in the target's vocabulary, q) with errors naming
         the drafter. Drafters built for one target (learned heads) record its shape in

@@ -19,11 +19,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from jetspec.checks import check_drafter_target, check_token_ids, run_drafter
-from jetspec.interfaces import Drafter, TreeBuilder, Verifier
-from jetspec.sampling import SamplingConfig, TorchRng, process_logits
-from jetspec.target import TargetModel, as_target
-from jetspec.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+from jetspec.core.checks import check_drafter_target, check_token_ids, run_drafter
+from jetspec.core.interfaces import Drafter, TreeBuilder, Verifier
+from jetspec.core.sampling import SamplingConfig, TorchRng, process_logits
+from jetspec.core.target import TargetModel, as_target
+from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
 STAGES = ("draft", "tree", "verify", "accept", "commit")
 
@@ -147,7 +147,7 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------ the five stages
     def draft(self, tokens: Tensor, taps, cfg, rng, round_index: int) -> DraftOutput:
         b = self.tree_builder
-        # run_drafter: the drafter gets a copy of tokens, and its proposal is checked (jetspec.checks).
+        # run_drafter: the drafter gets a copy of tokens, and its proposal is checked (jetspec.core.checks).
         return run_drafter(self.drafter, DraftInput(tokens=tokens, depth=b.depth, width=b.width, budget=b.budget,
                                                     taps=taps, sampling=cfg, rng=rng, round_index=round_index),
                            self.target.vocab_size)

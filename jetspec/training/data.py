@@ -12,7 +12,7 @@ not prompts. Everything else here is plumbing around that:
 * ``TokenDataModule.from_jsonl / from_text / from_hf_dataset / from_path``: text front-ends that
   tokenize with the target's tokenizer and chat template.
 * ``sample_continuations``: let the target itself write the responses (docs/design.md §5.2: training on
-  target-regenerated data is what matters most). ``jetspec.regenerate`` does the same for text
+  target-regenerated data is what matters most). ``jetspec.training.regenerate`` does the same for text
   prompts at scale, writing rows this module reads back (``input_ids`` + ``response_start``).
 
 Batch layout (B sequences, T = longest length in the batch)::
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from jetspec.jsonl import numbered_rows
+from jetspec.core.jsonl import numbered_rows
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Rerun the benchmark on the held-out dev splits and render BENCHMARKS.md from the results.
 
-What ``jetspec benchmarks`` runs: ``jetspec.bench.run_bench`` on the dev prompts of
+What ``jetspec benchmarks`` runs: ``jetspec.evaluation.bench.run_bench`` on the dev prompts of
 ``jetspec prepare-data`` (math from GSM8K, code from Code Alpaca, chat from the Alpaca seed tasks:
 prompts no head was trained on), once per temperature (greedy and temperature 1 by default), with
 plain decoding (``ar``), Hugging Face greedy / sampling and Hugging Face prompt lookup measured in
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from jetspec.bench import BenchConfig
-from jetspec.splits import SETS
+from jetspec.evaluation.bench import BenchConfig
+from jetspec.evaluation.splits import SETS
 
 _BENCH = BenchConfig()  # the bench defaults this command shares (one source of defaults)
 # The reduced run: enough to exercise every method on every set in minutes, not hours.
@@ -108,9 +108,9 @@ class BenchmarksConfig:
 
 
 def dev_prompts(data: Path, limit: Optional[int]) -> list[dict]:
-    """The three dev splits, building them first (``jetspec.splits.prepare_data``) if they are missing."""
-    from jetspec.prompts import read_prompts
-    from jetspec.splits import PrepareDataConfig, prepare_data
+    """The three dev splits, building them first (``jetspec.evaluation.splits.prepare_data``) if they are missing."""
+    from jetspec.core.prompts import read_prompts
+    from jetspec.evaluation.splits import PrepareDataConfig, prepare_data
 
     if not all((data / f"dev_{s}.jsonl").is_file() for s in SETS):
         prepare_data(PrepareDataConfig(out=str(data)))
@@ -128,7 +128,7 @@ def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[li
     Thread count and denormal flushing are the caller's (the command sets them); ``threads_reason``
     says how the count was chosen, for the report.
     """
-    from jetspec.bench import run_bench
+    from jetspec.evaluation.bench import run_bench
 
     if prompts is None:
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())
@@ -200,7 +200,7 @@ def _setup(first: dict, cfg: BenchmarksConfig) -> list[str]:
 
 def _temperature_section(temp: float, res: dict) -> list[str]:
     """One temperature's tables, divergences, skipped methods and where its raw files are."""
-    from jetspec.report import divergence_note, markdown_table
+    from jetspec.evaluation.report import divergence_note, markdown_table
 
     title = "Greedy (temperature 0)" if temp == 0 else f"Sampling (temperature {temp:g})"
     rows = res["rows"]

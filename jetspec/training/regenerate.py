@@ -41,9 +41,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from jetspec.jsonl import jsonl_line, read_jsonl, write_jsonl
-from jetspec.prompts import chat_ids, eos_ids
-from jetspec.sampling import SamplingConfig
+from jetspec.core.jsonl import jsonl_line, read_jsonl, write_jsonl
+from jetspec.core.prompts import chat_ids, eos_ids
+from jetspec.core.sampling import SamplingConfig
 
 
 def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:

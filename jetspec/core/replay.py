@@ -26,9 +26,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from jetspec.checks import run_drafter
-from jetspec.interfaces import Drafter, TreeBuilder
-from jetspec.types import DraftInput, DraftTree
+from jetspec.core.checks import run_drafter
+from jetspec.core.interfaces import Drafter, TreeBuilder
+from jetspec.core.types import DraftInput, DraftTree
 from jetspec.verifiers.greedy import greedy_accept
 
 
@@ -48,7 +48,7 @@ def make_references(target, prompts: Sequence[Sequence[int]], max_new_tokens: in
                     sets: Optional[Sequence[str]] = None, eos_token_id=None,
                     progress: bool = True) -> list[Reference]:
     """Greedy continuations of ``prompts`` (token ids) by plain decoding in jetspec's harness."""
-    from jetspec.decoding import autoregressive_generate
+    from jetspec.core.decoding import autoregressive_generate
 
     rows = []
     it = enumerate(prompts)
@@ -140,7 +140,7 @@ class ReplayReport:
 
 def reference_taps(model, tap_layers: Sequence[int], references: Sequence[Reference]) -> list[Tensor]:
     """The [T, F] taps of every reference (one teacher forward each); reuse them across evaluations."""
-    from jetspec.target import Teacher
+    from jetspec.core.target import Teacher
 
     teacher = Teacher(model, tap_layers)
     dev = next(model.parameters()).device

@@ -2,7 +2,7 @@
 
 ``TauCurve`` answers the question a training curve of the loss cannot: how many tokens per round
 would this head accept *now*? Every ``every_n_steps`` optimizer steps it replays held-out
-references (prompts + the target's greedy answers, ``jetspec.replay``) with the head being trained
+references (prompts + the target's greedy answers, ``jetspec.core.replay``) with the head being trained
 and logs the exact greedy tau at each budget, next to the tokens the head has been trained on and
 the wall time. Rows are logged to the trainer's logger and appended to a JSON-lines file, which
 survives ``--resume`` (the file is appended to, the counters are saved in the checkpoint).
@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import lightning as L
 
-from jetspec.jsonl import jsonl_line, read_jsonl
-from jetspec.replay import Reference, as_references, reference_taps, replay
+from jetspec.core.jsonl import jsonl_line, read_jsonl
+from jetspec.core.replay import Reference, as_references, reference_taps, replay
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from jetspec.decoding import SpeculativeDecoder
-from jetspec.target import TargetModel, as_target
+from jetspec.core.decoding import SpeculativeDecoder
+from jetspec.core.target import TargetModel, as_target
 
 
 @dataclass

@@ -32,7 +32,7 @@ def peaked_tiny_target(seed: int = 0, sharpen: float = 30.0) -> torch.nn.Module:
 def mean_tau(target, drafter, prompts, budget: int = 24, width: int = 4, depth: int = 6,
              max_new_tokens: int = 32) -> float:
     """Pooled tau of best-first speculative decoding over ``prompts`` (1-D token tensors)."""
-    from jetspec.decoding import SpeculativeDecoder
+    from jetspec.core.decoding import SpeculativeDecoder
     from jetspec.trees import BestFirstBuilder
 
     dec = SpeculativeDecoder(target, drafter, BestFirstBuilder(budget=budget, width=width, depth=depth))

@@ -11,7 +11,7 @@ again. Plain decoding (``step``) is the same forward with one row.
 
 Two engines run that forward; both give the same logits up to floating-point rounding:
 
-* ``"fast"``: ``jetspec.fast_forward.CompactForward``, a compact forward for Llama-family models
+* ``"fast"``: ``jetspec.core.fast_forward.CompactForward``, a compact forward for Llama-family models
   with prepacked, fused products, a preallocated KV buffer and GQA-folded attention. On the CPU
   of BENCHMARKS.md it halves the one-token step and more than halves a 17-row verify.
 * ``"hf"``: the model's own Hugging Face forward with a ``DynamicCache`` and an additive float
@@ -43,9 +43,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from jetspec.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.types import DraftTree
 from jetspec.kernels import additive_mask, tree_visibility
-from jetspec.types import DraftTree
 
 ENGINES = ("auto", "fast", "hf")
 
@@ -137,7 +137,7 @@ class TargetModel:
     def _attention(self):
         if self.attn_backend in (None, "sdpa", "eager"):
             return nullcontext()
-        from jetspec.attention import attention_backend  # kernels are optional
+        from jetspec.core.attention import attention_backend  # kernels are optional
         return attention_backend(self.model, self.attn_backend)
 
     @torch.no_grad()

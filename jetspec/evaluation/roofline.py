@@ -32,10 +32,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from jetspec.core.target import TargetModel
+from jetspec.core.types import DraftTree
 from jetspec.kernels import PackedLinear, onednn_available
 from jetspec.kernels.packed_linear import SKINNY_EVENT, skinny_available
-from jetspec.target import TargetModel
-from jetspec.types import DraftTree
 
 COMPONENTS = ("attn proj", "mlp", "lm_head", "attention", "other ops", "python")
 

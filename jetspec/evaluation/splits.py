@@ -12,7 +12,7 @@ a fixed seed, and everything downstream reads its files (``jetspec prepare-data`
                          tokenized in the regeneration row format (no generation needed)
     OUT/split.json       what was done: sources, counts, seed
 
-Rows are ``{"prompt", "set", "reference"}`` (see ``jetspec.prompts``). Shuffling the training mix
+Rows are ``{"prompt", "set", "reference"}`` (see ``jetspec.core.prompts``). Shuffling the training mix
 matters for regeneration: it runs for hours and may be stopped at any time, and a shuffled file
 gives a balanced mix of math, code and chat at every point.
 """
@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from jetspec.prompts import read_prompts, write_jsonl
+from jetspec.core.prompts import read_prompts, write_jsonl
 
 # set name -> file in the source data folder (--data-dir)
 SOURCES = {"math": "gsm8k_train.jsonl", "code": "codealpaca.jsonl", "chat": "alpaca_seed_tasks.jsonl"}
@@ -97,8 +97,8 @@ def prepare_data(cfg: PrepareDataConfig) -> dict:
     counts = {"dev": {k: len(v) for k, v in dev.items()},
               "train": {k: sum(1 for r in train if r["set"] == k) for k in SOURCES}}
     if cfg.distill:
-        from jetspec.loading import load_tokenizer
-        from jetspec.regenerate import write_distillation
+        from jetspec.core.loading import load_tokenizer
+        from jetspec.training.regenerate import write_distillation
 
         counts["distill"] = write_distillation(load_tokenizer(cfg.target), train, out / "distill.jsonl")
     (out / "split.json").write_text(json.dumps({"data_dir": cfg.data_dir, "sources": SOURCES, "seed": cfg.seed,

@@ -24,7 +24,7 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
 ``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
-``jetspec.report`` writes these files (``jetspec.plots`` draws the PNGs).
+``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from jetspec.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
-from jetspec.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
-from jetspec.interfaces import DRAFTERS, TREE_BUILDERS
-from jetspec.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
-from jetspec.report import write_outputs
-from jetspec.target import TargetModel
-from jetspec.threads import choose_threads
+from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
+from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
+from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
+from jetspec.core.target import TargetModel
+from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
+from jetspec.evaluation.report import write_outputs
+from jetspec.evaluation.threads import choose_threads
 
 __all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergence", "run_bench", "spec_label"]
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class BenchConfig:
     seed: int = 0
     """Seed of sampling (temperature > 0) and of the method order per prompt."""
     threads: Optional[int | str] = None
-    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/threads.py);
+    """torch CPU threads: a number, or auto (measure 1 thread vs all cores at start, jetspec/evaluation/threads.py);
     default: torch's choice. Set by the jetspec bench command; run_bench itself leaves threads alone."""
     out: str = "runs/bench"
     """Output folder for results.json, results.md, runs.jsonl and the plots."""
@@ -341,7 +341,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     """
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
     if model is None:
-        from jetspec.loading import load_target
+        from jetspec.core.loading import load_target
 
         model, tokenizer = load_target(cfg.target)
     if prompts is None:

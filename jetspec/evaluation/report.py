@@ -1,9 +1,9 @@
-"""The files a benchmark (``jetspec.bench``) leaves behind, and its Markdown tables.
+"""The files a benchmark (``jetspec.evaluation.bench``) leaves behind, and its Markdown tables.
 
     results.json   {"machine", "config", "skipped", "divergences", "rows"}: what the bench returns
     runs.jsonl     one line per single generate call, for noise analysis
     results.md     the rows as a Markdown table, with the machine and settings above it
-    *.png          three pictures, drawn by ``jetspec.plots``
+    *.png          three pictures, drawn by ``jetspec.evaluation.plots``
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool = True)
     (out / "results.md").write_text("\n".join(head + notes + ([""] if notes else [])
                                               + [markdown_table(result["rows"]), ""]))
     if plots:
-        from jetspec.plots import plot_results  # matplotlib only when pictures are asked for
+        from jetspec.evaluation.plots import plot_results  # matplotlib only when pictures are asked for
 
         plot_results(result["rows"], out)
 
 
 def divergence_note(d: dict) -> str:
-    """One line on a greedy output that left plain decoding (see ``jetspec.bench.divergence``)."""
+    """One line on a greedy output that left plain decoding (see ``jetspec.evaluation.bench.divergence``)."""
     gap = "n/a" if d["logit_gap"] is None else f"{d['logit_gap']:.2g}"
     return (f"- {d['drafter']} (budget {d['budget']}) left plain greedy decoding on {d['prompt_set']} prompt "
             f"{d['prompt_index']} at new token {d['position']}; the target's logit gap between the two "

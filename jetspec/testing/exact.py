@@ -2,7 +2,7 @@
 
 Used by the property tests and tutorial 7.
 
-A procedure draws only through ``jetspec.sampling.Rng``. ``enumerate_law(fn)`` replays ``fn`` with a
+A procedure draws only through ``jetspec.core.sampling.Rng``. ``enumerate_law(fn)`` replays ``fn`` with a
 scripted Rng; whenever the script runs out at a new random choice, the run stops and is restarted
 once per possible outcome of that choice. Each finished run contributes the product of the
 probabilities of its choices to the law of its result. On vocabularies of a handful of tokens this
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Hashable
 
-from jetspec.sampling import Rng
+from jetspec.core.sampling import Rng
 
 
 class _NeedChoice(Exception):

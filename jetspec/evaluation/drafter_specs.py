@@ -20,10 +20,10 @@ import inspect
 from pathlib import Path
 from typing import Optional
 
+from jetspec.core.interfaces import DRAFTERS, Drafter
 from jetspec.drafters.head_files import read_config
-from jetspec.interfaces import DRAFTERS, Drafter
 
-DEFAULT_HEAD_DIR = Path(__file__).parent / "assets" / "heads"
+DEFAULT_HEAD_DIR = Path(__file__).parents[1] / "assets" / "heads"
 
 
 class DrafterUnavailable(ValueError):
