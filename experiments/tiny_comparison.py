@@ -6,7 +6,7 @@
 What it does (docs/design.md §4 and §7):
 
 1. A tiny random Llama (2 layers, H 64, V 128) whose lm_head is scaled by 30, so its next-token
-   distributions are peaked like a trained LM's (the one ``tests/test_training.py`` learns on).
+   distributions are peaked like a trained LM's (the one ``tests/training/test_training.py`` learns on).
 2. Training data written by the target itself: 128 random 8-token prompts, 32 tokens each,
    sampled at temperature 0.3.
 3. Four heads trained identically: same data, steps, batch, anchors per sequence, learning rate

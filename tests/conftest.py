@@ -78,3 +78,39 @@ def llama64():
 @pytest.fixture(scope="session")
 def qwen64():
     return tiny_model("qwen3", seed=1)
+
+
+# Helpers shared by the tests of several layers (regenerate, the CLI, loading, benchmarks, training).
+def tiny_tokenizer():
+    """A 64-token word-level tokenizer with a chat template (ids: 0 pad, 1 bos, 2 eos, 3 unk)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "user", "assistant", ":", "."] + [f"w{i}" for i in range(56)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")
+    tok.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                         "{% if add_generation_prompt %}<s> assistant : {% endif %}")
+    return tok
+
+
+def tiny_llama(seed: int = 0, dtype=torch.float64):
+    """A tiny Llama whose special ids match tiny_tokenizer (1 bos, 2 eos, 0 pad), to save with it as a folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def random_seqs(n: int, vocab: int = 64, seed: int = 0, lo: int = 8, hi: int = 20) -> list[dict]:
+    """n random token sequences of lo..hi-1 tokens, the response starting at a third of each."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi, (n,), generator=gen).tolist()
+    return [{"input_ids": torch.randint(0, vocab, (t,), generator=gen).tolist(), "response_start": t // 3}
+            for t in lengths]

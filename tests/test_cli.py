@@ -106,7 +106,7 @@ def _imports_lightning(argv: list[str]) -> bool:
 
 
 def test_commands_that_do_not_train_do_not_import_lightning(tmp_path):
-    from test_regenerate import tiny_llama, tiny_tokenizer
+    from conftest import tiny_llama, tiny_tokenizer
 
     tiny_llama().save_pretrained(tmp_path / "target")
     tiny_tokenizer().save_pretrained(tmp_path / "target")

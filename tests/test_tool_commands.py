@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from test_regenerate import tiny_llama, tiny_tokenizer
+from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec.cli import build_parser, main
 from jetspec.core.prompts import read_jsonl, write_jsonl

@@ -10,8 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_training import random_seqs, tiny_tokenizer
+from conftest import random_seqs, tiny_model, tiny_tokenizer
 
 from jetspec.cli import main
 

@@ -54,7 +54,7 @@ print(f"{len(rows)} target-written training rows; vocabulary {V}")
 # has written the answer to a prompt (a *reference*), every round can be replayed: give the drafter
 # the committed prefix (and the target's features of it, from ONE forward over the whole reference),
 # build the tree, and accept the longest root path that spells the next reference tokens. The
-# accepted lengths are those `SpeculativeDecoder.generate` reports (tests/test_replay.py checks
+# accepted lengths are those `SpeculativeDecoder.generate` reports (tests/core/test_replay.py checks
 # equality in float64); the cost is the drafter's alone.
 
 # %%

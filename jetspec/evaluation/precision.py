@@ -12,7 +12,7 @@ cannot prefer b; so the outputs can only part at a *near-tie*, where the plain m
 2 * delta. This module records both runs' logit rows and reports, per prompt, whether the
 outputs are identical and, at the first differing position, the plain margin between the two
 tokens and that position's delta (``experiments/half_precision.py`` runs it on SmolLM2; the test
-``tests/test_half_precision.py`` on a tiny target).
+``tests/evaluation/test_half_precision.py`` on a tiny target).
 
 Shapes: T generated tokens, V vocabulary.
 """

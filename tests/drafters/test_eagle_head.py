@@ -1,7 +1,7 @@
 """EAGLE head: train/draft equivalence, the drafted tree, builders on it, losslessness, learning, persistence.
 
 All on tiny random float64 targets (tests/conftest.py) except the learning test, which reuses the
-peaked tiny target of tests/test_training.py. The packed training forward (training-time test,
+peaked tiny target of tests/training/test_training.py. The packed training forward (training-time test,
 teacher-forced chains for many anchors at once) and the drafting forwards (one per depth over a
 tree, against the head's cache) are two code paths for one function; the tests pin them together.
 """
@@ -226,7 +226,7 @@ def test_save_and_load_round_trip_and_errors(targets, tmp_path):
 
 # ------------------------------------------------------------------------------ learning
 def peaked_target():
-    """The tiny Llama of tests/test_training.py: lm_head x 30 gives peaked, learnable laws."""
+    """The tiny Llama of tests/training/test_training.py: lm_head x 30 gives peaked, learnable laws."""
     return peaked_tiny_target(seed=0)
 
 

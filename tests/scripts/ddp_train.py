@@ -1,6 +1,6 @@
 """Train a head for a few steps with N CPU processes and write the per-step losses (rank 0).
 
-Run as ``python ddp_train.py OUT.json DEVICES STRATEGY``: tests/test_ddp.py compares one process
+Run as ``python ddp_train.py OUT.json DEVICES STRATEGY``: tests/training/test_ddp.py compares one process
 with batch 2*b against two processes with batch b each (same global batch, same data order).
 It is a script, not a test, because under pytest Lightning's ddp launcher would re-run pytest.
 """

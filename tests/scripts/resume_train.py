@@ -2,7 +2,7 @@
 
 Run as ``python resume_train.py FOLDER KILL_AT``: trains with a checkpoint every ``EVERY`` steps into
 ``FOLDER/ckpt`` and sends itself SIGKILL right after step ``KILL_AT`` (no clean shutdown, nothing
-flushed: what a crash or an out-of-memory kill leaves behind). tests/test_training.py imports
+flushed: what a crash or an out-of-memory kill leaves behind). tests/training/test_training.py imports
 ``fit`` from here for the uninterrupted and the resumed runs, so all three share one set-up.
 """
 

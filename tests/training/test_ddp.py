@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_train.py"
 
 
 def run_script(out: Path, devices: int, strategy: str, head: str) -> dict:

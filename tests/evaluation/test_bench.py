@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_regenerate import tiny_llama, tiny_tokenizer
+from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec import DRAFTERS
 from jetspec.cli import build_parser

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec import autoregressive_generate
 from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
@@ -24,32 +25,6 @@ from jetspec.training.regenerate import (
 )
 
 EOS = 2
-
-
-def tiny_tokenizer():
-    """A 64-token word-level tokenizer with a chat template (ids: 0 pad, 1 bos, 2 eos, 3 unk)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<s>", "</s>", "<unk>", "user", "assistant", ":", "."] + [f"w{i}" for i in range(56)]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
-    tok.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                         "{% if add_generation_prompt %}<s> assistant : {% endif %}")
-    return tok
-
-
-def tiny_llama(seed: int = 0, dtype=torch.float64):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
-    return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 PROMPTS = ["w1 w2 w3", "w4 .", "w5 w6 w7 w8 w9 w10 w11", "w12", "w13 w14 w15 w16", "w17 w18 . w19"]

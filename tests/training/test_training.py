@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from conftest import random_seqs, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,13 +40,6 @@ from jetspec.training.recipe import (
 from jetspec.trees import BestFirstBuilder
 
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
-
-
-def random_seqs(n: int, vocab: int = 64, seed: int = 0, lo: int = 8, hi: int = 20) -> list[dict]:
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(lo, hi, (n,), generator=gen).tolist()
-    return [{"input_ids": torch.randint(0, vocab, (t,), generator=gen).tolist(), "response_start": t // 3}
-            for t in lengths]
 
 
 # ------------------------------------------------------------------------------ anchors and masks
@@ -357,7 +350,7 @@ def _resume_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent / "scripts" / "resume_train.py"
+    path = Path(__file__).parents[1] / "scripts" / "resume_train.py"
     spec = importlib.util.spec_from_file_location("resume_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

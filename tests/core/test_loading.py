@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from test_regenerate import tiny_tokenizer
+from conftest import tiny_tokenizer
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.loading import (
