@@ -62,3 +62,11 @@ def test_fit_checks_the_data_against_the_heads_vocabulary(tmp_path):
     # Negative control: without the bad row the same fit runs.
     ok = TokenDataModule(rows[:3], batch_size=2)
     L.Trainer(max_steps=1, **QUIET).fit(JetSpecHead(target, num_layers=1, block_size=4), datamodule=ok)
+
+
+def test_the_public_data_module_path_still_works():
+    """``jetspec.data.TokenDataModule`` is public API; jetspec/data.py re-exports the one class."""
+    import jetspec.data
+    import jetspec.training.data
+
+    assert jetspec.data.TokenDataModule is jetspec.training.data.TokenDataModule
