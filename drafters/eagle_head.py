@@ -337,9 +337,9 @@ class EagleHead(LearnedHead):
         return tree.output()
 
     @torch.no_grad()
-    def tree_logprobs(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T1 F"],
+    def tree_logprobs(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T-1 F"],
                       node_tokens: Int[Tensor, " M"], node_parents: Int[Tensor, " M"],
-                      round_index: int = 0) -> Float[Tensor, "M1 V"]:
+                      round_index: int = 0) -> Float[Tensor, "M+1 V"]:
         """Children log-probs of the root and of every node of a given tree (row 0 = the root).
 
         The same forwards as ``draft`` (one per depth) with the nodes prescribed instead of

@@ -95,9 +95,9 @@ class SlotBatch:
 
     losses: Float[Tensor, " M"]
     weights: Float[Tensor, " M"]
-    draft_top1: Int[Tensor, "B A S1"]  # -1 where unsupervised
-    teacher_top1: Int[Tensor, "B A S1"]
-    ok: Bool[Tensor, "B A S1"]
+    draft_top1: Int[Tensor, "B A D"]  # -1 where unsupervised
+    teacher_top1: Int[Tensor, "B A D"]
+    ok: Bool[Tensor, "B A D"]
 
 
 class LearnedHead(L.LightningModule, Drafter):
@@ -170,7 +170,7 @@ class LearnedHead(L.LightningModule, Drafter):
         return draft_ids if self.draft_vocab is None else self.draft_vocab.to_target(draft_ids)
 
     def forward(self, input_ids: Int[Tensor, "B T"], taps: Float[Tensor, "B T F"],
-                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A S1 Vd"]:
+                anchors: Int[Tensor, "B A"]) -> Float[Tensor, "B A D Vd"]:
         """Draft logits of slots 1..S-1 (depths 1..S-1) of every anchor (the packed training forward)."""
         return self.lm_head(self.packed_hidden(input_ids, taps, anchors)[:, :, 1:])
 

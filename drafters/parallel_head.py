@@ -281,7 +281,7 @@ class ParallelHead(LearnedHead):
         return hidden if forced is None else conditioned.depth_aligned(hidden, forced)
 
     def packed_direct(self, anchor_emb: Float[Tensor, "B A H"], ctx: Float[Tensor, "B T Hd"],
-                      anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B AS Hd"]]:
+                      anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B N Hd"]]:
         """The direct path's term for every packed slot: block a reads context row a-1 (none for a = 0)."""
         if self.net.direct is None:
             return None
@@ -297,7 +297,7 @@ class ParallelHead(LearnedHead):
         self._ctx_len = 0
         self._last_ctx: Optional[Tensor] = None  # [1, H_d] the newest context row (direct path)
 
-    def _extend_cache(self, taps: Float[Tensor, "T1 F"]) -> None:
+    def _extend_cache(self, taps: Float[Tensor, "P F"]) -> None:
         """Project only the context rows that are new since the last round and append them."""
         new = taps[self._ctx_len:]
         if new.shape[0] == 0 and self._ctx_kv is not None:

@@ -112,20 +112,20 @@ def anchor_seeds(indices: Int[Tensor, " B"], epoch: int, seed: int) -> list[int]
 
 
 def block_targets(anchors: Int[Tensor, "B A"], valid: Bool[Tensor, "B A"], block_size: int,
-                  lengths: Int[Tensor, " B"]) -> tuple[Int[Tensor, "B A S1"], Bool[Tensor, "B A S1"]]:
-    """Teacher rows and supervision mask of slots 1..S-1 (S1 = S - 1).
+                  lengths: Int[Tensor, " B"]) -> tuple[Int[Tensor, "B A D"], Bool[Tensor, "B A D"]]:
+    """Teacher rows and supervision mask of slots 1..S-1 (D = S - 1 drafted depths).
 
     Slot k of block a learns the teacher's distribution at position a+k-1 (predicting token a+k);
     the slot is supervised only while token a+k exists.
     """
-    k = torch.arange(1, block_size, device=anchors.device)  # [S1]
-    rows = anchors[..., None] + k - 1  # [B, A, S1]
+    k = torch.arange(1, block_size, device=anchors.device)  # [D]
+    rows = anchors[..., None] + k - 1  # [B, A, D]
     ok = valid[..., None] & (rows + 1 < lengths.to(anchors.device)[:, None, None])
     return rows.clamp(min=0), ok
 
 
 def on_policy_slots(ids: Int[Tensor, "B T"], teacher_top1: Int[Tensor, "B T"],
-                    rows: Int[Tensor, "B A S1"]) -> Bool[Tensor, "B A S1"]:
+                    rows: Int[Tensor, "B A D"]) -> Bool[Tensor, "B A D"]:
     """Slots whose block prefix the target itself would have written (greedy).
 
     Slot k of the block at anchor a is taught the target's law at position a+k-1 given the data's
@@ -140,19 +140,19 @@ def on_policy_slots(ids: Int[Tensor, "B T"], teacher_top1: Int[Tensor, "B T"],
     agree = torch.zeros_like(ids, dtype=torch.bool)  # agree[b, p]: token p+1 == argmax at p
     agree[:, :-1] = ids[:, 1:] == teacher_top1[:, :-1]
     bidx = torch.arange(b, device=ids.device)[:, None, None].expand_as(rows)
-    step_ok = agree[bidx, rows]  # [B, A, S1]: slot k's own label token is the argmax
+    step_ok = agree[bidx, rows]  # [B, A, D]: slot k's own label token is the argmax
     before = torch.ones_like(step_ok)
     before[..., 1:] = step_ok[..., :-1].cumprod(-1).bool()  # every earlier slot's token was
     return before
 
 
-def block_positions(anchors: Int[Tensor, "B A"], block_size: int) -> Int[Tensor, "B AS"]:
+def block_positions(anchors: Int[Tensor, "B A"], block_size: int) -> Int[Tensor, "B N"]:
     """Absolute RoPE positions of all packed block slots: slot i of block a sits at a + i."""
     return (anchors[..., None] + torch.arange(block_size, device=anchors.device)).flatten(1)
 
 
 def packed_block_mask(anchors: Int[Tensor, "B A"], num_context: int, block_size: int, causal: bool,
-                      dtype: torch.dtype) -> Float[Tensor, "B 1 AS TAS"]:
+                      dtype: torch.dtype) -> Float[Tensor, "B 1 N T"]:
     """Additive mask for A packed blocks against T context rows: [B, 1, A*S, T + A*S].
 
     Query (block a, slot i) sees context row j iff j < anchor_a, and block slot (b, j') iff
@@ -173,7 +173,7 @@ def packed_block_mask(anchors: Int[Tensor, "B A"], num_context: int, block_size:
 
 
 # ---------------------------------------------------------------------------------------- losses
-def depth_weights(num_slots: int, gamma: Optional[float], device=None) -> Float[Tensor, " S1"]:
+def depth_weights(num_slots: int, gamma: Optional[float], device=None) -> Float[Tensor, " D"]:
     """Weight of slots 1..S-1: uniform, or DFlash's exp(-(k-1)/gamma)."""
     k = torch.arange(num_slots, dtype=torch.float32, device=device)
     return torch.ones_like(k) if gamma is None else torch.exp(-k / gamma)
@@ -217,8 +217,8 @@ def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_token
 
 
 # ---------------------------------------------------------------------------------------- metrics
-def depth_agreement(draft_top1: Int[Tensor, "B A S1"], teacher_top1: Int[Tensor, "B A S1"],
-                    ok: Bool[Tensor, "B A S1"]) -> tuple[Tensor, Tensor]:
+def depth_agreement(draft_top1: Int[Tensor, "B A D"], teacher_top1: Int[Tensor, "B A D"],
+                    ok: Bool[Tensor, "B A D"]) -> tuple[Tensor, Tensor]:
     """Per depth: how many supervised slots agree with the target's argmax, and how many there are."""
     hits = ((draft_top1 == teacher_top1) & ok).sum((0, 1))
     return hits, ok.sum((0, 1))
