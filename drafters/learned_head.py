@@ -55,6 +55,7 @@ import jetspec.drafters.head_files as head_files
 from jetspec.core.interfaces import DRAFTERS, Drafter
 from jetspec.core.target import TargetModel
 from jetspec.drafters.draft_vocab import DraftVocabulary
+from jetspec.kernels import PackedLinear
 from jetspec.training.recipe import (
     Teacher,
     TeacherCache,
@@ -124,6 +125,7 @@ class LearnedHead(L.LightningModule, Drafter):
             raise TypeError("target must be a Hugging Face causal LM or a jetspec TargetModel")
         model.eval().requires_grad_(False)
         self._frozen = _Frozen(model)
+        self._packed_lm_head = None  # (weight key, PackedLinear): the full-vocabulary lm_head for drafting
         self.config = replace(config or self.config_class(), **arch).resolved(model)
         self.train_config = replace(training or TrainConfig(), **train)
         # Drafter attributes the decoding loop reads (max_depth is the subclass's).
@@ -163,7 +165,16 @@ class LearnedHead(L.LightningModule, Drafter):
         head = self.target_model.get_output_embeddings()
         if self.draft_vocab is not None:
             return self.draft_vocab.logits(hidden, head)
-        return F.linear(hidden.to(head.weight.dtype), head.weight, getattr(head, "bias", None))
+        bias = getattr(head, "bias", None)
+        if bias is None and not (torch.is_grad_enabled() and hidden.requires_grad):
+            # Drafting over the full vocabulary (the EAGLE head): the prepacked product, made once
+            # and keyed, like DraftVocabulary's, on which weight tensor this is (it has no backward,
+            # so training keeps F.linear).
+            key = (head.weight.data_ptr(), head.weight.device, head.weight.dtype)
+            if self._packed_lm_head is None or self._packed_lm_head[0] != key:
+                self._packed_lm_head = (key, PackedLinear([head.weight]))
+            return self._packed_lm_head[1](hidden.to(head.weight.dtype))
+        return F.linear(hidden.to(head.weight.dtype), head.weight, bias)
 
     def to_target_ids(self, draft_ids: Tensor) -> Tensor:
         """Draft-vocabulary ids (indices into ``lm_head``'s output) as target token ids."""
