@@ -19,40 +19,27 @@ needs_skinny = pytest.mark.skipif(not skinny_available(torch.float32, "cpu"),
                                   reason="no AVX-512 CPU or no C++ compiler: the skinny kernel cannot build")
 
 
-@needs_onednn
-@given(rows=st.integers(1, 40), in_features=st.integers(1, 70), outs=st.lists(st.integers(1, 50), min_size=1,
-       max_size=3), bias=st.booleans(), seed=st.integers(0, 1000))
-def test_onednn_equals_separate_f_linear(rows, in_features, outs, bias, seed):
-    g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(o, in_features, generator=g) for o in outs]
-    biases = [torch.randn(o, generator=g) if bias else None for o in outs]
-    x = torch.randn(1, rows, in_features, generator=g)
-    packed = PackedLinear(weights, biases, backend="onednn")
-    assert packed.backend == "onednn" and packed.weight.is_mkldnn
-    parts = packed.split(packed(x))
-    assert len(parts) == len(outs)
-    for part, w, b in zip(parts, weights, biases):
-        ref = F.linear(x.double(), w.double(), None if b is None else b.double())
-        assert part.shape == (1, rows, w.shape[0])
-        torch.testing.assert_close(part.double(), ref, atol=1e-4 * in_features ** 0.5, rtol=1e-4)
-
-
-@needs_skinny
+@pytest.mark.parametrize("backend", [pytest.param("onednn", marks=needs_onednn),
+                                     pytest.param("skinny", marks=needs_skinny)])
 @given(rows=st.integers(1, 40), in_features=st.integers(1, 70), outs=st.lists(st.integers(1, 70), min_size=1,
        max_size=3), bias=st.booleans(), seed=st.integers(0, 1000))
-def test_skinny_kernel_equals_f_linear(rows, in_features, outs, bias, seed):
-    """Odd widths (partial 32-column panels), 1-40 rows (several 12-row passes), fused weights, biases."""
+def test_packed_backends_equal_separate_f_linear(backend, rows, in_features, outs, bias, seed):
+    """Odd widths (the skinny kernel's partial 32-column panels), 1-40 rows (several of its 12-row
+    passes), fused weights cut back apart by ``split``, biases."""
     g = torch.Generator().manual_seed(seed)
     weights = [torch.randn(o, in_features, generator=g) for o in outs]
     biases = [torch.randn(o, generator=g) if bias else None for o in outs]
     x = torch.randn(2, rows, in_features, generator=g)
-    packed = PackedLinear(weights, biases, backend="skinny")
+    packed = PackedLinear(weights, biases, backend=backend)
+    assert packed.backend == backend
+    assert packed.weight.is_mkldnn == (backend == "onednn")
     y = packed(x)
     assert y.shape == (2, rows, sum(outs)) and y.dtype == torch.float32
-    ref = F.linear(x.double(), torch.cat(weights).double(),
-                   torch.cat([b if b is not None else torch.zeros(o) for b, o in zip(biases, outs)]).double()
-                   if bias else None)
-    torch.testing.assert_close(y.double(), ref, atol=1e-4 * in_features ** 0.5, rtol=1e-4)
+    parts = packed.split(y)
+    assert len(parts) == len(outs)
+    for part, w, b in zip(parts, weights, biases):
+        ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+        torch.testing.assert_close(part.double(), ref, atol=1e-4 * in_features ** 0.5, rtol=1e-4)
 
 
 @needs_skinny
