@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import Tensor
 
@@ -52,6 +52,36 @@ def run_drafter(drafter, inp: DraftInput, vocab_size: Optional[int]) -> DraftOut
         out = drafter.draft(replace(inp, tokens=inp.tokens.clone()))
     except MalformedDraft as err:
         raise ValueError(f"drafter {name} built a malformed DraftOutput: {err}") from err
+    return _checked(name, out, vocab_size)
+
+
+def run_drafter_batch(drafter, inputs: Sequence[DraftInput], vocab_size: Optional[int]) -> list[DraftOutput]:
+    """``drafter.draft_batch(inputs)`` with the guarantees of ``run_drafter`` for every row.
+
+    Each row's tokens are a private copy, the drafter must return one proposal per row, and each
+    proposal is checked; errors name the drafter and the row.
+    """
+    name = drafter_name(drafter)
+    outs = None
+    try:
+        outs = drafter.draft_batch([replace(inp, tokens=inp.tokens.clone()) for inp in inputs])
+    except MalformedDraft as err:
+        raise ValueError(f"drafter {name} built a malformed DraftOutput: {err}") from err
+    if not isinstance(outs, (list, tuple)) or len(outs) != len(inputs):
+        got = type(outs).__name__ if not isinstance(outs, (list, tuple)) else f"{len(outs)} proposals"
+        raise ValueError(f"drafter {name}.draft_batch returned {got} for {len(inputs)} rows; it must return "
+                         "a list with one DraftOutput per row")
+    checked = []
+    for inp, out in zip(inputs, outs):
+        try:
+            checked.append(_checked(name, out, vocab_size))
+        except ValueError as err:
+            raise ValueError(f"batch row {inp.row}: {err}") from err
+    return checked
+
+
+def _checked(name: str, out, vocab_size: Optional[int]) -> DraftOutput:
+    """``out`` if it is a well-formed proposal over the target's vocabulary; else a ValueError naming the drafter."""
     if not isinstance(out, DraftOutput):
         got = "None" if out is None else type(out).__name__
         raise ValueError(f"drafter {name} returned {got}, not a DraftOutput")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
@@ -43,6 +43,15 @@ class Drafter(ABC):
         ``config.target_hidden_size`` / ``target_vocab_size`` / ``target_num_layers``;
         ``SpeculativeDecoder`` refuses another target up front.
         """
+
+    def draft_batch(self, inputs: Sequence[DraftInput]) -> list[DraftOutput]:
+        """One proposal per batch row: ``out[i]`` must equal ``self.draft(inputs[i])``.
+
+        ``inputs[i].row`` names the row, so a stateful drafter keeps each row's cache apart. This
+        default drafts the rows one after another; drafters that can draft several rows in one
+        forward (the learned heads, a draft LM) override it (docs/design.md §1).
+        """
+        return [self.draft(inp) for inp in inputs]
 
 
 class TreeBuilder(ABC):

@@ -31,8 +31,8 @@ class DraftInput:
     """Everything a drafter may look at to propose continuations of the anchor.
 
     The drafter is handed the whole committed state each round; a stateful drafter (a head with a
-    KV cache, a draft LM) keeps its own caches and uses ``round_index == 0`` to know a new
-    sequence has started.
+    KV cache, a draft LM) keeps its own caches, one per batch ``row``, and uses ``round_index == 0``
+    to know that row's sequence has started anew.
     """
 
     tokens: Int[Tensor, " T"]  # committed sequence x[0..t]; tokens[-1] is the anchor (tree root)
@@ -43,6 +43,7 @@ class DraftInput:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rng: Optional[Rng] = None  # randomness for drafters that sample their drafts
     round_index: int = 0  # 0 on the first round of a generate() call
+    row: int = 0  # the batch row this input belongs to: a stateful drafter keeps one state per row
 
 
 # Validates its own arguments with errors that name them: not re-checked by the test hook (jetspec/__init__.py).

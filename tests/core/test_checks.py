@@ -204,3 +204,41 @@ def test_tap_layers_beyond_the_target_are_refused(llama64):
     drafter.tap_layers = (0, 5)
     with pytest.raises(ValueError, match="NGramDrafter.*tap_layers"):
         SpeculativeDecoder(llama64, drafter)
+
+
+class _RowEcho(Drafter):
+    """Proposes the row index as its only candidate; ``count`` breaks draft_batch's contract on purpose."""
+
+    def __init__(self, count=None, bad_row=None):
+        self.count, self.bad_row = count, bad_row
+
+    def draft(self, inp):
+        tok = 10_000 if inp.row == self.bad_row else inp.row
+        return DraftOutput(depth_tokens=torch.tensor([[tok]]), depth_logprobs=torch.zeros(1, 1))
+
+    def draft_batch(self, inputs):
+        outs = [self.draft(i) for i in inputs]
+        return outs if self.count is None else outs[: self.count]
+
+
+def _inputs(rows):
+    from jetspec.core.types import DraftInput
+    return [DraftInput(tokens=torch.tensor([1, 2]), depth=1, width=1, budget=1, row=r) for r in rows]
+
+
+def test_draft_batch_by_default_drafts_each_row_in_turn():
+    from jetspec.core.checks import run_drafter_batch
+    outs = run_drafter_batch(_RowEcho(), _inputs([0, 1, 2]), 64)
+    assert [int(o.depth_tokens[0][0]) for o in outs] == [0, 1, 2]
+
+
+def test_draft_batch_must_return_one_proposal_per_row():
+    from jetspec.core.checks import run_drafter_batch
+    with pytest.raises(ValueError, match=r"_RowEcho.draft_batch returned 2 proposals for 3 rows"):
+        run_drafter_batch(_RowEcho(count=2), _inputs([0, 1, 2]), 64)
+
+
+def test_a_bad_proposal_in_a_batch_names_its_row():
+    from jetspec.core.checks import run_drafter_batch
+    with pytest.raises(ValueError, match=r"batch row 1: drafter _RowEcho returned a bad proposal"):
+        run_drafter_batch(_RowEcho(bad_row=1), _inputs([0, 1, 2]), 64)
