@@ -30,15 +30,25 @@ STAGES = ("draft", "tree", "verify", "accept", "commit")
 
 @dataclass
 class GenerationResult:
-    """What ``generate`` returns. tau is pooled: committed tokens / verify forwards."""
+    """What ``generate`` returns. tau is pooled: committed tokens / verify forwards.
 
-    sequences: Int[Tensor, "1 T"]  # prompt + generated tokens
+    For a batch (docs/design.md §1.6) ``sequences`` is ``[B, T + L]`` (left pads kept, rows that
+    stopped early right-padded with ``pad_token_id``); ``rows[b]`` is row b's own result (its
+    unpadded prompt + new tokens, its per-round lists; no timings, the rounds are shared), and the
+    per-round lists here are the rows' lists concatenated in row order, so ``tau`` and
+    ``depth_acceptance`` pool every row's rounds. ``rows_per_round`` counts the rows each target
+    forward verified (all 1 for a single prompt). For one prompt ``rows`` is ``[a copy of this result]``.
+    """
+
+    sequences: Int[Tensor, "B T"]  # prompt + generated tokens
     accepted_lengths: list[int] = field(default_factory=list)  # tokens committed per round, bonus included
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill + the STAGES, summed
     draft_forwards: list[int] = field(default_factory=list)  # drafter forwards per round
     tree_sizes: list[int] = field(default_factory=list)  # drafted nodes per round (root excluded)
     accepted_depths: list[int] = field(default_factory=list)  # accepted drafts per round (no bonus)
     tree_depths: list[int] = field(default_factory=list)  # max depth of each round's tree
+    rows_per_round: list[int] = field(default_factory=list)  # rows each target forward verified
+    rows: list["GenerationResult"] = field(default_factory=list, repr=False)  # per-row results
 
     @property
     def tau(self) -> float:
@@ -72,15 +82,15 @@ def depth_acceptance(accepted_depths: Sequence[int], tree_depths: Sequence[int])
 
 
 def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig, vocab_size: int) -> Tensor:
-    """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens."""
+    """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens.
+
+    Only one prompt comes here (``_is_batch`` sends the rest to jetspec.core.batched)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError("input_ids must be a LongTensor of shape [1, T]")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [1, T], got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[0] != 1:
-        raise ValueError(f"batch size must be 1 for now, got input_ids with batch {input_ids.shape[0]}")
     if input_ids.shape[1] < 1:
         raise ValueError("input_ids is empty: the prompt needs at least one token")
     check_token_ids(input_ids, vocab_size, "input_ids")
@@ -174,24 +184,34 @@ class SpeculativeDecoder:
     def generate(self, input_ids: Tensor, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  eos_token_id: Optional[int | list[int]] = None,
-                 generator: Optional[torch.Generator] = None) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, T].
+                 generator: Optional[torch.Generator] = None, attention_mask: Optional[Tensor] = None,
+                 pad_token_id: Optional[int] = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` tokens after each prompt of ``input_ids`` [B, T].
 
         Args:
-            input_ids: the prompt, [1, T] or [T].
-            max_new_tokens: new tokens at most (fewer if an EOS id is committed).
+            input_ids: the prompts, [B, T] (or one prompt [T]); shorter prompts padded on the left.
+            max_new_tokens: new tokens at most per row (fewer if an EOS id is committed).
             temperature: 0 = greedy; > 0 samples, verified losslessly.
             top_k: sample only among the k most likely tokens (None: all).
             top_p: sample only from the smallest set with this much probability (None: all).
-            eos_token_id: stop after committing this id (or any of these ids).
+            eos_token_id: a row stops after committing this id (or any of these ids).
             generator: the random source of sampling (None: torch's global one).
+            attention_mask: [B, T], 1 at real tokens and 0 at left padding (None: all real).
+            pad_token_id: fills rows that stopped early; required for B > 1 with an ``eos_token_id``.
 
-        The target is reset afterwards, also when a stage raises.
+        One prompt runs the single-row loop below; a batch (B > 1, or a padded prompt) runs
+        ``jetspec.core.batched`` (docs/design.md §1.6), whose rows each equal their prompt decoded
+        alone. The target is reset afterwards, also when a stage raises.
         """
         cfg = SamplingConfig(temperature, top_k, top_p)
-        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         verifier = self._verifier_for(cfg)
         rng = TorchRng(generator)
+        if _is_batch(input_ids, attention_mask):
+            from jetspec.core.batched import generate_batch
+
+            return generate_batch(self, input_ids, attention_mask, max_new_tokens, cfg, verifier, rng,
+                                  eos_token_id, pad_token_id)
+        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
         eos = _eos_set(eos_token_id)
         res = GenerationResult(sequences=input_ids)
         timer = _Timer(res.timings)
@@ -202,7 +222,7 @@ class SpeculativeDecoder:
         finally:
             self.target.reset()
         res.sequences = tokens[None]
-        return res
+        return _with_rows(res)
 
     def _rounds(self, tokens: Tensor, max_new_tokens: int, cfg: SamplingConfig, verifier: Verifier, rng,
                 eos: set[int], res: GenerationResult, timer: "_Timer") -> Tensor:
@@ -239,6 +259,25 @@ class SpeculativeDecoder:
             if eos and new and new[-1] in eos:
                 break
         return tokens
+
+
+def _is_batch(input_ids, attention_mask) -> bool:
+    """True when the batched loop must run: several rows, or an attention mask that pads a prompt."""
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] != 1:
+        return True
+    return attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
+                                               and attention_mask.shape == input_ids.shape
+                                               and bool((attention_mask == 1).all()))
+
+
+def _with_rows(res: GenerationResult) -> GenerationResult:
+    """A single prompt's result, with ``rows`` = [its own records] like a batch's (timings stay pooled)."""
+    res.rows_per_round = [1] * len(res.accepted_lengths)
+    res.rows = [GenerationResult(sequences=res.sequences, accepted_lengths=list(res.accepted_lengths),
+                                 draft_forwards=list(res.draft_forwards), tree_sizes=list(res.tree_sizes),
+                                 accepted_depths=list(res.accepted_depths), tree_depths=list(res.tree_depths),
+                                 rows_per_round=list(res.rows_per_round))]
+    return res
 
 
 def _eos_set(eos_token_id) -> set[int]:
@@ -279,15 +318,23 @@ def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:
 def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
                             top_k: Optional[int] = None, top_p: Optional[float] = None,
                             eos_token_id: Optional[int | list[int]] = None,
-                            generator: Optional[torch.Generator] = None) -> GenerationResult:
+                            generator: Optional[torch.Generator] = None, attention_mask: Optional[Tensor] = None,
+                            pad_token_id: Optional[int] = None) -> GenerationResult:
     """Plain decoding with a KV cache in the same harness: one target forward per token.
 
     The baseline every speedup is measured against (docs/design.md §7.2); tau is 1.0 by definition.
+    Batches (``attention_mask``, ``pad_token_id``) as in ``SpeculativeDecoder.generate``: one forward
+    per step covers every running row.
     """
     tgt = as_target(target)
     cfg = SamplingConfig(temperature, top_k, top_p)
-    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, tgt.vocab_size)
     rng = TorchRng(generator)
+    if _is_batch(input_ids, attention_mask):
+        from jetspec.core.batched import autoregressive_batch
+
+        return autoregressive_batch(tgt, input_ids, attention_mask, max_new_tokens, cfg, rng, eos_token_id,
+                                    pad_token_id)
+    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, tgt.vocab_size)
     eos = _eos_set(eos_token_id)
     res = GenerationResult(sequences=input_ids)
     timer = _Timer(res.timings)
@@ -310,4 +357,4 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     finally:
         tgt.reset()
     res.sequences = torch.tensor(tokens, dtype=torch.long)[None]
-    return res
+    return _with_rows(res)

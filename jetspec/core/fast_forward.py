@@ -27,6 +27,8 @@ Hugging Face forward up to the order of floating-point additions (tests: 1e-10 i
 Shapes: L layers, h / h_kv query / key-value heads, K head dim, N rows of this forward, P cached
 rows, C cache capacity, V vocabulary, H hidden size.
 
+Batches (``forward_rows`` over a ``RowsKVBuffer``): docs/design.md §6.9.
+
 Design: docs/design.md §6.3.
 """
 
@@ -117,11 +119,12 @@ class KVBuffer:
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
 
-    def write(self, layer: int, k: Float[Tensor, "h_kv N K"], v: Float[Tensor, "h_kv N K"]) -> tuple[Tensor, Tensor]:
+    def write(self, layer: int, k: Float[Tensor, "1 h_kv N K"], v: Float[Tensor, "1 h_kv N K"]
+              ) -> tuple[Tensor, Tensor]:
         """Store a forward's rows for ``layer``; return the layer's keys and values ``[1, h_kv, P + N, K]``."""
-        end = self.length + k.shape[1]
-        self.keys[layer, :, self.length: end] = k
-        self.values[layer, :, self.length: end] = v
+        end = self.length + k.shape[2]
+        self.keys[layer, :, self.length: end] = k[0]
+        self.values[layer, :, self.length: end] = v[0]
         return self.keys[layer: layer + 1, :, :end], self.values[layer: layer + 1, :, :end]
 
     def advance(self, rows: int) -> None:
@@ -149,6 +152,71 @@ class KVBuffer:
         """Per-layer views ``[1, h_kv, P, K]``, for reading (tests and tutorials compare caches)."""
         n = self.length
         return [LayerKV(self.keys[i: i + 1, :, :n], self.values[i: i + 1, :, :n]) for i in range(self.keys.shape[0])]
+
+
+class RowsKVBuffer:
+    """``KVBuffer`` for a batch: keys and values ``[L, B, h_kv, C, K]``, one common length S.
+
+    All rows share the columns ``0 .. S-1``; which of them hold a row's real tokens (left padding
+    and commit's holes do not) is the batched target's business, not the buffer's
+    (docs/design.md §6.9). ``gather`` is the batched commit; ``select_rows`` drops finished rows.
+    """
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, dtype, device,
+                 capacity: int = 256) -> None:
+        self.keys = torch.zeros(layers, batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reserve(self, cols: int) -> None:
+        """Make room for ``cols`` more columns after ``length`` (the capacity doubles)."""
+        need, capacity = self.length + cols, self.keys.shape[3]
+        if need <= capacity:
+            return
+        while capacity < need:
+            capacity *= 2
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:3], capacity, old.shape[4])
+            new[:, :, :, : self.length] = old[:, :, :, : self.length]
+            setattr(self, name, new)
+
+    def write(self, layer: int, k: Float[Tensor, "B h_kv N K"], v: Float[Tensor, "B h_kv N K"]
+              ) -> tuple[Tensor, Tensor]:
+        """Store a forward's columns for ``layer``; return its keys and values ``[B, h_kv, S + N, K]``."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length: end] = k
+        self.values[layer, :, :, self.length: end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, cols: int) -> None:
+        self.length += cols
+
+    def gather(self, start: int, cols: Int[Tensor, "B R"]) -> None:
+        """Row b keeps columns ``start + cols[b]`` at ``start .. start + R - 1``; the rest is dropped."""
+        if not 0 <= start <= self.length:
+            raise ValueError(f"gather: start {start} is outside the {self.length} cached columns")
+        b, r = cols.shape
+        index = (cols.to(self.keys.device) + start)[None, :, None, :, None]
+        index = index.expand(self.keys.shape[0], b, self.keys.shape[2], r, self.keys.shape[4])
+        for name in ("keys", "values"):
+            buf = getattr(self, name)
+            buf[:, :, :, start: start + r] = buf.gather(3, index)
+        self.length = start + r
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Keep only the batch rows ``rows`` (in that order)."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.keys.device)
+        self.keys, self.values = self.keys.index_select(1, index), self.values.index_select(1, index)
+
+    def row_layers(self, row: int) -> list[LayerKV]:
+        """Row ``row``'s per-layer views ``[1, h_kv, S, K]`` (every column, valid or not)."""
+        n = self.length
+        return [LayerKV(self.keys[i, row: row + 1, :, :n], self.values[i, row: row + 1, :, :n])
+                for i in range(self.keys.shape[0])]
 
 
 @dataclass
@@ -199,6 +267,9 @@ class CompactForward:
     def new_cache(self) -> KVBuffer:
         return KVBuffer(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device)
 
+    def new_rows_cache(self, batch: int) -> RowsKVBuffer:
+        return RowsKVBuffer(len(self.layers), batch, self.kv_heads, self.head_dim, self.dtype, self.device)
+
     def mask(self, ancestor: Optional[Bool[Tensor, "N N"]], prefix: int) -> Optional[Tensor]:
         """The additive mask ``[1, 1, g * N, P + N]`` for GQA-folded queries; None for one row."""
         if ancestor is None:
@@ -224,9 +295,28 @@ class CompactForward:
             raise ValueError("a forward over several rows after cached rows needs their ancestor (visibility) mask")
         cache.reserve(n)
         mask = self.mask(ancestor, cache.length) if ancestor is not None else None
-        x = self.decoder.embed_tokens(ids[None])  # (1, N, H)
-        cos, sin = self.decoder.rotary_emb(x, positions[None])  # (1, N, K) each
-        cos, sin = cos[:, None], sin[:, None]  # (1, 1, N, K): broadcast over heads
+        logits, taps = self._layers(cache, ids[None], positions[None], mask, tap_layers)
+        return logits[0], None if taps is None else taps[0]
+
+    @torch.no_grad()
+    def forward_rows(self, cache: "RowsKVBuffer", ids: Int[Tensor, "B N"], positions: Int[Tensor, "B N"],
+                     visible: Bool[Tensor, "B N T"], tap_layers: Sequence[int] = ()
+                     ) -> tuple[Float[Tensor, "B N V"], Optional[Float[Tensor, "B N F"]]]:
+        """The batched forward (docs/design.md §6.9): row b's N new rows at ``positions[b]`` against
+        the ``cache.length`` cached columns; ``visible[b, i, j]`` says whether row b's query i sees
+        key column j (the cached columns, then this forward's N). Every query must see at least
+        itself: a query that sees nothing gives NaN, and NaN keys poison even masked scores."""
+        cache.reserve(ids.shape[1])
+        group = self.heads // self.kv_heads
+        mask = additive_mask(visible.to(self.device), self.dtype).repeat(1, group, 1)[:, None]  # [B, 1, g*N, T]
+        return self._layers(cache, ids, positions, mask, tap_layers)
+
+    def _layers(self, cache, ids: Tensor, positions: Tensor, mask: Optional[Tensor], tap_layers: Sequence[int]
+                ) -> tuple[Tensor, Optional[Tensor]]:
+        """Embedding, decoder layers and head over ids [B, N]; both caches take [B, h_kv, N, K] writes."""
+        x = self.decoder.embed_tokens(ids)  # (B, N, H)
+        cos, sin = self.decoder.rotary_emb(x, positions)  # (B, N, K) each
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, N, K): broadcast over heads
         taps = {}
         for i, layer in enumerate(self.layers):
             x = x + self._attention(i, layer, x, cos, sin, cache, mask)
@@ -234,31 +324,31 @@ class CompactForward:
             gate, up = layer.gate_up.split(layer.gate_up(layer.module.post_attention_layernorm(x)))
             x = x + layer.down(mlp.act_fn(gate) * up)
             if i in tap_layers:
-                taps[i] = x[0]
-        cache.advance(n)
-        logits = self.lm_head(self.decoder.norm(x))[0]
+                taps[i] = x
+        cache.advance(ids.shape[1])
+        logits = self.lm_head(self.decoder.norm(x))
         return logits, (torch.cat([taps[i] for i in tap_layers], dim=-1) if tap_layers else None)
 
-    def _attention(self, i: int, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor, cache: KVBuffer,
-                   mask: Optional[Tensor]) -> Float[Tensor, "1 N H"]:
-        attn, n, d = layer.module.self_attn, x.shape[1], self.head_dim
+    def _attention(self, i: int, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor, cache,
+                   mask: Optional[Tensor]) -> Float[Tensor, "B N H"]:
+        attn, (b, n), d = layer.module.self_attn, x.shape[:2], self.head_dim
         q, k, v = layer.qkv.split(layer.qkv(layer.module.input_layernorm(x)))
-        q, k, v = q.view(1, n, self.heads, d), k.view(1, n, self.kv_heads, d), v.view(1, n, self.kv_heads, d)
+        q, k, v = q.view(b, n, self.heads, d), k.view(b, n, self.kv_heads, d), v.view(b, n, self.kv_heads, d)
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # (1, heads, N, K)
-        keys, values = cache.write(i, k[0], v[0].transpose(0, 1))  # (1, h_kv, P + N, K)
+        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # (B, heads, N, K)
+        keys, values = cache.write(i, k, v.transpose(1, 2))  # (B, h_kv, P + N, K)
         if mask is None and n > 1:  # causal prefill into an empty cache: no mask to build
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=True)
-            return layer.o(out.transpose(1, 2).reshape(1, n, self.heads * d))
+            return layer.o(out.transpose(1, 2).reshape(b, n, self.heads * d))
         group = self.heads // self.kv_heads
-        q = q.reshape(1, self.kv_heads, group * n, d)  # query head j = kv head j // group: stack the group
+        q = q.reshape(b, self.kv_heads, group * n, d)  # query head j = kv head j // group: stack the group
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
-        out = out.view(1, self.heads, n, d).transpose(1, 2).reshape(1, n, self.heads * d)
+        out = out.view(b, self.heads, n, d).transpose(1, 2).reshape(b, n, self.heads * d)
         return layer.o(out)
 
 
-def _rope(x: Float[Tensor, "1 h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor, "1 h N K"]:
+def _rope(x: Float[Tensor, "B h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor, "B h N K"]:
     """Rotary embedding in the half-split convention Llama and Qwen use (``rotate_half``)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)

@@ -213,7 +213,7 @@ def test_a_drafter_that_raises_leaves_the_target_reset(llama64):
 
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("ids, kw, match", [
-    (torch.zeros(2, 4, dtype=torch.long), {}, "batch"),
+    (torch.zeros(2, 4, dtype=torch.long), dict(eos_token_id=3), "pad_token_id"),  # batches: tests/core/test_batched.py
     (torch.zeros(1, 0, dtype=torch.long), {}, "empty"),
     (torch.zeros(1, 4, dtype=torch.long), dict(max_new_tokens=0), "max_new_tokens"),
     (torch.zeros(1, 4, dtype=torch.long), dict(temperature=-1.0), "temperature"),
