@@ -146,10 +146,10 @@ class BatchedTarget:
 
     def step(self, tokens: Int[Tensor, " B"]) -> Float[Tensor, "B V"]:
         """Plain decoding: forward one token per row at its next position, cache it, return its logits."""
-        b, s = self.batch, self.length
-        visible = torch.cat([self.valid, torch.ones(b, 1, dtype=torch.bool)], dim=1)[:, None, :]
-        logits, _ = self._forward(tokens.reshape(b, 1), self.pos.reshape(b, 1), visible)
-        self.valid = torch.cat([self.valid, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+        b = self.batch
+        valid = torch.cat([self.valid, torch.ones(b, 1, dtype=torch.bool)], dim=1)  # the new token sees itself
+        logits, _ = self._forward(tokens.reshape(b, 1), self.pos.reshape(b, 1), valid[:, None, :])
+        self.valid = valid
         self.pos = self.pos + 1
         return logits[:, 0]
 
