@@ -193,14 +193,16 @@ class BatchedRounds:
 
 
 def generate_batch(decoder, input_ids: Tensor, attention_mask: Optional[Tensor], max_new_tokens: int,
-                   cfg: SamplingConfig, verifier, rng: Rng, eos_token_id, pad_token_id) -> GenerationResult:
+                   cfg: SamplingConfig, verifier, rng: Rng, eos_token_id, pad_token_id,
+                   rounds: type = BatchedRounds) -> GenerationResult:
     """``SpeculativeDecoder.generate`` for a batch (its docstring has the arguments); ``rng`` is any
-    ``jetspec.core.sampling.Rng`` (tests pass a scripted one to enumerate the law exactly)."""
+    ``jetspec.core.sampling.Rng`` (tests pass a scripted one to enumerate the law exactly), and
+    ``rounds`` the loop class (a subclass may check or alter a stage, as the tests' do)."""
     eos = _eos_set(eos_token_id)
     ids, mask = check_batch_args(input_ids, attention_mask, max_new_tokens, decoder.target.vocab_size, eos,
                                  pad_token_id)
     res = GenerationResult(sequences=ids)
-    loop = BatchedRounds(decoder, verifier, cfg, rng)
+    loop = rounds(decoder, verifier, cfg, rng)
     decoder.target.set_taps(decoder.drafter.tap_layers)
     try:  # a failing stage must not leave a stale cache behind
         rows = loop.run(ids, mask, max_new_tokens, eos, res)

@@ -100,20 +100,25 @@ def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingCo
 
 
 class _Timer:
+    """``with timer("verify"):`` adds the block's seconds to ``timings["verify"]`` (also if it raises)."""
+
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings
 
-    def __call__(self, name: str):
-        timer = self
+    def __call__(self, name: str) -> "_Span":
+        return _Span(self.timings, name)
 
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
 
-            def __exit__(self, *exc):
-                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
+class _Span:
+    # A module-level class: one defined inside __call__ was a new class per stage per round.
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name, self.t0 = timings, name, 0.0
 
-        return _Span()
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
 
 
 class SpeculativeDecoder:
