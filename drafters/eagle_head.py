@@ -17,8 +17,9 @@ because the target has not seen drafted tokens yet (this is what makes EAGLE aut
 One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x_{t-1} given):
 
     forward 1   the context rows that are new since the last round (the head caches the K/V of
-                committed rows, like the parallel heads). The last one, row t-1 (feature of
-                x_{t-1}, embedding of the anchor), is the *root*: its output gives depth 1.
+                committed rows, like the parallel heads, one ``RowContext`` per batch row). The
+                last one, row t-1 (feature of x_{t-1}, embedding of the anchor), is the *root*:
+                its output gives depth 1.
     forward d   (d = 2..D) the *frontier*: the ``width`` best nodes of depth d-1 by cumulative
                 log-prob. Node m's row reads its parent's output and the embedding of its own
                 token, sits at position t-1+d-1, and attends to every context row, the rows of
@@ -28,6 +29,10 @@ One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x
     table). The result is a candidate tree (``DraftOutput`` in node form) that the tree builders
     re-rank under their budget; ``forwards`` = D (or the budget, if smaller: no tree of B nodes
     is deeper than B).
+
+Batch rows (docs/design.md §4.9): ``draft_batch`` runs forward 1 and every deeper forward once
+for all rows, their contexts and trees padded to the longest and masked
+(``jetspec.drafters.eagle_drafting``); the rows' trees stay separate.
 
 Positions: row j sits at RoPE position j (EAGLE's and vLLM's convention; only differences matter).
 

@@ -12,6 +12,10 @@ The two heads differ in ONE switch, the class attribute ``causal``: slot i of a 
 slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
 block sees every slot (branch-agnostic marginals).
 
+Batch rows (docs/design.md §4.9): the head keeps one ``ContextCache`` per ``DraftInput.row``, and
+``draft_batch`` runs the blocks of all rows in ONE forward, each row's context padded to the
+longest and masked (``jetspec.kernels.padded_visibility``). One row drafts through ``draft``.
+
 Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.core.interfaces.Drafter``
 (``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
 module only adds the network, its packed training forward and its drafting. The target's
