@@ -26,8 +26,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from jetspec.core.types import DraftOutput
-from jetspec.drafters.head_layers import stack_kv
-from jetspec.kernels import additive_mask, padded_visibility
+from jetspec.kernels import additive_mask, padded_visibility, stack_kv
 
 KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, N, K]
 

@@ -67,11 +67,10 @@ from jetspec.drafters.head_layers import (
     RotaryEmbedding,
     SwiGLU,
     attend,
-    stack_kv,
 )
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
-from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, tree_visibility
+from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.training.recipe import TrainConfig
 
 

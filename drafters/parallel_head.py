@@ -41,13 +41,14 @@ import jetspec.drafters.conditioned as conditioned
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import DraftVocabulary
-from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding, stack_kv
+from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.kernels import (
     chain_ancestor,
     full_ancestor,
     masked_attention,
     padded_visibility,
+    stack_kv,
     tree_attention,
     tree_visibility,
 )

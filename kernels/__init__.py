@@ -20,6 +20,7 @@ from .reference import (
     full_ancestor,
     masked_attention,
     padded_visibility,
+    stack_kv,
     tree_attention_reference,
     tree_visibility,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "masked_attention",
     "pack_ancestor_bits",
     "padded_visibility",
+    "stack_kv",
     "tree_attention",
     "tree_attention_reference",
     "tree_attention_triton",

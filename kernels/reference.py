@@ -108,6 +108,21 @@ def padded_visibility(visible: Sequence[Tensor], prefix_lens: Sequence[int]) -> 
     return out
 
 
+def stack_kv(rows: Sequence[list[tuple[Tensor, Tensor]]], length: int) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, several rows' cached K/V ``[1, h_kv, P_b, K]`` as one ``[B, h_kv, P, K]`` batch.
+
+    Each row is zero-padded at the end to ``length`` = P (the caller's mask hides the padding,
+    ``padded_visibility``). Used when a drafter runs several batch rows in one forward
+    (docs/design.md §4.9).
+    """
+    out = []
+    for layer in zip(*rows):
+        ks = [torch.nn.functional.pad(k, (0, 0, 0, length - k.shape[2])) for k, _ in layer]
+        vs = [torch.nn.functional.pad(v, (0, 0, 0, length - v.shape[2])) for _, v in layer]
+        out.append((torch.cat(ks), torch.cat(vs)))
+    return out
+
+
 def additive_mask(visible: Bool[Tensor, "*shape"], dtype: torch.dtype) -> Float[Tensor, "*shape"]:
     """The one additive float mask: 0 where ``visible``, ``-inf`` elsewhere, same shape and device.
 

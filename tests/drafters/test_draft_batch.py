@@ -239,12 +239,18 @@ def test_a_shared_cache_fails_the_interleaving_test(target, cls):
 
 # ------------------------------------------------------------------------------ one forward, float64 agreement
 class ForwardCounter:
+    """Counts a module's forwards until ``remove``."""
+
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls = 0
-        module.register_forward_hook(self.hook)
+        self.handle = module.register_forward_hook(self.hook)
 
     def hook(self, *args) -> None:
         self.calls += 1
+
+    def remove(self) -> int:
+        self.handle.remove()
+        return self.calls
 
 
 @pytest.mark.parametrize("name,per_step", [("jetspec", 1), ("dflash", 1), ("jetspec-conditioned", 2)])
@@ -255,7 +261,7 @@ def test_parallel_heads_draft_all_rows_in_one_forward(target, draft_lm, name, pe
     head = make()
     counter = ForwardCounter(head.net)
     head.draft_batch(corpus.inputs(head, plan))
-    assert counter.calls == per_step
+    assert counter.remove() == per_step
     if per_step == 1:  # the float64 logits agree with one row at a time to 1e-10
         batch = make().draft_logits_batch(corpus.inputs(head, plan))
         one = make()
@@ -272,7 +278,7 @@ def test_eagle_drafts_all_rows_in_one_forward_per_depth(target, draft_lm):
     head = make()
     counter = ForwardCounter(head.net)
     outs = head.draft_batch(inputs)
-    assert counter.calls == 4 and all(o.forwards == 4 for o in outs)  # context + 3 deeper levels, all rows
+    assert counter.remove() == 4 and all(o.forwards == 4 for o in outs)  # context + 3 deeper levels, all rows
     # The float64 internals: the roots and one expansion agree with one row at a time to 1e-10.
     from jetspec.drafters.eagle_drafting import DraftingTree, expand_batch
 
@@ -312,3 +318,32 @@ def test_batch_one_decoding_is_plain_greedy_decoding(target, draft_lm, name):
     res = SpeculativeDecoder(target, drafter, BestFirstBuilder(budget=8, width=2, depth=4)).generate(prompt, 16)
     assert torch.equal(res.sequences, want)
     assert jetspec.DraftInput(tokens=prompt[0], depth=1, width=1, budget=1).row == 0
+
+
+def test_draft_lm_drafts_all_rows_in_one_forward_per_depth(target, draft_lm):
+    from jetspec.core.sampling import SamplingConfig, TorchRng
+
+    corpus = Corpus(target, 4)
+    plan = [(0, 0, 5, 0), (1, 1, 12, 0), (2, 2, 1, 0)]
+    for greedy in (True, False):
+        def inputs(drafter):
+            out = corpus.inputs(drafter, plan)
+            if greedy:
+                return out
+            return [replace(inp, sampling=SamplingConfig(temperature=0.8, top_k=20),
+                            rng=TorchRng(torch.Generator().manual_seed(inp.row))) for inp in out]
+
+        drafter = DraftModelDrafter(draft_lm)
+        counter = ForwardCounter(draft_lm)
+        got = drafter.draft_batch(inputs(drafter))
+        assert counter.remove() == 4  # depths 3, 4, 3 (row % 2): 4 forwards for all rows
+        alone_drafter = DraftModelDrafter(draft_lm)
+        for inp, out in zip(inputs(alone_drafter), got):
+            assert_same(out, alone_drafter.draft(inp), f"greedy={greedy} row {inp.row}")
+        # A second round extends each row's own cache (only the new tokens are fed).
+        plan2 = [(0, 0, 7, 1), (1, 1, 13, 1), (2, 2, 4, 1)]
+        again = drafter.draft_batch(corpus.inputs(drafter, plan2))
+        fresh = DraftModelDrafter(draft_lm)
+        for inp, out in zip(corpus.inputs(fresh, plan2), again):
+            assert_same(out, fresh.draft(inp), f"round 2 row {inp.row}")
+        assert [len(drafter.lms[r].tokens) for r in range(3)] == [7 + 2, 13 + 3, 4 + 2]
