@@ -331,8 +331,8 @@ class EagleHead(LearnedHead):
         visible = padded_visibility([tree_visibility(chain_ancestor(n, device=dev), p) for n, p in zip(sizes, lens)],
                                     lens)
         prefix = stack_kv([cache.kv if cache.kv is not None else self._empty_kv() for cache, *_ in rows], max(lens))
-        out, kv = self.net(*(pad_sequence([r[i] for r in rows], batch_first=True) for i in (1, 2, 3)),
-                           additive_mask(visible[:, None], dtype), prefix)
+        feat, emb, positions = (pad_sequence([r[i] for r in rows], batch_first=True) for i in (1, 2, 3))
+        out, kv = self.net(feat, emb, positions, additive_mask(visible[:, None], dtype), prefix)  # [B, N, H]
         for b, (inp, (cache, *_)) in enumerate(zip(inputs, rows)):
             cache.append(row_of(kv, b, sizes[b]), inp.tokens.shape[0] - 1)
         return [(out[b, n - 1], cache) for b, (n, (cache, *_)) in enumerate(zip(sizes, rows))]
