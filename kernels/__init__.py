@@ -19,6 +19,8 @@ from .reference import (
     chain_ancestor,
     full_ancestor,
     masked_attention,
+    padded_visibility,
+    stack_kv,
     tree_attention_reference,
     tree_visibility,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "full_ancestor",
     "masked_attention",
     "pack_ancestor_bits",
+    "padded_visibility",
+    "stack_kv",
     "tree_attention",
     "tree_attention_reference",
     "tree_attention_triton",

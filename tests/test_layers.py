@@ -52,14 +52,15 @@ TRAINING = {
     # the compatibility module for the public jetspec.data.TokenDataModule (re-exports jetspec.training.data)
     "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
-    "jetspec.drafters.eagle_training", "jetspec.drafters.conditioned", "jetspec.drafters.head_layers",
+    "jetspec.drafters.eagle_training", "jetspec.drafters.eagle_drafting", "jetspec.drafters.conditioned",
+    "jetspec.drafters.head_layers",
     "jetspec.drafters.head_files", "jetspec.drafters.checkpoints", "jetspec.drafters.layout_rules",
 }
 EVALUATION = {
     "jetspec.evaluation", "jetspec.evaluation.bench", "jetspec.evaluation.bench_report",
     "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
     "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
-    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report",
+    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report", "jetspec.evaluation.draft_timing",
 }
 TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},
