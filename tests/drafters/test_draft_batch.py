@@ -347,3 +347,23 @@ def test_draft_lm_drafts_all_rows_in_one_forward_per_depth(target, draft_lm):
         for inp, out in zip(corpus.inputs(fresh, plan2), again):
             assert_same(out, fresh.draft(inp), f"round 2 row {inp.row}")
         assert [len(drafter.lms[r].tokens) for r in range(3)] == [7 + 2, 13 + 3, 4 + 2]
+
+
+# ------------------------------------------------------------------------------ end to end, batch > 1
+@pytest.mark.parametrize("name", ["jetspec", "dflash", "eagle", "jetspec-conditioned", "jetspec-reduced-vocab",
+                                  "draft_model", "composite"])
+def test_a_batch_decoded_with_a_learned_drafter_equals_hugging_face_on_the_padded_batch(target, draft_lm, name):
+    """Rows of different lengths through one batched decoder: each row's drafter state must stay its own."""
+    drafter = factories(target, draft_lm)[name]()
+    g = torch.Generator().manual_seed(3)
+    lengths = (3, 9, 6)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, -n:], mask[r, -n:] = torch.randint(1, VOCAB, (n,), generator=g), 1  # no 0: the pad id
+    want = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+    dec = SpeculativeDecoder(target, drafter, BestFirstBuilder(budget=8, width=2, depth=4))
+    res = dec.generate(ids, max_new_tokens=20, attention_mask=mask, pad_token_id=0)
+    assert torch.equal(res.sequences, want), name
+    assert len(res.rows) == len(lengths)
