@@ -1,4 +1,4 @@
-"""Branch faithfulness: does the score a drafter gives its best branch agree with the target?
+"""Branch faithfulness: does the score a drafter gives its best branch agree with the target? (docs/design.md §7.7)
 
 The JetSpec paper argues (arXiv 2606.18394) that a bidirectional parallel head drafts per-depth
 marginals that combine into branches each token of which is plausible but whose combination the
