@@ -124,7 +124,11 @@ class ReplayReport:
     tree_depths: list[list[int]] = field(default_factory=list)  # depth of each round's tree, per sequence
 
     def depth_acceptance(self) -> list[float]:
-        """P(depth d accepted | the tree reached depth d), pooled over all rounds (docs/design.md §7.1)."""
+        """P(depth d accepted | the tree reached depth d), pooled over all rounds (docs/design.md §7.1).
+
+        As decoding counts it, except in a reference's last round: a draft past the reference's end
+        counts as rejected here, where decoding would accept it and then cut it at max_new_tokens.
+        """
         return depth_acceptance([d for x in self.accepted_depths for d in x],
                                 [d for x in self.tree_depths for d in x])
 
