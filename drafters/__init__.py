@@ -10,7 +10,7 @@ import importlib
 from jetspec.core.interfaces import DRAFTERS
 from jetspec.drafters.draft_model import DraftModelDrafter
 from jetspec.drafters.ngram import NGramDrafter
-from jetspec.drafters.simple import OracleDrafter, RandomDrafter
+from jetspec.drafters.simple import OracleDrafter, RandomDrafter, TargetScoredDrafter
 
 _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
@@ -32,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jetspec.drafters' has no attribute '{name}'")
 
 
-__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter", *_LAZY]
+__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter", "TargetScoredDrafter", *_LAZY]

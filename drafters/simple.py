@@ -4,6 +4,9 @@
   still equal plain decoding. Each batch row draws from its own random stream.
 * ``OracleDrafter`` proposes the target's own greedy continuation: under greedy verification
   every drafted token must be accepted. It keeps one KV cache per batch row.
+* ``TargetScoredDrafter`` proposes the same continuation as a candidate tree whose every node
+  carries the target's own log-prob (float64): every branch's draft score equals the target's joint
+  log-prob, the zero-gap case of branch faithfulness (``jetspec.evaluation.faithfulness``).
 """
 
 from __future__ import annotations
@@ -64,3 +67,41 @@ class OracleDrafter(Drafter):
                 logits = lm.step(int(top.indices[0]))
         return DraftOutput(depth_tokens=torch.stack(toks), depth_logprobs=torch.stack(lps).float(),
                            forwards=inp.depth)
+
+
+@register_drafter("target_scored")
+class TargetScoredDrafter(Drafter):
+    """The target's greedy chain, each chain node with its top-W siblings, scored by the target itself.
+
+    A candidate tree: chain node d has the W most likely tokens after the chain's first d tokens as
+    children (the first continues the chain, the others are leaves), each with the target's float64
+    log-prob given exactly its own path. Its draft score of any branch is therefore the target's
+    joint log-prob of that branch (gap 0), and its rank-1 branch is the target's greedy path.
+    D one-token target forwards a round: a measuring stick, not a speedup.
+    """
+
+    def __init__(self, target) -> None:
+        model = target.model if isinstance(target, TargetModel) else target
+        self.lms = RowLMs(model)  # one KV cache per batch row, as the oracle
+        self.vocab_size = self.lms.vocab_size
+
+    def draft(self, inp: DraftInput) -> DraftOutput:
+        lm = self.lms[inp.row]
+        logits = lm.sync(inp.tokens.tolist())
+        toks: list[int] = []
+        parents: list[int] = []
+        lps: list[float] = []
+        chain = -1  # candidate index of the chain's last node (-1 = the anchor)
+        for d in range(inp.depth):
+            logp = torch.log_softmax(logits.double(), -1)
+            top = torch.topk(logp, min(inp.width, logp.shape[-1]))
+            first = len(toks)
+            toks += top.indices.tolist()
+            lps += top.values.tolist()
+            parents += [chain] * top.indices.numel()
+            chain = first  # the argmax continues the chain
+            if d + 1 < inp.depth:
+                logits = lm.step(toks[first])
+        return DraftOutput(node_tokens=torch.tensor(toks, dtype=torch.long),
+                           node_parents=torch.tensor(parents, dtype=torch.long),
+                           node_logprobs=torch.tensor(lps, dtype=torch.float64), forwards=inp.depth)

@@ -32,7 +32,7 @@ FOLDERS = {"jetspec": REPO / "jetspec", "jetspec.drafters": REPO / "drafters", "
 
 CORE = {
     "jetspec", "jetspec.core", "jetspec.core.types", "jetspec.core.interfaces", "jetspec.core.sampling",
-    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.checks",
+    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.batched", "jetspec.core.batched_target", "jetspec.core.checks",
     "jetspec.core.loading", "jetspec.core.attention",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
@@ -61,6 +61,7 @@ EVALUATION = {
     "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
     "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
     "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report", "jetspec.evaluation.draft_timing",
+    "jetspec.evaluation.faithfulness",
 }
 TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},

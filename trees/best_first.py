@@ -114,7 +114,7 @@ def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: 
         tokens=torch.tensor(tokens, dtype=torch.long),
         parents=torch.tensor(parents, dtype=torch.long),
         depth=torch.tensor(depths, dtype=torch.long),
-        score=torch.tensor(scores, dtype=torch.float32),
+        score=torch.tensor(scores, dtype=torch.float64),  # sums of log q, kept exact
     )
 
 
@@ -167,7 +167,7 @@ def _keep_sampled(draft: DraftOutput, anchor: int, budget: int, depth: int) -> D
         tokens=torch.tensor(tokens, dtype=torch.long),
         parents=torch.tensor(parents, dtype=torch.long),
         depth=torch.tensor(depths, dtype=torch.long),
-        score=torch.tensor(scores, dtype=torch.float32),
+        score=torch.tensor(scores, dtype=torch.float64),  # sums of log q, kept exact
         q=draft.node_q[q_rows],
     )
 

@@ -8,7 +8,13 @@ Example::
 
 No target forward runs per round (``jetspec.core.replay``), so many drafters and budgets fit on a CPU.
 Prints the Markdown table; ``--out`` keeps the per-reference taus as JSON, ``--md`` the table for
-``jetspec benchmarks --include``. Every flag is generated from a field of
+``jetspec benchmarks --include``. Budget scaling::
+
+    jetspec replay-table --refs runs/data/dev_refs.jsonl --drafters jetspec,dflash,eagle,ngram,jetspec+ngram \
+        --budgets 4,8,16,32,64,128,256 --width 8 --scaling --plots runs/scaling --out runs/scaling/rows.json
+
+``--scaling`` adds a drafter x budget tau table and per-depth acceptance; ``--plots`` draws
+tau_vs_budget.png and depth_acceptance.png. Every flag is generated from a field of
 ``jetspec.evaluation.replay_tools.ReplayTableConfig``.
 """
 
@@ -39,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.core.loading import load_target
     from jetspec.core.prompts import read_jsonl
     from jetspec.core.replay import as_references
-    from jetspec.evaluation.replay_tools import ReplayTableConfig, replay_markdown, replay_rows
+    from jetspec.evaluation.plots import replay_plots
+    from jetspec.evaluation.replay_tools import ReplayTableConfig, replay_markdown, replay_rows, scaling_markdown
 
     try:
         cfg = config_from_args(ReplayTableConfig, args)
@@ -51,9 +58,14 @@ def run(args: argparse.Namespace) -> int:
     refs = as_references(read_jsonl(cfg.refs))
     rows, _skipped = replay_rows(cfg, model, refs)
     md = replay_markdown(rows, cfg, len(refs), sorted({r.set for r in refs}))
+    if cfg.scaling:
+        md += "\n\n" + scaling_markdown(rows)
+    if cfg.plots:
+        replay_plots(rows, cfg.plots)
     print("\n" + md)
     if cfg.md:
         Path(cfg.md).write_text(md + "\n")
     if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from jetspec.core.checks import run_drafter
+from jetspec.core.decoding import depth_acceptance
 from jetspec.core.interfaces import Drafter, TreeBuilder
 from jetspec.core.types import DraftInput, DraftTree
 from jetspec.verifiers.greedy import greedy_accept
@@ -77,12 +78,16 @@ def accepted_path(tree: DraftTree, truth: Sequence[int]) -> list[int]:
 
 def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, " T"], response_start: int,
                     taps: Optional[Tensor] = None, max_new_tokens: Optional[int] = None,
-                    sizes: Optional[list[int]] = None) -> list[int]:
+                    sizes: Optional[list[int]] = None,
+                    on_round: Optional[Callable[[int, DraftTree, list[int]], None]] = None) -> list[int]:
     """Committed tokens per round (accepted drafts + 1) of greedy decoding along a reference.
 
     ``taps``: [T, F] target features of every token (needed iff ``drafter.tap_layers``).
     ``max_new_tokens`` cuts the walk like ``generate(max_new_tokens=...)`` would.
     ``sizes``: if given, each round's drafted node count (root excluded) is appended to it.
+    ``on_round(a, tree, path)``: called every round with the anchor index ``a``, the built tree and
+    its accepted nodes, so analyses of the trees (per-depth acceptance, branch faithfulness) walk
+    exactly the rounds replay walks instead of re-implementing the walk.
     """
     tokens = tokens.cpu()
     end = tokens.shape[0] if max_new_tokens is None else min(tokens.shape[0], response_start + max_new_tokens)
@@ -99,6 +104,8 @@ def replay_sequence(drafter: Drafter, builder: TreeBuilder, tokens: Int[Tensor, 
         path = accepted_path(tree, tokens[a + 1: end].tolist())
         if sizes is not None:
             sizes.append(tree.budget)
+        if on_round is not None:
+            on_round(a, tree, path)
         n = min(len(path) + 1, end - a - 1)  # the bonus token, unless the reference ends first
         lengths.append(n)
         a += n
@@ -113,6 +120,17 @@ class ReplayReport:
     lengths: list[list[int]] = field(default_factory=list)  # committed tokens per round, per sequence
     sets: list[str] = field(default_factory=list)
     sizes: list[list[int]] = field(default_factory=list)  # drafted nodes per round, per sequence
+    accepted_depths: list[list[int]] = field(default_factory=list)  # accepted drafts per round, per sequence
+    tree_depths: list[list[int]] = field(default_factory=list)  # depth of each round's tree, per sequence
+
+    def depth_acceptance(self) -> list[float]:
+        """P(depth d accepted | the tree reached depth d), pooled over all rounds (docs/design.md §7.1).
+
+        As decoding counts it, except in a reference's last round: a draft past the reference's end
+        counts as rejected here, where decoding would accept it and then cut it at max_new_tokens.
+        """
+        return depth_acceptance([d for x in self.accepted_depths for d in x],
+                                [d for x in self.tree_depths for d in x])
 
     def taus(self) -> list[float]:
         return [sum(x) / len(x) for x in self.lengths]
@@ -167,10 +185,19 @@ def replay(drafter: Drafter, builder: TreeBuilder, references: Iterable[Referenc
             ids = torch.tensor(ref.input_ids, dtype=torch.long)
             t = taps[i] if drafter.tap_layers else None
             sizes: list[int] = []
+            accepted: list[int] = []
+            depths: list[int] = []
+
+            def note(_a: int, tree: DraftTree, path: list[int]) -> None:
+                accepted.append(len(path))
+                depths.append(tree.max_depth)
+
             report.lengths.append(replay_sequence(drafter, builder, ids, ref.response_start, t, max_new_tokens,
-                                                  sizes))
+                                                  sizes, note))
             report.sets.append(ref.set)
             report.sizes.append(sizes)
+            report.accepted_depths.append(accepted)
+            report.tree_depths.append(depths)
     return report
 
 

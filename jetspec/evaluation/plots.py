@@ -10,6 +10,10 @@ The plots tell the benchmark's story:
 * ``depth_acceptance.png``: for each drafter at its largest budget, the chance that depth d is
   accepted given the tree reached depth d. Where this falls off is where drafting stops paying.
 
+Two analyses draw here too: ``replay_plots`` (tau and per-depth acceptance against the budget
+from ``jetspec replay-table`` rows, no timings) and ``gap_histogram`` (the rank-1 branch gaps of
+``jetspec faithfulness``, one panel per drafter).
+
 Only matplotlib's object API is used (``Figure`` + ``savefig``, no ``pyplot``): it writes PNGs on
 a machine without a display and never changes the plotting backend of the caller's session.
 """
@@ -106,3 +110,34 @@ def plot_results(rows: list[dict], out: str | Path) -> list[Path]:
                      out / "tokens_per_s_vs_budget.png"),
         _depth_plot(rows, out / "depth_acceptance.png"),
     ]
+
+
+def replay_plots(rows: list[dict], out: str | Path) -> list[Path]:
+    """``tau_vs_budget.png`` and ``depth_acceptance.png`` from replay-table rows (no speed plot: replay
+    runs no target, so it has no tokens/s). Rows need drafter, budget, tau and depth_acceptance."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    as_bench = [{**r, "prompt_set": "all"} for r in rows]
+    return [_budget_plot(as_bench, "tau", "tau (tokens per target forward)", "replay tau vs budget",
+                         out / "tau_vs_budget.png"),
+            _depth_plot(as_bench, out / "depth_acceptance.png")]
+
+
+def gap_histogram(gaps: dict[str, list[float]], path: str | Path, marks: tuple[float, ...] = (5.0, 80.0)) -> Path:
+    """One histogram panel per drafter of its rank-1 gaps (nats), with dashed lines at ``marks``."""
+    names = list(gaps) or ["(none)"]
+    fig, axes = _panels(len(names), "rank-1 branch gap: draft score - target log-prob (nats)")
+    every = [g for v in gaps.values() for g in v]
+    lo, hi = (min(every + [0.0]), max(every + [max(marks)])) if every else (0.0, max(marks))
+    bins = [lo + (hi - lo) * i / 40 for i in range(41)] if hi > lo else 10
+    for ax, name in zip(axes, names):
+        values = gaps.get(name, [])
+        ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+        for m in marks:
+            ax.axvline(m, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(f"{name} ({len(values)} rounds)")
+        ax.set_xlabel("gap (nats)")
+        ax.set_ylabel("rounds")
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return Path(path)

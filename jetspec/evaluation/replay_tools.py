@@ -11,7 +11,9 @@ prompt set and budget, with no target forward per round. Drafter specs are those
 bench`` (registered names, heads from the head folder, ``label=folder`` for any saved head, ``a+b``
 composites). Greedy, best-first trees of ``width`` x ``depth`` (clamped to what each drafter can
 draft). Each row holds the pooled tau, tau per prompt set, the per-reference taus, the draft+tree
-time per round and a modelled speedup (``ReplayReport.modelled_speedup``).
+time per round, a modelled speedup (``ReplayReport.modelled_speedup``), the per-depth acceptance
+and the mean tree depth. Budget scaling (``scaling_markdown``, ``jetspec.evaluation.plots.replay_plots``)
+is the same rows over many budgets: tau against the budget and where acceptance falls off with depth.
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class ReplayTableConfig:
     """Write the Markdown table here (for `jetspec benchmarks --include`)."""
     title: str = "Replay tau per drafter (greedy, held-out references)"
     """Heading of the Markdown table."""
+    plots: Optional[str] = None
+    """Folder for tau_vs_budget.png and depth_acceptance.png (per-depth acceptance at each drafter's largest
+    budget)."""
+    scaling: bool = False
+    """Also render a drafter x budget tau table and each drafter's per-depth acceptance (budget scaling)."""
 
     def __post_init__(self) -> None:
         self.budget_list = [int(b) for b in str(self.budgets).split(",") if b.strip()]
@@ -135,7 +142,9 @@ def _row(rep, label: str, spec: str, budget: int, cost: float, sets: list[str], 
     """One table row from a ``Replay``: taus, time and tree size per round, modelled speedup."""
     row = {"drafter": label if cost == 0 else f"{label}(c={cost:g})", "spec": spec, "budget": budget,
            "node_cost": cost, "tau": rep.pooled_tau(), **{f"tau_{s}": rep.pooled_tau(s) for s in sets},
-           "taus": rep.taus(), "sets": rep.sets, "rounds": sum(len(x) for x in rep.lengths), "seconds": seconds}
+           "taus": rep.taus(), "sets": rep.sets, "rounds": sum(len(x) for x in rep.lengths), "seconds": seconds,
+           "depth_acceptance": rep.depth_acceptance()}
+    row["tree_depth_mean"] = sum(map(sum, rep.tree_depths)) / max(1, row["rounds"])
     row["draft_ms_per_round"] = 1000 * seconds / row["rounds"]
     row["nodes_per_round"] = sum(map(sum, rep.sizes)) / row["rounds"]
     row["modelled_speedup"] = rep.modelled_speedup(cfg.verify_slope, row["draft_ms_per_round"] / cfg.forward_ms)
@@ -196,4 +205,27 @@ def replay_markdown(rows: list[dict], cfg: ReplayTableConfig, n_refs: int, sets:
         md.append(f"| {r['drafter']} | {r['budget']} | {r['tau']:.3f} | " +
                   " | ".join(f"{r[f'tau_{s}']:.3f}" for s in sets) +
                   f" | {r['draft_ms_per_round']:.1f} | {r['nodes_per_round']:.1f} | {r['modelled_speedup']:.2f} |")
+    return "\n".join(md)
+
+
+def scaling_markdown(rows: list[dict], title: str = "Replay tau against the budget") -> str:
+    """A drafter x budget table of tau (mean tree depth in brackets), then each drafter's per-depth
+    acceptance at its largest budget: how far spending more nodes turns into longer accepted prefixes."""
+    budgets = sorted({r["budget"] for r in rows})
+    names = list(dict.fromkeys(r["drafter"] for r in rows))
+    cell = {(r["drafter"], r["budget"]): r for r in rows}
+    md = [f"### {title}", "", "tau (committed tokens per round), mean tree depth in brackets.", "",
+          "| drafter | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for n in names:
+        md.append(f"| {n} | " + " | ".join(
+            f"{cell[n, b]['tau']:.3f} ({cell[n, b]['tree_depth_mean']:.1f})" if (n, b) in cell else "-"
+            for b in budgets) + " |")
+    deepest = max((len(r["depth_acceptance"]) for r in rows), default=0)
+    md += ["", "Per-depth acceptance P(depth d accepted | the tree reached d) at each drafter's largest budget.", "",
+           "| drafter | budget | " + " | ".join(f"d={d}" for d in range(1, deepest + 1)) + " |",
+           "|---|---|" + "---|" * deepest]
+    for n in names:
+        r = max((x for x in rows if x["drafter"] == n), key=lambda x: x["budget"])
+        acc = r["depth_acceptance"] + [None] * (deepest - len(r["depth_acceptance"]))
+        md.append(f"| {n} | {r['budget']} | " + " | ".join("-" if a is None else f"{a:.2f}" for a in acc) + " |")
     return "\n".join(md)

@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
+from jetspec.core.decoding import depth_acceptance
 from jetspec.core.replay import Reference, accepted_path, make_references, mean_ci, replay, replay_sequence
 from jetspec.core.types import DraftTree
 from jetspec.drafters import CompositeDrafter, DraftModelDrafter, JetSpecHead, NGramDrafter
@@ -58,12 +59,21 @@ def test_replay_equals_speculative_decoding(target, kind):
     for builder in (BestFirstBuilder(budget=10, width=3, depth=5, node_cost=0.02), ChainBuilder(depth=4),
                     BestFirstBuilder(budget=10, width=3, depth=5)):
         report = replay(drafter, builder, refs, model=target)
-        for ref, got, sizes in zip(refs, report.lengths, report.sizes):
+        accepted, depths = [], []
+        for ref, got, sizes, acc, tdepth in zip(refs, report.lengths, report.sizes, report.accepted_depths,
+                                                report.tree_depths):
             res = SpeculativeDecoder(target, drafter, builder).generate(
                 torch.tensor([ref.input_ids[: ref.response_start]]), max_new_tokens=24)
             assert torch.equal(res.sequences[0], torch.tensor(ref.input_ids))
             assert got == res.accepted_lengths, (kind, builder)
             assert sizes == res.tree_sizes  # drafted nodes per round, too
+            # the same trees and accepted paths, except that in the last round decoding may accept
+            # drafts past max_new_tokens (then cut) that the reference cannot show
+            assert tdepth == res.tree_depths and acc[:-1] == res.accepted_depths[:-1]
+            assert acc[-1] <= res.accepted_depths[-1]
+            accepted += acc
+            depths += tdepth
+        assert report.depth_acceptance() == depth_acceptance(accepted, depths)
     if kind == "draft_model":  # the test means something only if drafts were accepted
         assert report.pooled_tau() > 1.2
 

@@ -38,6 +38,7 @@ from jetspec.drafters import (
     NGramDrafter,
     OracleDrafter,
     RandomDrafter,
+    TargetScoredDrafter,
 )
 from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder
@@ -76,6 +77,7 @@ def factories(target, draft_lm) -> dict:
         "eagle": seeded(lambda: EagleHead(target, num_layers=2)),
         "draft_model": lambda: DraftModelDrafter(draft_lm),
         "oracle": lambda: OracleDrafter(target),
+        "target_scored": lambda: TargetScoredDrafter(target),
         "random": lambda: RandomDrafter(VOCAB, seed=4),
         "ngram": lambda: NGramDrafter(max_ngram=2, smoothing=1.0),
         "composite": lambda: CompositeDrafter([seeded(lambda: JetSpecHead(target, block_size=5))(),
