@@ -19,6 +19,7 @@ tree builder works on it unchanged; it is deterministic, so verification stays l
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
@@ -50,24 +51,33 @@ class CompositeDrafter(Drafter):
         self.max_depth = max(depths) if depths else None
 
     def _member_input(self, inp: DraftInput, drafter: Drafter) -> DraftInput:
-        """Give each member the taps of its own layers (the composite asks for the union)."""
+        """Give each member the taps of its own layers (the composite asks for the union); same row."""
         taps = inp.taps
         if taps is not None and drafter.tap_layers and drafter.tap_layers != self.tap_layers:
             h = taps.shape[-1] // len(self.tap_layers)
             cols = [self.tap_layers.index(i) for i in drafter.tap_layers]
             taps = torch.cat([taps[:, c * h:(c + 1) * h] for c in cols], dim=-1)  # [T-1, k_m * H]
         depth = inp.depth if drafter.max_depth is None else min(inp.depth, drafter.max_depth)
-        return DraftInput(tokens=inp.tokens, depth=depth, width=inp.width, budget=inp.budget, taps=taps,
-                          sampling=inp.sampling, rng=inp.rng, round_index=inp.round_index)
+        return replace(inp, taps=taps, depth=depth)
 
     def draft(self, inp: DraftInput) -> DraftOutput:
+        subs = [self._member_input(inp, drafter) for drafter in self.drafters]
+        return self._merge(inp, subs, [drafter.draft(sub) for drafter, sub in zip(self.drafters, subs)])
+
+    def draft_batch(self, inputs: Sequence[DraftInput]) -> list[DraftOutput]:
+        """Each member drafts all rows with its own ``draft_batch`` (one forward for a learned head)."""
+        subs = [[self._member_input(inp, drafter) for drafter in self.drafters] for inp in inputs]
+        by_member = [drafter.draft_batch([row[m] for row in subs]) for m, drafter in enumerate(self.drafters)]
+        return [self._merge(inp, row, [props[b] for props in by_member])
+                for b, (inp, row) in enumerate(zip(inputs, subs))]
+
+    def _merge(self, inp: DraftInput, subs: list[DraftInput], proposals: list[DraftOutput]) -> DraftOutput:
+        """The members' proposals for one row, grown into trees and merged as a trie under the mixture."""
         anchor = int(inp.tokens[-1])
         # trie: path (tuple of tokens) -> mixture probability of its last step given its parent
         mix: dict[tuple, float] = {}
         forwards = 0
-        for drafter, w in zip(self.drafters, self.weights):
-            sub = self._member_input(inp, drafter)
-            proposal = drafter.draft(sub)
+        for proposal, sub, w in zip(proposals, subs, self.weights):
             if proposal.sampled:
                 raise ValueError("CompositeDrafter merges deterministic drafts only (no sampled q)")
             forwards += proposal.forwards

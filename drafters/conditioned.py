@@ -77,20 +77,26 @@ def depth_aligned(hidden: Float[Tensor, "B A S H"], forced: Bool[Tensor, "1 A 1 
 
 
 # ---------------------------------------------------------------------------------------- drafting
-@torch.no_grad()
-def branch_logprobs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int], Float[Tensor, "R Vd"]]:
-    """One head forward over the tree's nodes above ``depth``: each node's children log-probs.
-
-    Uses the context K/V the head cached while drafting this round (t rows). Returns the node
-    indices that were run (parents before children) and their rows of log-probs.
-    """
+def branch_inputs(head, tree: DraftTree, t: int, depth: int) -> tuple[list[int], Tensor, Tensor, Tensor]:
+    """The tree forward's rows: the nodes above ``depth`` (parents first), their embeddings [R, H],
+    positions [R] and ancestor mask [R, R]."""
     rows = (tree.depth < depth).nonzero().flatten()  # closed under parents: depth grows downwards
     dev = head.net.fuse.weight.device
     ancestor = tree.ancestor[rows][:, rows].to(dev)  # [R, R]
-    emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))[None]  # [1, R, H]
-    positions = (t + tree.depth[rows]).to(dev)[None]
-    hidden = head.over_context(emb, positions, ancestor)  # row 0 is the root, i.e. the anchor
-    return rows.tolist(), torch.log_softmax(head.lm_head(hidden[0]).double(), -1)
+    emb = head.target_model.get_input_embeddings()(tree.tokens[rows].to(dev))  # [R, H]
+    return rows.tolist(), emb, (t + tree.depth[rows]).to(dev), ancestor
+
+
+@torch.no_grad()
+def branch_logprobs(head, tree: DraftTree, t: int, depth: int, row: int = 0) -> tuple[list[int], Float[Tensor, "R Vd"]]:
+    """One head forward over the tree's nodes above ``depth``: each node's children log-probs.
+
+    Uses the context K/V the head cached for batch row ``row`` while drafting this round (t rows).
+    Returns the node indices that were run (parents before children) and their rows of log-probs.
+    """
+    rows, emb, positions, ancestor = branch_inputs(head, tree, t, depth)
+    hidden = head.over_context(emb[None], positions[None], ancestor, row)  # row 0 is the root, i.e. the anchor
+    return rows, torch.log_softmax(head.lm_head(hidden[0]).double(), -1)
 
 
 def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "R Vd"], table: DraftOutput,
@@ -146,14 +152,39 @@ def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "R
                        node_logprobs=torch.tensor(out_lp, dtype=torch.float32), forwards=2)
 
 
-@torch.no_grad()
-def draft(head, inp: DraftInput) -> DraftOutput:
-    """Steps 1-4 of the module docstring for one round."""
-    logq = torch.log_softmax(head.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth).double(), -1)
+def first_tree(head, inp: DraftInput, logits: Float[Tensor, "D Vd"]) -> tuple[DraftOutput, DraftTree, int]:
+    """Steps 1-2: the one-pass table (top-W per depth) and the best-first tree grown on it."""
+    logq = torch.log_softmax(logits.double(), -1)
     w = min(inp.width, logq.shape[-1])
     top = torch.topk(logq, w, dim=-1)  # [D, W]
     table = DraftOutput(depth_tokens=head.to_target_ids(top.indices).cpu(), depth_logprobs=top.values.float().cpu())
     first = grow_tree(table, int(inp.tokens[-1]), inp.budget, inp.depth, fanout=lambda lps: min(w, len(lps)))
-    rows, node_logq = branch_logprobs(head, first, inp.tokens.shape[0] - 1, inp.depth)
+    return table, first, w
+
+
+def _rescored(head, inp: DraftInput, table: DraftOutput, first: DraftTree, w: int, rows: list[int],
+              node_logq: Float[Tensor, "R Vd"]) -> DraftOutput:
     return rescored_candidates(first, rows, node_logq, table, w, inp.budget, inp.depth,
                                to_target=lambda ids: head.to_target_ids(ids.to(head.net.fuse.weight.device)).cpu())
+
+
+@torch.no_grad()
+def draft(head, inp: DraftInput) -> DraftOutput:
+    """Steps 1-4 of the module docstring for one round of batch row ``inp.row``."""
+    logits = head.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth, inp.row)
+    table, first, w = first_tree(head, inp, logits)
+    rows, node_logq = branch_logprobs(head, first, inp.tokens.shape[0] - 1, inp.depth, inp.row)
+    return _rescored(head, inp, table, first, w, rows, node_logq)
+
+
+@torch.no_grad()
+def draft_batch(head, inputs) -> list[DraftOutput]:
+    """``draft`` for several batch rows: steps 1 and 3 each run as ONE head forward over all rows."""
+    firsts = [first_tree(head, inp, logits) for inp, logits in zip(inputs, head.draft_logits_batch(inputs))]
+    branches = [branch_inputs(head, first, inp.tokens.shape[0] - 1, inp.depth)
+                for inp, (_, first, _) in zip(inputs, firsts)]
+    hidden = head.over_contexts([b[1] for b in branches], [b[2] for b in branches], [b[3] for b in branches],
+                                [inp.row for inp in inputs])
+    logits = head.lm_head_rows(hidden)
+    return [_rescored(head, inp, table, first, w, rows, torch.log_softmax(lg.double(), -1))
+            for inp, (table, first, w), (rows, *_), lg in zip(inputs, firsts, branches, logits)]

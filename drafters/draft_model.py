@@ -15,7 +15,7 @@ import torch
 from jetspec.core.interfaces import Drafter, register_drafter
 from jetspec.core.sampling import TorchRng, process_logits
 from jetspec.core.types import DraftInput, DraftOutput
-from jetspec.drafters.lm_runner import CachedLM
+from jetspec.drafters.lm_runner import CachedLM, RowLMs
 
 
 @register_drafter("draft_model")
@@ -23,26 +23,31 @@ class DraftModelDrafter(Drafter):
     """A separate Hugging Face causal LM sharing the target's tokenizer."""
 
     def __init__(self, draft_model: torch.nn.Module) -> None:
-        self.lm = CachedLM(draft_model)
-        self.vocab_size = self.lm.vocab_size
+        self.lms = RowLMs(draft_model)  # one KV cache per batch row
+        self.vocab_size = self.lms.vocab_size
+
+    def reset_cache(self) -> None:
+        """Forget every batch row's KV cache."""
+        self.lms.reset()
 
     def draft(self, inp: DraftInput) -> DraftOutput:
-        logits = self.lm.sync(inp.tokens.tolist())
+        lm = self.lms[inp.row]
+        logits = lm.sync(inp.tokens.tolist())
         if inp.sampling.greedy:
-            return self._greedy_table(logits, inp)
-        return self._sampled_chain(logits, inp)
+            return self._greedy_table(lm, logits, inp)
+        return self._sampled_chain(lm, logits, inp)
 
-    def _greedy_table(self, logits, inp: DraftInput) -> DraftOutput:
+    def _greedy_table(self, lm: CachedLM, logits, inp: DraftInput) -> DraftOutput:
         toks, lps = [], []
         for d in range(inp.depth):
             top = torch.topk(torch.log_softmax(logits.double(), -1), min(inp.width, logits.shape[-1]))
             toks.append(top.indices)
             lps.append(top.values.float())
             if d + 1 < inp.depth:
-                logits = self.lm.step(int(top.indices[0]))
+                logits = lm.step(int(top.indices[0]))
         return DraftOutput(depth_tokens=torch.stack(toks), depth_logprobs=torch.stack(lps), forwards=inp.depth)
 
-    def _sampled_chain(self, logits, inp: DraftInput) -> DraftOutput:
+    def _sampled_chain(self, lm: CachedLM, logits, inp: DraftInput) -> DraftOutput:
         rng = inp.rng if inp.rng is not None else TorchRng()
         q_rows, toks, lps = [], [], []
         for d in range(inp.depth):
@@ -52,7 +57,7 @@ class DraftModelDrafter(Drafter):
             toks.append(tok)
             lps.append(float(torch.log(q[tok])))
             if d + 1 < inp.depth:
-                logits = self.lm.step(tok)
+                logits = lm.step(tok)
         # The last drafted node has no children, so its q row is never read; zeros make that plain.
         q_rows.append(torch.zeros_like(q_rows[0]))
         d = len(toks)

@@ -17,8 +17,9 @@ because the target has not seen drafted tokens yet (this is what makes EAGLE aut
 One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x_{t-1} given):
 
     forward 1   the context rows that are new since the last round (the head caches the K/V of
-                committed rows, like the parallel heads). The last one, row t-1 (feature of
-                x_{t-1}, embedding of the anchor), is the *root*: its output gives depth 1.
+                committed rows, like the parallel heads, one ``RowContext`` per batch row). The
+                last one, row t-1 (feature of x_{t-1}, embedding of the anchor), is the *root*:
+                its output gives depth 1.
     forward d   (d = 2..D) the *frontier*: the ``width`` best nodes of depth d-1 by cumulative
                 log-prob. Node m's row reads its parent's output and the embedding of its own
                 token, sits at position t-1+d-1, and attends to every context row, the rows of
@@ -28,6 +29,10 @@ One drafting round, anchor x_t with t committed tokens before it (taps of x_0..x
     table). The result is a candidate tree (``DraftOutput`` in node form) that the tree builders
     re-rank under their budget; ``forwards`` = D (or the budget, if smaller: no tree of B nodes
     is deeper than B).
+
+Batch rows (docs/design.md §4.9): ``draft_batch`` runs forward 1 and every deeper forward once
+for all rows, their contexts and trees padded to the longest and masked
+(``jetspec.drafters.eagle_drafting``); the rows' trees stay separate.
 
 Positions: row j sits at RoPE position j (EAGLE's and vLLM's convention; only differences matter).
 
@@ -47,11 +52,13 @@ from typing import Optional, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.eagle_training as ttt
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import saved_vocabulary
+from jetspec.drafters.eagle_drafting import KV, DraftingTree, RowContext, expand_batch, row_of
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -60,13 +67,12 @@ from jetspec.drafters.head_layers import (
     RotaryEmbedding,
     SwiGLU,
     attend,
+    stack_kv,
 )
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
-from jetspec.kernels import additive_mask
+from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, tree_visibility
 from jetspec.training.recipe import TrainConfig
-
-KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, M, K]
 
 
 def eagle_tap_layers(num_layers: int) -> tuple[int, ...]:
@@ -203,11 +209,6 @@ class EagleDraftNet(nn.Module):
         return feat, new_kv
 
 
-def _concat(first: list[KV], second: list[KV]) -> list[KV]:
-    """Per layer, the rows of ``second`` appended after those of ``first``."""
-    return [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2)) for (k0, v0), (k1, v1) in zip(first, second)]
-
-
 class _RecordingAttention:
     """The masked reference attention that also keeps the K/V of the query rows themselves.
 
@@ -281,15 +282,20 @@ class EagleHead(LearnedHead):
         """Normed outputs of every anchor's unrolled chain, laid out like a parallel head's block."""
         return ttt.unrolled_hidden(self, input_ids, taps, anchors)
 
-    # ------------------------------------------------------------------ the head's context cache
+    # ------------------------------------------------------------------ the head's context caches
     def reset_cache(self) -> None:
-        """Forget the previous sequence: per layer K/V of the committed rows, and their count."""
-        self._ctx_kv: Optional[list[KV]] = None
-        self._ctx_len = 0
+        """Forget every batch row's context: per layer K/V of its committed rows, and their count."""
+        self._rows: dict[int, RowContext] = {}
 
-    def _sync_context(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]],
-                      round_index: int) -> Float[Tensor, " H"]:
-        """Run the context rows that are new since the last round; return the root row's output.
+    def context_cache(self, row: int = 0) -> RowContext:
+        """Batch row ``row``'s context cache (created empty on first use)."""
+        if row not in self._rows:
+            self._rows[row] = RowContext()
+        return self._rows[row]
+
+    def _new_context_rows(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int,
+                          row: int) -> tuple[RowContext, Float[Tensor, "N H"], Float[Tensor, "N H"], Int[Tensor, " N"]]:
+        """``row``'s cache (restarted on a new sequence) and the inputs of its context rows new this round.
 
         Row j needs the taps of x_j and the token x_{j+1}, both committed, so a row's K/V never
         change once computed: only rows [cached, t) run, and every round has at least one new
@@ -301,28 +307,51 @@ class EagleHead(LearnedHead):
             raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
                              "the decoder provides them when it reads head.tap_layers")
         dev = self.net.fc.weight.device
-        if round_index == 0 or self._ctx_len >= t:  # a new sequence (or not a continuation): start over
-            self.reset_cache()
-        p = self._ctx_len
-        feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))[None]  # [1, M, H]
-        emb = self.embed(tokens[p + 1:].to(dev))[None]  # [1, M, H]
-        positions = torch.arange(p, t, device=dev)[None]
-        mask = ttt.causal_mask(t - p, p, feat.dtype, dev)  # [1, 1, M, P + M]
-        out, kv = self.net(feat, emb, positions, mask, self._ctx_kv)
-        self._ctx_kv = kv if self._ctx_kv is None else _concat(self._ctx_kv, kv)
-        self._ctx_len = t
-        return out[0, -1]
+        cache = self.context_cache(row)
+        if round_index == 0 or cache.length >= t:  # a new sequence (or not a continuation): start over
+            cache = self._rows[row] = RowContext()
+        p = cache.length
+        feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))  # [N, H]
+        return cache, feat, self.embed(tokens[p + 1:].to(dev)), torch.arange(p, t, device=dev)
+
+    def _sync_context(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]],
+                      round_index: int, row: int = 0) -> tuple[Float[Tensor, " H"], RowContext]:
+        """Run ``row``'s context rows that are new since its last round; return the root row's output."""
+        cache, feat, emb, positions = self._new_context_rows(tokens, taps, round_index, row)
+        mask = ttt.causal_mask(feat.shape[0], cache.length, feat.dtype, feat.device)  # [1, 1, N, P + N]
+        out, kv = self.net(feat[None], emb[None], positions[None], mask, cache.kv)
+        cache.append(kv, tokens.shape[0] - 1)
+        return out[0, -1], cache
+
+    def _sync_contexts(self, inputs: Sequence[DraftInput]) -> list[tuple[Tensor, RowContext]]:
+        """``_sync_context`` of several rows in ONE forward: their contexts and new rows padded and masked."""
+        rows = [self._new_context_rows(i.tokens, i.taps, i.round_index, i.row) for i in inputs]
+        lens = [cache.length for cache, *_ in rows]
+        sizes = [feat.shape[0] for _, feat, _, _ in rows]
+        dev, dtype = self.net.fc.weight.device, self.net.fc.weight.dtype
+        visible = padded_visibility([tree_visibility(chain_ancestor(n, device=dev), p) for n, p in zip(sizes, lens)],
+                                    lens)
+        prefix = stack_kv([cache.kv if cache.kv is not None else self._empty_kv() for cache, *_ in rows], max(lens))
+        out, kv = self.net(*(pad_sequence([r[i] for r in rows], batch_first=True) for i in (1, 2, 3)),
+                           additive_mask(visible[:, None], dtype), prefix)
+        for b, (inp, (cache, *_)) in enumerate(zip(inputs, rows)):
+            cache.append(row_of(kv, b, sizes[b]), inp.tokens.shape[0] - 1)
+        return [(out[b, n - 1], cache) for b, (n, (cache, *_)) in enumerate(zip(sizes, rows))]
+
+    def _empty_kv(self) -> list[KV]:
+        """Per layer, the K/V of no rows at all (a row whose context is still empty)."""
+        w = self.net.fc.weight
+        return [(w.new_zeros(1, layer.attn.num_kv_heads, 0, layer.attn.head_dim),) * 2 for layer in self.net.layers]
 
     # ------------------------------------------------------------------ drafting (Drafter)
     @torch.no_grad()
     def draft(self, inp: DraftInput) -> DraftOutput:
         t = inp.tokens.shape[0] - 1
         if t == 0:  # a one-token prompt: no context row, hence no root to draft from
-            self.reset_cache()
-            empty = torch.zeros(0, dtype=torch.long)
-            return DraftOutput(node_tokens=empty, node_parents=empty, node_logprobs=torch.zeros(0),
-                               forwards=0)
-        tree = _DraftTree(self, self._sync_context(inp.tokens, inp.taps, inp.round_index), t)
+            self._rows.pop(inp.row, None)
+            return _empty_draft()
+        root, cache = self._sync_context(inp.tokens, inp.taps, inp.round_index, inp.row)
+        tree = DraftingTree(self, root, t, cache)
         w = min(inp.width, tree.root_logq.shape[-1])  # the draft vocabulary may be smaller
         frontier = tree.offer(-1, tree.root_logq, w)
         # A tree of `budget` nodes is at most that deep: deeper forwards could never be used.
@@ -337,6 +366,36 @@ class EagleHead(LearnedHead):
         return tree.output()
 
     @torch.no_grad()
+    def draft_batch(self, inputs: Sequence[DraftInput]) -> list[DraftOutput]:
+        """``draft`` for several batch rows, one head forward per depth for all of them (docs/design.md §4.9)."""
+        if len(inputs) <= 1:
+            return [self.draft(inp) for inp in inputs]
+        outs: list[Optional[DraftOutput]] = [None] * len(inputs)
+        live = [i for i, inp in enumerate(inputs) if inp.tokens.shape[0] > 1]
+        for i in set(range(len(inputs))) - set(live):  # one-token prompts: nothing to draft from
+            self._rows.pop(inputs[i].row, None)
+            outs[i] = _empty_draft()
+        synced = self._sync_contexts([inputs[i] for i in live]) if live else []
+        roots = torch.log_softmax(self.logits(torch.stack([h for h, _ in synced])).double(), -1) if live else None
+        trees = {i: DraftingTree(self, h, inputs[i].tokens.shape[0] - 1, cache, root_logq=roots[j])
+                 for j, (i, (h, cache)) in enumerate(zip(live, synced))}
+        width = {i: min(inputs[i].width, tree.root_logq.shape[-1]) for i, tree in trees.items()}
+        frontier = {i: tree.offer(-1, tree.root_logq, width[i]) for i, tree in trees.items()}
+        steps = {i: min(inputs[i].depth, inputs[i].budget) for i in live}
+        for d in range(2, max(steps.values(), default=1) + 1):
+            active = [i for i in live if d <= steps[i] and frontier[i]]
+            if not active:
+                break
+            for i, logq in zip(active, expand_batch([trees[i] for i in active], [frontier[i] for i in active])):
+                new = []
+                for m, row in zip(frontier[i], logq):
+                    new += trees[i].offer(m, row, width[i])
+                frontier[i] = sorted(new, key=lambda m: -trees[i].score[m])[:width[i]]
+        for i, tree in trees.items():
+            outs[i] = tree.output()
+        return outs
+
+    @torch.no_grad()
     def tree_logprobs(self, tokens: Int[Tensor, " T"], taps: Float[Tensor, "T-1 F"],
                       node_tokens: Int[Tensor, " M"], node_parents: Int[Tensor, " M"],
                       round_index: int = 0) -> Float[Tensor, "M+1 V"]:
@@ -345,7 +404,8 @@ class EagleHead(LearnedHead):
         The same forwards as ``draft`` (one per depth) with the nodes prescribed instead of
         chosen; tests compare it with the packed training forward.
         """
-        tree = _DraftTree(self, self._sync_context(tokens, taps, round_index), tokens.shape[0] - 1)
+        root, cache = self._sync_context(tokens, taps, round_index)
+        tree = DraftingTree(self, root, tokens.shape[0] - 1, cache)
         for tok, p in zip(node_tokens.tolist(), node_parents.tolist()):
             tree.add(p, tok, 0.0)
         rows = [tree.root_logq] + [None] * len(tree.tokens)
@@ -356,78 +416,6 @@ class EagleHead(LearnedHead):
         return torch.stack(rows)
 
 
-class _DraftTree:
-    """The candidate tree of one drafting round, and the head's K/V of its expanded nodes.
-
-    Candidates are numbered in the order they are offered (parents before children). A
-    candidate is *expanded* when its own row has run: it then has a row in ``kv`` (per layer),
-    an output feature, and a distribution over its children.
-    """
-
-    def __init__(self, head: EagleHead, root_hidden: Tensor, t: int) -> None:
-        self.head, self.t = head, t
-        self.root_hidden = root_hidden
-        self.root_logq = torch.log_softmax(head.logits(root_hidden).double(), -1)  # [V]
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self.logprobs: list[float] = []
-        self.score: list[float] = []  # cumulative log q from the root
-        self.depth: list[int] = []
-        self.hidden: dict[int, Tensor] = {}  # expanded candidate -> output feature [H]
-        self.row: dict[int, int] = {}  # expanded candidate -> its row in kv
-        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, E, K]
-        self.forwards = 1  # the context forward that produced the root
-
-    def add(self, parent: int, token: int, logprob: float) -> int:
-        self.tokens.append(token)
-        self.parents.append(parent)
-        self.logprobs.append(logprob)
-        self.score.append(logprob + (self.score[parent] if parent >= 0 else 0.0))
-        self.depth.append(1 + (self.depth[parent] if parent >= 0 else 0))
-        return len(self.tokens) - 1
-
-    def offer(self, parent: int, logq: Float[Tensor, " V"], width: int) -> list[int]:
-        """Add ``parent``'s top-``width`` children as candidates; return their indices."""
-        top = torch.topk(logq, width)
-        tokens = self.head.to_target_ids(top.indices).tolist()  # draft-vocabulary ids -> target ids
-        return [self.add(parent, tok, lp) for tok, lp in zip(tokens, top.values.tolist())]
-
-    def ancestors(self, m: int) -> list[int]:
-        path = []
-        while m >= 0:
-            path.append(m)
-            m = self.parents[m]
-        return path
-
-    def expand(self, frontier: list[int]) -> Float[Tensor, "F V"]:
-        """One head forward over the frontier rows; returns each one's children log-probs."""
-        head, net = self.head, self.head.net
-        dev = net.fc.weight.device
-        feat = torch.stack([self.root_hidden if self.parents[m] < 0 else self.hidden[self.parents[m]]
-                            for m in frontier])[None]  # [1, F, H]
-        emb = head.embed(torch.tensor([self.tokens[m] for m in frontier], device=dev))[None]
-        positions = torch.tensor([self.t - 1 + self.depth[m] for m in frontier], device=dev)[None]
-        # Visible: every context row, the rows of the node's expanded ancestors, the node itself.
-        p, e, f = head._ctx_len, len(self.row), len(frontier)
-        ok = torch.zeros(f, p + e + f, dtype=torch.bool)
-        ok[:, :p] = True
-        for i, m in enumerate(frontier):
-            for a in self.ancestors(self.parents[m]):
-                ok[i, p + self.row[a]] = True
-            ok[i, p + e + i] = True
-        mask = additive_mask(ok, feat.dtype)[None, None].to(dev)
-        prefix = head._ctx_kv if self.kv is None else _concat(head._ctx_kv, self.kv)
-        out, kv = net(feat, emb, positions, mask, prefix)
-        self.kv = kv if self.kv is None else _concat(self.kv, kv)
-        for i, m in enumerate(frontier):
-            self.row[m] = e + i
-            self.hidden[m] = out[0, i]
-        self.forwards += 1
-        return torch.log_softmax(head.logits(out[0]).double(), -1)
-
-    def output(self) -> DraftOutput:
-        return DraftOutput(node_tokens=torch.tensor(self.tokens, dtype=torch.long),
-                           node_parents=torch.tensor(self.parents, dtype=torch.long),
-                           node_logprobs=torch.tensor(self.logprobs, dtype=torch.float32),
-                           forwards=self.forwards)
-
+def _empty_draft() -> DraftOutput:
+    empty = torch.zeros(0, dtype=torch.long)
+    return DraftOutput(node_tokens=empty, node_parents=empty, node_logprobs=torch.zeros(0), forwards=0)

@@ -23,7 +23,7 @@ prefix rows, then the N rows), H hidden, h / h_kv heads, K head dim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,21 @@ def attend(q: Float[Tensor, "B h N K"], k: Float[Tensor, "B h_kv T K"], v: Float
         k = k.repeat_interleave(group, dim=1)  # [B, h, T, K]
         v = v.repeat_interleave(group, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+
+
+def stack_kv(rows: Sequence[list[tuple[Tensor, Tensor]]], length: int) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, several rows' cached K/V ``[1, h_kv, P_b, K]`` as one ``[B, h_kv, P, K]`` batch.
+
+    Each row is zero-padded at the end to ``length`` = P (the caller's mask hides the padding,
+    ``jetspec.kernels.padded_visibility``). Used when a head drafts several batch rows in one
+    forward (docs/design.md §4.9).
+    """
+    out = []
+    for layer in zip(*rows):
+        ks = [F.pad(k, (0, 0, 0, length - k.shape[2])) for k, _ in layer]
+        vs = [F.pad(v, (0, 0, 0, length - v.shape[2])) for _, v in layer]
+        out.append((torch.cat(ks), torch.cat(vs)))
+    return out
 
 
 @dataclass

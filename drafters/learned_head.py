@@ -149,7 +149,7 @@ class LearnedHead(L.LightningModule, Drafter):
 
     @abstractmethod
     def reset_cache(self) -> None:
-        """Forget whatever the head cached about the previous sequence while drafting."""
+        """Forget whatever the head cached while drafting, for every batch row (docs/design.md §4.9)."""
 
     # ------------------------------------------------------------------ the frozen target
     @property

@@ -54,3 +54,25 @@ class CachedLM:
     def step(self, token: int) -> Tensor:
         """Logits [V] after appending one token."""
         return self._feed([token])
+
+
+class RowLMs:
+    """One ``CachedLM`` per batch row over one shared model: ``lms[row]`` (created on first use).
+
+    Rows of a batch follow different sequences; one shared cache would be cropped back and
+    refilled every time the rows take turns (docs/design.md §4.9).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.rows: dict[int, CachedLM] = {0: CachedLM(model)}  # row 0 now: a model in training mode fails here
+        self.vocab_size: int = self.rows[0].vocab_size
+
+    def __getitem__(self, row: int) -> CachedLM:
+        if row not in self.rows:
+            self.rows[row] = CachedLM(self.model)
+        return self.rows[row]
+
+    def reset(self) -> None:
+        """Forget every row's cache."""
+        self.rows = {0: CachedLM(self.model)}

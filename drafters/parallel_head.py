@@ -12,6 +12,10 @@ The two heads differ in ONE switch, the class attribute ``causal``: slot i of a 
 slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
 block sees every slot (branch-agnostic marginals).
 
+Batch rows (docs/design.md §4.9): the head keeps one ``ContextCache`` per ``DraftInput.row``, and
+``draft_batch`` runs the blocks of all rows in ONE forward, each row's context padded to the
+longest and masked (``jetspec.kernels.padded_visibility``). One row drafts through ``draft``.
+
 Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.core.interfaces.Drafter``
 (``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
 module only adds the network, its packed training forward and its drafting. The target's
@@ -31,14 +35,22 @@ from typing import Optional, Sequence
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.conditioned as conditioned
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import DraftVocabulary
-from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
+from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding, stack_kv
 from jetspec.drafters.learned_head import LearnedHead
-from jetspec.kernels import chain_ancestor, full_ancestor, tree_attention
+from jetspec.kernels import (
+    chain_ancestor,
+    full_ancestor,
+    masked_attention,
+    padded_visibility,
+    tree_attention,
+    tree_visibility,
+)
 from jetspec.training.recipe import TrainConfig, block_positions, packed_block_mask
 
 
@@ -292,32 +304,36 @@ class ParallelHead(LearnedHead):
 
     # ------------------------------------------------------------------ inference (Drafter)
     def reset_cache(self) -> None:
-        """Forget the context K/V of the previous sequence."""
-        self._ctx_kv: Optional[list[tuple[Tensor, Tensor]]] = None
-        self._ctx_len = 0
-        self._last_ctx: Optional[Tensor] = None  # [1, H_d] the newest context row (direct path)
+        """Forget the context K/V of every batch row."""
+        self._rows: dict[int, ContextCache] = {}
 
-    def _extend_cache(self, taps: Float[Tensor, "P F"]) -> None:
-        """Project only the context rows that are new since the last round and append them."""
-        new = taps[self._ctx_len:]
-        if new.shape[0] == 0 and self._ctx_kv is not None:
-            return
-        pos = torch.arange(self._ctx_len, taps.shape[0], device=new.device)[None]
+    def context_cache(self, row: int = 0) -> "ContextCache":
+        """Batch row ``row``'s context cache (created empty on first use)."""
+        if row not in self._rows:
+            self._rows[row] = ContextCache()
+        return self._rows[row]
+
+    def _sync_context(self, taps: Float[Tensor, "P F"], round_index: int, row: int) -> "ContextCache":
+        """Bring ``row``'s cache up to ``taps``: restart it on a new sequence, else project only new rows."""
+        cache = self.context_cache(row)
+        if round_index == 0 or cache.length > taps.shape[0]:  # a new sequence (or a shorter one): start over
+            cache = self._rows[row] = ContextCache()
+        new = taps[cache.length:]
+        if new.shape[0] == 0 and cache.kv is not None:
+            return cache
+        pos = torch.arange(cache.length, taps.shape[0], device=new.device)[None]
         ctx = self.net.fuse_taps(new[None])  # [1, T_new, H_d]
         if ctx.shape[1]:
-            self._last_ctx = ctx[:, -1]
+            cache.last = ctx[:, -1]
         kv = self.net.project_context(ctx, pos)  # per layer [1, h_kv, T_new, K]
-        if self._ctx_kv is None:
-            self._ctx_kv = kv
-        else:
-            self._ctx_kv = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
-                            for (k0, v0), (k1, v1) in zip(self._ctx_kv, kv)]
-        self._ctx_len = taps.shape[0]
+        cache.kv = kv if cache.kv is None else [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
+                                                for (k0, v0), (k1, v1) in zip(cache.kv, kv)]
+        cache.length = taps.shape[0]
+        return cache
 
-    @torch.no_grad()
-    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
-                     depth: Optional[int] = None) -> Float[Tensor, "D V"]:
-        """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing the head's context cache."""
+    def _start_round(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int,
+                     depth: Optional[int], row: int) -> tuple[int, Float[Tensor, "1 N H"], Int[Tensor, "1 N"]]:
+        """Check one row's input, sync its cache; return the depth and its block's embeddings and positions."""
         depth = self.max_depth if depth is None else depth
         if not 1 <= depth <= self.max_depth:
             raise ValueError(f"depth {depth} is outside 1..{self.max_depth} (block_size - 1)")
@@ -327,45 +343,110 @@ class ParallelHead(LearnedHead):
             raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
                              "the decoder provides them when it reads head.tap_layers")
         dev = self.net.fuse.weight.device
-        if round_index == 0 or self._ctx_len > t:  # a new sequence (or a shorter one): start over
-            self.reset_cache()
-        self._extend_cache(taps.to(dev))
+        self._sync_context(taps.to(dev), round_index, row)
         # A causal block's slots 1..D never see later slots, so the block can stop at D + 1 slots;
         # a bidirectional block must be run whole, since every slot sees every MASK.
         n = depth + 1 if self.causal else self.config.block_size
         emb = self.block_embeddings(tokens[-1:].to(dev)[None], n)[:, 0]  # [1, n, H]
-        positions = torch.arange(t, t + n, device=dev)[None]
-        ancestor = (chain_ancestor if self.causal else full_ancestor)(n, device=dev)
-        hidden = self.over_context(emb, positions, ancestor)
+        return depth, emb, torch.arange(t, t + n, device=dev)[None]
+
+    def block_ancestor(self, n: int) -> Bool[Tensor, "N N"]:
+        return (chain_ancestor if self.causal else full_ancestor)(n, device=self.net.fuse.weight.device)
+
+    @torch.no_grad()
+    def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
+                     depth: Optional[int] = None, row: int = 0) -> Float[Tensor, "D V"]:
+        """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing batch row ``row``'s context cache."""
+        depth, emb, positions = self._start_round(tokens, taps, round_index, depth, row)
+        hidden = self.over_context(emb, positions, self.block_ancestor(emb.shape[1]), row)
         return self.lm_head(hidden[0, 1: depth + 1])  # [D, V']
 
-    def over_context(self, emb: Float[Tensor, "1 M H"], positions: Int[Tensor, "1 M"],
-                     ancestor: Bool[Tensor, "M M"]) -> Float[Tensor, "1 M H"]:
-        """Rows over this round's cached context: row i sees every context row and its ancestors.
+    @torch.no_grad()
+    def draft_logits_batch(self, inputs: Sequence[DraftInput]) -> list[Float[Tensor, "D V"]]:
+        """``draft_logits`` of every input's row, all blocks in ONE head forward (docs/design.md §4.9)."""
+        rounds = [self._start_round(i.tokens, i.taps, i.round_index, i.depth, i.row) for i in inputs]
+        hidden = self.over_contexts([emb[0] for _, emb, _ in rounds], [pos[0] for _, _, pos in rounds],
+                                    [self.block_ancestor(emb.shape[1]) for _, emb, _ in rounds],
+                                    [i.row for i in inputs])
+        return self.lm_head_rows([h[1: d + 1] for h, (d, _, _) in zip(hidden, rounds)])
+
+    def lm_head_rows(self, hidden: Sequence[Tensor]) -> list[Tensor]:
+        """``lm_head`` of several rows' hidden states ``[N_b, H]`` in one product (the weights are read once)."""
+        logits = self.lm_head(torch.cat(list(hidden)))
+        return list(logits.split([h.shape[0] for h in hidden]))
+
+    def over_context(self, emb: Float[Tensor, "1 N H"], positions: Int[Tensor, "1 N"],
+                     ancestor: Bool[Tensor, "N N"], row: int = 0) -> Float[Tensor, "1 N H"]:
+        """Rows over ``row``'s cached context: row i sees every context row and its ancestors.
 
         Row 0 must be the anchor (its embedding feeds the direct path). The rows' K/V exist only
         inside this call: they are dropped after the round.
         """
-        return self.net(emb, positions, self._ctx_kv, None, direct=self.round_direct(emb[:, :1], emb.shape[1]),
+        cache = self._rows[row]
+        return self.net(emb, positions, cache.kv, None, direct=self.round_direct(emb[:, :1], emb.shape[1], cache),
                         attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
 
-    def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int) -> Optional[Float[Tensor, "1 M Hd"]]:
-        """This round's direct-path term (anchor + newest context row), repeated over ``rows`` rows."""
+    def over_contexts(self, embs: Sequence[Tensor], positions: Sequence[Tensor], ancestors: Sequence[Tensor],
+                      rows: Sequence[int]) -> list[Tensor]:
+        """``over_context`` of several batch rows in ONE forward; row b's result is ``[N_b, H]``.
+
+        The rows' contexts are padded to the longest and their node rows to the most numerous,
+        under a mask that hides every padding key (``padded_visibility``), so each row computes
+        what ``over_context`` computes for it alone.
+        """
+        caches = [self._rows[r] for r in rows]
+        lens = [c.length for c in caches]
+        visible = padded_visibility([tree_visibility(a, p) for a, p in zip(ancestors, lens)], lens)
+        direct = None
+        if self.net.direct is not None:
+            direct = pad_sequence([self.round_direct(e[None, :1], e.shape[0], c)[0] for e, c in zip(embs, caches)],
+                                  batch_first=True)
+        hidden = self.net(pad_sequence(list(embs), batch_first=True), pad_sequence(list(positions), batch_first=True),
+                          stack_kv([c.kv for c in caches], max(lens)), None, direct=direct,
+                          attention_fn=lambda q, k, v: masked_attention(q, k, v, visible[:, None]))
+        return [hidden[b, : e.shape[0]] for b, e in enumerate(embs)]
+
+    def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int,
+                     cache: "ContextCache") -> Optional[Float[Tensor, "1 N Hd"]]:
+        """This round's direct-path term (anchor + the row's newest context row), repeated over ``rows`` rows."""
         if self.net.direct is None:
             return None
-        last = self._last_ctx if self._last_ctx is not None else self.net.fuse.weight.new_zeros(
-            1, self.net.fuse.out_features)
+        last = cache.last if cache.last is not None else self.net.fuse.weight.new_zeros(1, self.net.fuse.out_features)
         d = self.net.direct_input(anchor_emb, last[:, None])  # [1, 1, H_d]
         return d.expand(1, rows, d.shape[-1])
 
     def draft(self, inp: DraftInput) -> DraftOutput:
         if self.config.conditioned:  # one-pass tree, then one branch-conditioned forward over it
             return conditioned.draft(self, inp)
-        logits = self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth)
+        return self._table(self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth, inp.row), inp.width)
+
+    def draft_batch(self, inputs: Sequence[DraftInput]) -> list[DraftOutput]:
+        """Every row's proposal from ONE head forward (two for a conditioned head); one row drafts as ``draft``."""
+        if len(inputs) <= 1:
+            return [self.draft(inp) for inp in inputs]
+        if self.config.conditioned:
+            return conditioned.draft_batch(self, inputs)
+        return [self._table(logits, inp.width) for logits, inp in zip(self.draft_logits_batch(inputs), inputs)]
+
+    def _table(self, logits: Float[Tensor, "D Vd"], width: int) -> DraftOutput:
+        """The top-``width`` tokens of every depth, sorted: a per-depth table."""
         logq = torch.log_softmax(logits.double(), -1)
-        top = torch.topk(logq, min(inp.width, logq.shape[-1]), dim=-1)  # sorted descending
+        top = torch.topk(logq, min(width, logq.shape[-1]), dim=-1)  # sorted descending
         return DraftOutput(depth_tokens=self.to_target_ids(top.indices).cpu(),
                            depth_logprobs=top.values.float().cpu(), forwards=1)
+
+
+@dataclass
+class ContextCache:
+    """One batch row's head cache: per layer the context K/V [1, h_kv, P, K], P, and the newest context row.
+
+    A head keeps one per batch row (``DraftInput.row``), so interleaved rows never see each other's
+    context; ``round_index == 0`` restarts only its own row (docs/design.md §4.9).
+    """
+
+    kv: Optional[list[tuple[Tensor, Tensor]]] = None
+    length: int = 0  # P: context rows projected so far
+    last: Optional[Tensor] = None  # [1, H_d] the newest context row (direct path)
 
 
 @register_drafter("jetspec")

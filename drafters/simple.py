@@ -1,9 +1,9 @@
 """Test drafters used as correctness gates (docs/design.md §4.7).
 
 * ``RandomDrafter`` proposes arbitrary tokens: almost nothing is accepted, and the output must
-  still equal plain decoding.
+  still equal plain decoding. Each batch row draws from its own random stream.
 * ``OracleDrafter`` proposes the target's own greedy continuation: under greedy verification
-  every drafted token must be accepted.
+  every drafted token must be accepted. It keeps one KV cache per batch row.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from jetspec.core.interfaces import Drafter, register_drafter
 from jetspec.core.target import TargetModel
 from jetspec.core.types import DraftInput, DraftOutput
-from jetspec.drafters.lm_runner import CachedLM
+from jetspec.drafters.lm_runner import RowLMs
 
 
 @register_drafter("random")
@@ -24,13 +24,17 @@ class RandomDrafter(Drafter):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         self.vocab_size = vocab_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generators: dict[int, torch.Generator] = {}  # batch row -> its own stream (row r: seed + r)
 
     def draft(self, inp: DraftInput) -> DraftOutput:
+        if inp.row not in self.generators:  # one stream per row, so interleaved rows draw what each would alone
+            self.generators[inp.row] = torch.Generator().manual_seed(self.seed + inp.row)
+        gen = self.generators[inp.row]
         w = min(inp.width, self.vocab_size)
-        toks = torch.stack([torch.randperm(self.vocab_size, generator=self.generator)[:w]
+        toks = torch.stack([torch.randperm(self.vocab_size, generator=gen)[:w]
                             for _ in range(inp.depth)])  # [D, W]
-        lps = torch.log_softmax(torch.randn(inp.depth, w, generator=self.generator), -1)
+        lps = torch.log_softmax(torch.randn(inp.depth, w, generator=gen), -1)
         lps = lps.sort(-1, descending=True).values
         return DraftOutput(depth_tokens=toks, depth_logprobs=lps, forwards=0)
 
@@ -44,11 +48,12 @@ class OracleDrafter(Drafter):
 
     def __init__(self, target) -> None:
         model = target.model if isinstance(target, TargetModel) else target
-        self.lm = CachedLM(model)
-        self.vocab_size = self.lm.vocab_size
+        self.lms = RowLMs(model)
+        self.vocab_size = self.lms.vocab_size
 
     def draft(self, inp: DraftInput) -> DraftOutput:
-        logits = self.lm.sync(inp.tokens.tolist())
+        lm = self.lms[inp.row]
+        logits = lm.sync(inp.tokens.tolist())
         toks, lps = [], []
         for d in range(inp.depth):
             logp = torch.log_softmax(logits.double(), -1)
@@ -56,6 +61,6 @@ class OracleDrafter(Drafter):
             toks.append(top.indices)
             lps.append(top.values)
             if d + 1 < inp.depth:
-                logits = self.lm.step(int(top.indices[0]))
+                logits = lm.step(int(top.indices[0]))
         return DraftOutput(depth_tokens=torch.stack(toks), depth_logprobs=torch.stack(lps).float(),
                            forwards=inp.depth)

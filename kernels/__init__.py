@@ -19,6 +19,7 @@ from .reference import (
     chain_ancestor,
     full_ancestor,
     masked_attention,
+    padded_visibility,
     tree_attention_reference,
     tree_visibility,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "full_ancestor",
     "masked_attention",
     "pack_ancestor_bits",
+    "padded_visibility",
     "tree_attention",
     "tree_attention_reference",
     "tree_attention_triton",

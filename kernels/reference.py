@@ -81,6 +81,33 @@ def tree_visibility(ancestor: Bool[Tensor, "N N"], prefix_len: int) -> Bool[Tens
     return torch.cat([prefix, ancestor.to(torch.bool)], dim=1)
 
 
+def padded_visibility(visible: Sequence[Tensor], prefix_lens: Sequence[int]) -> Bool[Tensor, "B N T"]:
+    """Several rows' visibility matrices in one batch whose prefixes and node counts differ.
+
+    Row b's ``visible[b]`` is ``[N_b, P_b + N_b]`` (its own prefix, then its own nodes, as
+    ``tree_visibility`` makes it). The batch lays the keys out as the prefixes padded to
+    P = max P_b, then the nodes padded to N = max N_b, so that every row's nodes sit at the same
+    columns: row b's padding keys are hidden from its queries, and a padding query sees only
+    itself (a query that sees nothing would be 0/0 in a plain softmax).
+    """
+    if len(visible) != len(prefix_lens):
+        raise ValueError(f"{len(visible)} visibility matrices for {len(prefix_lens)} prefix lengths")
+    p = max(prefix_lens, default=0)
+    n = max((v.shape[0] for v in visible), default=0)
+    device = visible[0].device if len(visible) else None
+    out = torch.zeros(len(visible), n, p + n, dtype=torch.bool, device=device)
+    pad = torch.eye(n, dtype=torch.bool, device=device)
+    for b, (vis, pb) in enumerate(zip(visible, prefix_lens)):
+        m = vis.shape[0]
+        if vis.shape[1] != pb + m:
+            raise ValueError(f"visible[{b}] is {tuple(vis.shape)}; with prefix length {pb} it must be "
+                             f"[N_b, {pb} + N_b]")
+        out[b, :m, :pb] = vis[:, :pb]
+        out[b, :m, p: p + m] = vis[:, pb:]
+        out[b, m:, p:] = pad[m:]
+    return out
+
+
 def additive_mask(visible: Bool[Tensor, "*shape"], dtype: torch.dtype) -> Float[Tensor, "*shape"]:
     """The one additive float mask: 0 where ``visible``, ``-inf`` elsewhere, same shape and device.
 

@@ -49,7 +49,7 @@ class Drafter(ABC):
 
         ``inputs[i].row`` names the row, so a stateful drafter keeps each row's cache apart. This
         default drafts the rows one after another; drafters that can draft several rows in one
-        forward (the learned heads, a draft LM) override it (docs/design.md §1).
+        forward (the learned heads) override it (docs/design.md §4.9).
         """
         return [self.draft(inp) for inp in inputs]
 

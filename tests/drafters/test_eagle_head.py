@@ -105,7 +105,7 @@ def test_head_cache_across_rounds(targets):
     for r, a in enumerate(anchors):
         got = head.tree_logprobs(ids[0, : a + 1], taps[0, :a], ids[0, a + 1: a + 2], torch.tensor([-1]),
                                  round_index=r)
-        assert head._ctx_len == a and head._ctx_kv[1][0].shape[2] == a
+        assert head.context_cache(0).length == a and head.context_cache(0).kv[1][0].shape[2] == a
         torch.testing.assert_close(got, packed[r], rtol=0, atol=1e-10)
 
 

@@ -131,7 +131,7 @@ def test_head_cache_across_rounds_matches_packed_forward(targets, cls):
     packed = head(ids, taps, torch.tensor([anchors]))[0]
     for r, a in enumerate(anchors):
         got = head.draft_logits(ids[0, : a + 1], taps[0, :a], round_index=r, depth=4)
-        assert head._ctx_len == a
+        assert head.context_cache(0).length == a
         torch.testing.assert_close(got, packed[r], rtol=0, atol=1e-10)
     # round_index 0 starts a new sequence: the cache is rebuilt, not extended.
     other = torch.randint(0, 64, (1, 8))
