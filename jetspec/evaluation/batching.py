@@ -205,39 +205,57 @@ def _best_table(best: list[dict]) -> list[str]:
     return lines
 
 
+def _trend(first: float, last: float, up: str, down: str, flat: str, tol: float = 0.05) -> str:
+    """A word for how a measured value moved between two batch sizes (within ``tol``: ``flat``)."""
+    if last > first * (1 + tol):
+        return up
+    return down if last < first * (1 - tol) else flat
+
+
 def _explanation(costs: dict[int, dict[int, float]], best: list[dict]) -> list[str]:
-    """The reading of the tables, with this run's numbers in it."""
+    """The reading of the tables, with this run's numbers in it (the words follow the numbers)."""
     sizes = sorted(costs)
     lo, hi = sizes[0], sizes[-1]
     kmax = max(costs[lo])
     c_lo, c_hi = node_cost(costs[lo]), node_cost(costs[hi])
     step_ratio = costs[hi][1] / costs[lo][1]
+    c_word = _trend(c_lo, c_hi, "grows", "falls", "stays")
+    speed = []
+    for name in dict.fromkeys(r["drafter"] for r in best):
+        mine = sorted((r["batch_size"], r) for r in best if r["drafter"] == name)
+        (b0, r0), (b1, r1) = mine[0], mine[-1]
+        speed.append(f"`{name}`: x{r0['measured_speedup']:.2f} at budget {r0['measured_budget']} (B = {b0}) -> "
+                     f"x{r1['measured_speedup']:.2f} at budget {r1['measured_budget']} (B = {b1})")
     return [
         "### Reading it", "",
-        f"- **Throughput.** One plain step over B = {hi} rows costs x{step_ratio:.2f} a step over B = {lo} "
-        f"row(s), not x{hi / lo:.0f}: the weights are read once per forward whatever the batch, so plain decoding's "
-        "total tokens/s grows with B while each row's own stream (tokens/s per row, the latency a user sees) "
-        "slows down.",
+        f"- **Throughput and latency.** One plain step over B = {hi} rows cost x{step_ratio:.2f} a step over "
+        f"B = {lo} row(s) here. Below the ridge point the weights are read once per forward whatever the "
+        "batch, so that factor stays far below B: plain decoding's total tokens/s grows with B, while each "
+        "row's own stream (tokens/s per row, the latency one user sees) can only get slower.",
         f"- **Verify cost.** A tree of k rows per batch row makes the forward B x k rows wide. At B = {lo} a "
-        f"{kmax}-row tree costs x{costs[lo][kmax] / costs[lo][1]:.2f} a plain step; at B = {hi}, "
+        f"{kmax}-row tree cost x{costs[lo][kmax] / costs[lo][1]:.2f} a plain step; at B = {hi}, "
         f"x{costs[hi][kmax] / costs[hi][1]:.2f} a plain step of the same batch. The fitted cost of one drafted "
-        f"node grows from c = {c_lo:.3f} at B = {lo} to c = {c_hi:.3f} at B = {hi}: past the ridge point "
-        "(about 13 rows on the 2-core CPU of the Roofline section) the forward is compute-bound and every "
-        "row costs arithmetic, so the batch has already used the spare compute a tree would use.",
-        "- **The budget that pays shrinks.** Speedup over plain decoding at the same batch size is tau divided "
-        "by the cost of a round in plain steps. tau does not depend on the batch (each row is decoded exactly "
-        "as alone), while the round's cost grows with c(B); the best budget and the speedup fall with B "
-        "(table above; the cost model's columns leave drafting out, the measured ones include it).",
+        f"node {c_word} from c = {c_lo:.3f} (B = {lo}) to c = {c_hi:.3f} (B = {hi}). The roofline predicts "
+        "growth: past the ridge point (about 13 rows on the 2-core CPU of the Roofline section) the forward is "
+        "compute-bound and every row costs arithmetic, so a batch has already spent the spare compute a tree "
+        "would use." + ("" if c_word == "grows" else " This run did not show it; on a shared machine, "
+                        "rerun it quiet before reading more into it."),
+        "- **The budget that pays.** The speedup over plain decoding at the same batch size is tau over the "
+        "cost of a round in plain steps. tau does not depend on the batch (each row is decoded exactly as "
+        "alone), the round's cost does, through c(B): where c(B) grows, the best budget and the speedup "
+        "fall with B. Measured, best budget and speedup from the smallest to the largest batch: "
+        + "; ".join(speed) + ". The tau x cost columns leave drafting out; the gap between them and the "
+        "measured ones is what drafting and the per-row bookkeeping cost.",
         "- **Cost-aware trees with a batch** (trees/best_first.py, docs/design.md §2.6). The stop rule "
         "grows a tree while a node's path probability exceeds about c (times the tree's running gain "
-        "ratio). With a batch, c must be c(B) of the batch being decoded, not the batch-1 value: a node "
-        "worth verifying alone is not worth it in a batch of 8. Pass the c(B) column above as "
-        "`--node-costs` (or `BestFirstBuilder(node_cost=...)`) for that batch size. Two caveats: the verify "
-        "forward pads every row's tree to the round's largest, so a node that does not enlarge the "
-        "largest tree costs only masked work; and as rows finish the batch shrinks during a call, so a "
-        "builder per batch size is an approximation that errs towards small trees late in a call. The "
-        "decoder keeps one builder per call for now; choosing `node_cost` per round from the number of "
-        "running rows is the natural next step.", ""]
+        "ratio). With a batch, c must be c(B) of the batch being decoded, not the batch-1 value: where c "
+        "grows with B, a node worth verifying alone is not worth it in a large batch. Pass the c(B) column "
+        "above as `--node-costs` (or `BestFirstBuilder(node_cost=...)`) for that batch size. Two caveats: "
+        "the verify forward pads every row's tree to the round's largest, so a node that does not enlarge "
+        "the largest tree costs only masked work; and rows that finish leave the batch during a call, so a "
+        "builder chosen per batch size errs towards small trees late in a call. The decoder keeps one "
+        "builder per call; choosing `node_cost` per round from the number of running rows is the natural "
+        "next step.", ""]
 
 
 def batching_markdown(result: dict, costs: dict[int, dict[int, float]], best: list[dict], cfg: BatchingConfig,
