@@ -297,14 +297,18 @@ def batching_markdown(result: dict, costs: dict[int, dict[int, float]], best: li
     return "\n".join(out + _explanation(costs, best))
 
 
-def run_batching(cfg: BatchingConfig, model, tokenizer, threads_reason: str = "torch's default",
-                 progress: bool = True) -> dict:
+def run_batching(cfg: BatchingConfig, model, tokenizer, prompts: Optional[list[dict]] = None,
+                 threads_reason: str = "torch's default", progress: bool = True) -> dict:
     """The bench at every batch size, the verify-cost grid, the plot and the report (see the module docstring).
 
-    Thread count and denormal flushing are the caller's (the command sets them). Returns
-    ``{"bench", "costs", "best"}`` and writes ``cfg.out``/batching.json, ``cfg.md`` and ``cfg.img``.
+    ``prompts``: rows as for ``run_bench`` (default: ``cfg.prompts`` or the interleaved built-in
+    prompts); the first ``cfg.n_prompts`` are used. Thread count and denormal flushing are the
+    caller's (the command sets them). Returns ``{"bench", "costs", "best", "markdown"}`` and writes
+    ``cfg.out``/batching.json, ``cfg.md`` and ``cfg.img`` (an empty path skips that file).
     """
-    prompts = read_prompts(cfg.prompts)[: cfg.n_prompts] if cfg.prompts else interleaved_prompts(cfg.n_prompts)
+    if prompts is None:
+        prompts = read_prompts(cfg.prompts) if cfg.prompts else interleaved_prompts(cfg.n_prompts)
+    prompts = prompts[: cfg.n_prompts]
     bench = run_bench(cfg.bench_config(), model=model, tokenizer=tokenizer, prompts=prompts, progress=progress,
                       threads_reason=threads_reason)
     costs = verify_costs(model, cfg.batch_sizes, cfg.tree_rows, cfg.prefix, cfg.repeats, cfg.seed, progress)
