@@ -176,5 +176,5 @@ def plot_batching(costs: dict[int, dict[int, float]], best: list[dict], path: st
         ax.set_ylabel(label)
     axes[2].axhline(1.0, color="black", linewidth=1)
     axes[2].legend(fontsize=7)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)  # a small PNG: it is committed under docs/results/img
     return Path(path)
