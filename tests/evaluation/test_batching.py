@@ -116,6 +116,19 @@ def test_bad_batch_sizes_are_refused(bad):
         BatchingConfig(batch_sizes=bad)
 
 
+def test_batch_sizes_flag_reaches_the_configs():
+    from jetspec.cli import build_parser
+    from jetspec.commands.flags import config_from_args
+
+    args = build_parser("bench").parse_args(["bench", "--batch-sizes", "1, 2,8"])
+    assert config_from_args(BenchConfig, args).batch_sizes == (1, 2, 8)
+    assert BenchConfig().batch_sizes == (1,)  # the classic bench unless asked
+    args = build_parser("batching").parse_args(["batching", "--tree-rows", "1,16"])
+    cfg = config_from_args(BatchingConfig, args)
+    assert cfg.tree_rows == (1, 16) and cfg.batch_sizes == (1, 2, 4, 8) and cfg.md == "docs/results/batching.md"
+    assert cfg.command() == "jetspec batching --tree-rows 1,16"
+
+
 def test_bad_flags_stop_the_commands_before_loading_a_model(capsys):
     for argv, flag in ((["bench", "--batch-sizes", "1,0"], "--batch-sizes"),
                        (["batching", "--batch-sizes", "two"], "--batch-sizes"),
