@@ -90,7 +90,7 @@ for b in SIZES:
 # %% [markdown]
 # Every row above equalled its prompt decoded alone (the asserts in `run_batches`). Now the speeds:
 # the plain line on the left should rise with B (throughput), the lines on the right fall or stay
-# (latency). Speculative decoding sits above plain at B = 1; watch the gap as B grows.
+# (latency). Speculative decoding usually sits above plain at B = 1; watch the gap as B grows.
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
