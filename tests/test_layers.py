@@ -60,6 +60,7 @@ EVALUATION = {
     "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
     "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
     "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report", "jetspec.evaluation.batching",
+    "jetspec.evaluation.bench_stats",
 }
 TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},

@@ -24,7 +24,8 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
 ``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
-``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs).
+``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs);
+``jetspec.evaluation.bench_stats`` holds the bookkeeping (batches, the greedy check, summaries).
 
 Batches (``batch_sizes``, docs/design.md §7.7). Batch size 1 is the measurement above, unchanged.
 A size B > 1 groups the same prompts, in order, into left-padded batches of B (the last one may be
@@ -52,10 +53,11 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
+from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
+from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, left_pad, ratio, summarize
 from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import write_outputs
 from jetspec.evaluation.threads import choose_threads
@@ -348,23 +350,6 @@ def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos
             "tree_depths": [], "tree_nodes": 0, "tokens": new}
 
 
-def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids [B, T], attention_mask [B, T])`` of prompts padded on the left, as for HF ``generate``."""
-    width = max(len(ids) for ids in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    return ids, mask
-
-
-def _cut(tokens: list[int], eos) -> list[int]:
-    """A right-padded row's new tokens up to and including its first EOS (or all of them)."""
-    stop = next((i for i, t in enumerate(tokens) if eos and t in eos), None)
-    return tokens if stop is None else tokens[: stop + 1]
-
-
 def run_method_batch(m: Method, model, prompts: list[list[int]], max_new_tokens: int, cfg: BenchConfig, eos,
                      seed: int) -> dict:
     """Generate once with method ``m`` on a left-padded batch of ``prompts``; counts and timings.
@@ -410,7 +395,7 @@ def _run_hf_batch(m: Method, model, ids, mask, max_new_tokens: int, cfg: BenchCo
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         total = time.perf_counter() - t0
-    tokens = [_cut(row, eos) for row in out[:, ids.shape[1]:].tolist()]
+    tokens = [cut_at_eos(row, eos) for row in out[:, ids.shape[1]:].tolist()]
     new = sum(len(t) for t in tokens)
     steps = clock.emissions[1:]  # the first put() is the prompt batch itself
     first_t = steps[0][0] if steps else clock.end_time
@@ -461,7 +446,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     if cfg.hf and max(cfg.batch_sizes) > 1:
         skipped.append({"drafter": "hf_prompt_lookup", "reason": "batch sizes > 1: Hugging Face assisted "
                         "generation decodes one prompt at a time (measured at batch size 1 only)"})
-    plan = [(b, methods if b == 1 else batched, _batches(len(rows_in), b)) for b in cfg.batch_sizes]
+    plan = [(b, methods if b == 1 else batched, batches_of(len(rows_in), b)) for b in cfg.batch_sizes]
     if cfg.warmup:
         warm = rows_in[0]["ids"]
         for b, ms, batches in plan:
@@ -497,7 +482,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
                         bar.set_postfix(method=m.label, batch=b, refresh=False)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    divergences = _check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
+    divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
 
     rows = aggregate(runs, cfg)
     config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
@@ -507,100 +492,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     return result
 
 
-def _batches(n: int, size: int) -> list[list[int]]:
-    """Prompt indices 0..n-1 in consecutive groups of ``size`` (the last may be smaller)."""
-    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-
-
-def _row_tokens(run: dict) -> list[tuple[int, list[int]]]:
-    """(prompt index, new tokens) of every row of a run (batch 1: one row, its tokens a flat list)."""
-    if run["batch_size"] == 1:
-        return [(run["prompt_index"], run["tokens"])]
-    return list(zip(run["prompt_indices"], run["tokens"]))
-
-
-def _check_greedy(runs: list[dict], rows_in: list[dict], model) -> list[dict]:
-    """Set ``matches_ar`` on every run (every row equals ``ar``'s at the same batch size) and return
-    the divergences of the rows that do not: lossless greedy decoding must reproduce plain decoding."""
-    reference = {(r["batch_size"], pi, r["repeat"]): toks for r in runs if r["drafter"] == "ar"
-                 for pi, toks in _row_tokens(r)}
-    found = []
-    for r in runs:
-        r["matches_ar"] = True
-        for pi, toks in _row_tokens(r):
-            ref = reference[(r["batch_size"], pi, r["repeat"])]
-            if toks != ref:
-                r["matches_ar"] = False
-                found.append({**divergence(model, rows_in[pi]["ids"], ref, {**r, "prompt_index": pi,
-                                                                             "tokens": toks}),
-                              "batch_size": r["batch_size"]})
-    return found
-
-
-@torch.no_grad()
-def divergence(model, prompt: list[int], ar_tokens: list[int], run: dict) -> dict:
-    """Where a greedy output first left plain decoding's, and the target's logit gap there.
-
-    Lossless speculative decoding reproduces plain greedy decoding exactly in exact arithmetic.
-    In fp32 a verify forward over many tree nodes rounds differently from a one-token forward, so
-    when the top two logits are within ~1e-5 the argmax can flip. A tiny ``logit_gap`` here says
-    "near-tie"; a large one would point at a bug.
-    """
-    pos = next((i for i, (a, b) in enumerate(zip(ar_tokens, run["tokens"])) if a != b),
-               min(len(ar_tokens), len(run["tokens"])))
-    ar_tok = ar_tokens[pos] if pos < len(ar_tokens) else None
-    other = run["tokens"][pos] if pos < len(run["tokens"]) else None
-    gap = None
-    if ar_tok is not None and other is not None:
-        ids = torch.tensor([prompt + ar_tokens[:pos]], device=next(model.parameters()).device)
-        logits = model(input_ids=ids).logits[0, -1].double()
-        gap = float(logits[ar_tok] - logits[other])
-    return {"drafter": run["drafter"], "budget": run["budget"], "prompt_set": run["prompt_set"],
-            "prompt_index": run["prompt_index"], "position": pos, "ar_token": ar_tok, "token": other,
-            "logit_gap": gap}
-
-
 # ---------------------------------------------------------------------------- aggregation
-def _pooled_depth_acceptance(runs: list[dict]) -> list[float]:
-    """``depth_acceptance`` pooled over every round of ``runs``, rounded for the tables."""
-    rates = depth_acceptance([a for r in runs for a in r["accepted_depths"]],
-                             [d for r in runs for d in r["tree_depths"]])
-    return [round(x, 4) for x in rates]
-
-
-def _summarize(group: list[dict]) -> dict:
-    """A group's numbers. tau pools the rows' rounds; the stage split is per target forward (one
-    forward serves every row of a batch); tokens/s is all rows' tokens over the calls' decode time,
-    and per row it is the tokens over row-seconds (the same at batch 1)."""
-    new = sum(r["new_tokens"] for r in group)
-    decode_tokens = sum(r["decode_tokens"] for r in group)
-    rounds = sum(r["rounds"] for r in group)
-    forwards = sum(r["forwards"] for r in group)
-    decode_s = sum(r["decode_s"] for r in group)
-    row_s = sum(r["decode_s"] * r["rows"] for r in group)
-    total_s = sum(r["total_s"] for r in group)
-    per_round = {}
-    for stage in STAGES:
-        secs = [r["stages"].get(stage) for r in group]
-        per_round[f"{stage}_ms"] = (None if any(s is None for s in secs)
-                                    else round(1000 * sum(secs) / max(forwards, 1), 3))
-    matches = [r["matches_ar"] for r in group if r.get("matches_ar") is not None]
-    return {
-        "n_prompts": len({(r["prompt_set"], i) for r in group for i in r["prompt_indices"]}),
-        "runs": len(group), "new_tokens": new, "rounds": rounds, "forwards": forwards,
-        "tau": round(new / rounds, 4) if rounds else None,
-        "tokens_per_s": round(decode_tokens / decode_s, 3) if decode_s > 0 else None,
-        "tokens_per_s_per_row": round(decode_tokens / row_s, 3) if row_s > 0 else None,
-        "tokens_per_s_e2e": round(new / total_s, 3) if total_s > 0 else None,
-        "draft_forwards_per_round": round(sum(r["draft_forwards"] for r in group) / max(rounds, 1), 3),
-        **per_round,
-        "prefill_ms": round(1000 * sum(r["prefill_s"] for r in group) / len(group), 3),
-        "mean_tree_size": round(sum(r["tree_nodes"] for r in group) / max(rounds, 1), 3),
-        "depth_acceptance": _pooled_depth_acceptance(group),
-        "matches_ar": round(sum(matches) / len(matches), 4) if matches else None,
-    }
-
-
 def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
     """One row per (drafter, tree, budget, batch size, prompt_set) plus prompt_set 'all', with
     speedups and ``verify_ratio`` over ``ar`` at the same batch size. A batch that mixes prompt
@@ -615,22 +507,18 @@ def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
     for (drafter, tree, budget, batch, pset), group in groups.items():
         rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
                      "depth": group[0]["depth"], "temperature": cfg.temperature, "batch_size": batch,
-                     "prompt_set": pset, **_summarize(group)})
+                     "prompt_set": pset, **summarize(group)})
     hf_name = "hf_greedy" if cfg.temperature == 0 else "hf_sample"
     by_set = {(r["drafter"], r["batch_size"], r["prompt_set"]): r for r in rows}
     for r in rows:
         at = (r["batch_size"], r["prompt_set"])
         ar, hf = by_set.get(("ar",) + at), by_set.get((hf_name,) + at)
-        r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
-        r["speedup_vs_ar_e2e"] = _ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
-        r["speedup_vs_hf"] = _ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
+        r["speedup_vs_ar"] = ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
+        r["speedup_vs_ar_e2e"] = ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
+        r["speedup_vs_hf"] = ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
         # the verify forward over B trees against a plain batched step over the same B rows
-        r["verify_ratio"] = _ratio(r["verify_ms"], ar and ar["verify_ms"])
+        r["verify_ratio"] = ratio(r["verify_ms"], ar and ar["verify_ms"])
     order = {name: i for i, name in enumerate(ANCHORS)}
     rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], r["batch_size"],
                              order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0))
     return rows
-
-
-def _ratio(a, b):
-    return round(a / b, 4) if a and b else None
