@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from jetspec.core.batched_target import BatchedTarget
 from jetspec.core.prompts import builtin_prompts, read_prompts
 from jetspec.core.target import TargetModel
-from jetspec.evaluation.bench import BenchConfig, _batch_sizes, _csv, run_bench
+from jetspec.evaluation.bench import BenchConfig, comma_tuple, parse_batch_sizes, run_bench
 from jetspec.evaluation.roofline import median_ms, node_cost, verify_tree
 from jetspec.evaluation.threads import choose_threads
 
@@ -83,11 +83,11 @@ class BatchingConfig:
     """The cost-model plot to write (the report links it)."""
 
     def __post_init__(self) -> None:
-        self.drafters = _csv(str)(self.drafters)
-        self.budgets = _csv(int)(self.budgets)
-        self.batch_sizes = _batch_sizes(self.batch_sizes)
+        self.drafters = comma_tuple(str)(self.drafters)
+        self.budgets = comma_tuple(int)(self.budgets)
+        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
         try:
-            self.tree_rows = _csv(int)(self.tree_rows)
+            self.tree_rows = comma_tuple(int)(self.tree_rows)
         except ValueError as err:
             raise ValueError(f"--tree-rows must be whole numbers like 1,4,8, got {self.tree_rows!r}") from err
         if not self.tree_rows or self.tree_rows[0] != 1 or min(self.tree_rows) < 1:

@@ -66,7 +66,7 @@ __all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergenc
 log = logging.getLogger(__name__)
 
 
-def _csv(kind):
+def comma_tuple(kind):
     """Parse "8,16,32" (a CLI value) or a sequence into a tuple of ``kind``."""
     def parse(value):
         items = value.split(",") if isinstance(value, str) else value
@@ -125,10 +125,10 @@ class BenchConfig:
     """Draw the PNG plots."""
 
     def __post_init__(self) -> None:
-        self.drafters = _csv(str)(self.drafters)
-        self.budgets = _csv(int)(self.budgets)
-        self.batch_sizes = _batch_sizes(self.batch_sizes)
-        self.node_costs = _csv(float)(self.node_costs)
+        self.drafters = comma_tuple(str)(self.drafters)
+        self.budgets = comma_tuple(int)(self.budgets)
+        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
+        self.node_costs = comma_tuple(float)(self.node_costs)
         if not self.node_costs or min(self.node_costs) < 0:
             raise ValueError(f"--node-costs must be numbers >= 0, got {self.node_costs}")
         if self.tree not in ("bestfirst", "chain", "fanout"):
@@ -150,10 +150,10 @@ class BenchConfig:
                              f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
 
 
-def _batch_sizes(value) -> tuple[int, ...]:
+def parse_batch_sizes(value) -> tuple[int, ...]:
     """``--batch-sizes``: distinct whole numbers >= 1, with an error that names the flag."""
     try:
-        sizes = _csv(int)(value)
+        sizes = comma_tuple(int)(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"--batch-sizes must be a comma list of whole numbers like 1,2,4,8, got {value!r}") from err
     if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):

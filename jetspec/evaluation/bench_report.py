@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from jetspec.evaluation.bench import BenchConfig
+from jetspec.evaluation.bench import ANCHORS, BenchConfig
 from jetspec.evaluation.splits import SETS
 
 _BENCH = BenchConfig()  # the bench defaults this command shares (one source of defaults)
@@ -43,7 +43,6 @@ BATCH_SIZE_COLUMNS = [("drafter", "method"), ("budget", "budget"), ("batch_size"
 
 def batch_size_table(rows: list[dict]) -> str:
     """One prompt set's rows as the batch-size table: per method and budget, one line per batch size."""
-    from jetspec.evaluation.bench import ANCHORS
     from jetspec.evaluation.report import markdown_table
 
     order = {name: i for i, name in enumerate(ANCHORS)}
