@@ -63,6 +63,7 @@ EVALUATION = {
     "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
     "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report", "jetspec.evaluation.draft_timing",
     "jetspec.evaluation.faithfulness",
+    "jetspec.evaluation.batching", "jetspec.evaluation.bench_stats",
 }
 TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},

@@ -3,6 +3,7 @@
 Example::
 
     jetspec bench --drafters ngram,jetspec --budgets 8,16,32,64 --max-new-tokens 128 --out runs/bench
+    jetspec bench --drafters ngram,jetspec --budgets 8,16 --batch-sizes 1,2,4,8 --out runs/bench-batch
 
 Every flag is generated from a field of ``jetspec.evaluation.bench.BenchConfig`` (``jetspec.commands.flags``):
 its name (``max_new_tokens`` -> ``--max-new-tokens``), its default and the docstring under it (the
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.evaluation.bench import BenchConfig, run_bench
-    from jetspec.evaluation.report import markdown_table
+    from jetspec.evaluation.report import columns_for, markdown_table
     from jetspec.evaluation.threads import choose_threads
 
     try:
@@ -42,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads.count)
     result = run_bench(cfg, threads_reason=threads.reason if threads else "torch's default")
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
-    print(markdown_table(rows))
+    print(markdown_table(rows, columns_for(rows)))
     print(f"\nwrote {cfg.out}/results.json, results.md, runs.jsonl" + (" and plots" if cfg.plots else ""))
     return 0

@@ -24,7 +24,17 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
 ``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
-``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs).
+``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs);
+``jetspec.evaluation.bench_stats`` holds the bookkeeping (batches, the greedy check, summaries).
+
+Batches (``batch_sizes``, docs/design.md §7.8). Batch size 1 is the measurement above, unchanged.
+A size B > 1 groups the same prompts, in order, into left-padded batches of B (the last one may be
+smaller) and times one batched generate call per batch and method: ``ar`` (batched
+``autoregressive_generate``), HF ``generate`` on the same padded batch, and every drafter. Rows are
+then aggregated per batch size as well, with total tokens/s (all rows' tokens over the call's
+decode time), tokens/s per row (what one user's stream sees) and ``verify_ratio``, the verify
+forward per round over ``ar``'s plain batched step at the same B. HF prompt lookup runs at batch 1
+only (Hugging Face's assisted generation refuses larger batches).
 """
 
 from __future__ import annotations
@@ -43,10 +53,11 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate, depth_acceptance
+from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
+from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, left_pad, ratio, summarize
 from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import write_outputs
 from jetspec.evaluation.threads import choose_threads
@@ -55,7 +66,7 @@ __all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergenc
 log = logging.getLogger(__name__)
 
 
-def _csv(kind):
+def comma_tuple(kind):
     """Parse "8,16,32" (a CLI value) or a sequence into a tuple of ``kind``."""
     def parse(value):
         items = value.split(",") if isinstance(value, str) else value
@@ -90,6 +101,9 @@ class BenchConfig:
     """Deepest tree level (clamped to what a drafter can produce)."""
     temperature: float = 0.0
     """0 = greedy; > 0 samples (lossless verification)."""
+    batch_sizes: str | tuple[int, ...] = (1,)
+    """Prompts per generate call (comma list): each size groups the prompts, in order, into left-padded
+    batches (the last may be smaller). 1 = one prompt at a time, the classic bench."""
     max_new_tokens: int = 128
     """New tokens per prompt (fewer if the target ends its answer)."""
     repeats: int = 1
@@ -111,9 +125,10 @@ class BenchConfig:
     """Draw the PNG plots."""
 
     def __post_init__(self) -> None:
-        self.drafters = _csv(str)(self.drafters)
-        self.budgets = _csv(int)(self.budgets)
-        self.node_costs = _csv(float)(self.node_costs)
+        self.drafters = comma_tuple(str)(self.drafters)
+        self.budgets = comma_tuple(int)(self.budgets)
+        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
+        self.node_costs = comma_tuple(float)(self.node_costs)
         if not self.node_costs or min(self.node_costs) < 0:
             raise ValueError(f"--node-costs must be numbers >= 0, got {self.node_costs}")
         if self.tree not in ("bestfirst", "chain", "fanout"):
@@ -133,6 +148,17 @@ class BenchConfig:
         if unknown:  # an error, not a skip: a typo would otherwise time the baselines alone and exit 0
             raise ValueError(f"--drafters: unknown drafter(s) {unknown}; registered: {', '.join(sorted(DRAFTERS))} "
                              f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
+
+
+def parse_batch_sizes(value) -> tuple[int, ...]:
+    """``--batch-sizes``: distinct whole numbers >= 1, with an error that names the flag."""
+    try:
+        sizes = comma_tuple(int)(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--batch-sizes must be a comma list of whole numbers like 1,2,4,8, got {value!r}") from err
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise ValueError(f"--batch-sizes must be distinct whole numbers >= 1, got {value!r}")
+    return sizes
 
 
 def unknown_drafters(specs) -> list[str]:
@@ -288,7 +314,8 @@ def run_method(m: Method, model, ids: list[int], max_new_tokens: int, cfg: Bench
                                  generator=gen)
     total = time.perf_counter() - t0
     return {"new_tokens": res.num_new_tokens, "decode_tokens": res.num_new_tokens,
-            "rounds": len(res.accepted_lengths), "decode_s": res.decode_seconds, "total_s": total,
+            "rounds": len(res.accepted_lengths), "forwards": len(res.accepted_lengths), "rows": 1,
+            "decode_s": res.decode_seconds, "total_s": total,
             "prefill_s": res.timings.get("prefill", 0.0),
             "stages": {s: res.timings.get(s, 0.0) for s in STAGES},
             "draft_forwards": sum(res.draft_forwards), "accepted_depths": list(res.accepted_depths),
@@ -317,9 +344,66 @@ def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos
     steps = clock.emissions[1:]  # the first put() is the prompt itself
     first_t, first_n = steps[0] if steps else (clock.end_time, 0)
     return {"new_tokens": len(new), "decode_tokens": len(new) - first_n, "rounds": len(steps),
+            "forwards": len(steps), "rows": 1,
             "decode_s": max(clock.end_time - first_t, 0.0), "total_s": total, "prefill_s": first_t - t0,
             "stages": {s: None for s in STAGES}, "draft_forwards": 0, "accepted_depths": [],
             "tree_depths": [], "tree_nodes": 0, "tokens": new}
+
+
+def run_method_batch(m: Method, model, prompts: list[list[int]], max_new_tokens: int, cfg: BenchConfig, eos,
+                     seed: int) -> dict:
+    """Generate once with method ``m`` on a left-padded batch of ``prompts``; counts and timings.
+
+    The record has ``run_method``'s fields summed over the rows (``rounds``: the rows' rounds, for
+    tau; ``forwards``: the batched target forwards, for the per-round split), ``rows`` = B and
+    ``tokens`` = one list of new tokens per row.
+    """
+    pad = (eos or [0])[0]  # as HF generate pads finished rows when the model names no pad token
+    ids, mask = left_pad(prompts, pad)
+    if m.drafter.startswith("hf_"):
+        return _run_hf_batch(m, model, ids, mask, max_new_tokens, cfg, eos, seed)
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = dict(temperature=cfg.temperature, eos_token_id=eos, generator=gen, attention_mask=mask,
+                  pad_token_id=pad)
+    t0 = time.perf_counter()
+    if m.decoder is None:
+        res = autoregressive_generate(m.target, ids, max_new_tokens, **kwargs)
+    else:
+        res = m.decoder.generate(ids, max_new_tokens, **kwargs)
+    total = time.perf_counter() - t0
+    tokens = [row.sequences[0, len(p):].tolist() for row, p in zip(res.rows, prompts)]
+    return {"new_tokens": res.num_new_tokens, "decode_tokens": res.num_new_tokens,
+            "rounds": len(res.accepted_lengths), "forwards": len(res.rows_per_round), "rows": len(prompts),
+            "decode_s": res.decode_seconds, "total_s": total, "prefill_s": res.timings.get("prefill", 0.0),
+            "stages": {s: res.timings.get(s, 0.0) for s in STAGES},
+            "draft_forwards": sum(res.draft_forwards), "accepted_depths": list(res.accepted_depths),
+            "tree_depths": list(res.tree_depths), "tree_nodes": sum(res.tree_sizes), "tokens": tokens}
+
+
+@torch.no_grad()
+def _run_hf_batch(m: Method, model, ids, mask, max_new_tokens: int, cfg: BenchConfig, eos, seed: int) -> dict:
+    """HF ``generate`` on the padded batch; decode time as in ``_run_hf`` (its first step is prefill)."""
+    clock = _EmissionClock()
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos or [0])[0],
+                  streamer=clock, top_k=None, top_p=None)
+    if cfg.temperature > 0:
+        kwargs.update(do_sample=True, temperature=cfg.temperature)
+    else:
+        kwargs.update(do_sample=False, temperature=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        total = time.perf_counter() - t0
+    tokens = [cut_at_eos(row, eos) for row in out[:, ids.shape[1]:].tolist()]
+    new = sum(len(t) for t in tokens)
+    steps = clock.emissions[1:]  # the first put() is the prompt batch itself
+    first_t = steps[0][0] if steps else clock.end_time
+    # the prefill forward also yields every row's first token; each later step is one batched forward
+    return {"new_tokens": new, "decode_tokens": new - sum(1 for t in tokens if t), "rounds": new,
+            "forwards": len(steps), "rows": ids.shape[0], "decode_s": max(clock.end_time - first_t, 0.0),
+            "total_s": total, "prefill_s": first_t - t0, "stages": {s: None for s in STAGES},
+            "draft_forwards": 0, "accepted_depths": [], "tree_depths": [], "tree_nodes": 0, "tokens": tokens}
 
 
 def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
@@ -358,36 +442,47 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     shared = methods[0].target  # ar's wrapper, which every jetspec method shares
     machine["engine"] = shared.engine + (f", products: {shared.linear_backend}" if shared.linear_backend else "")
 
+    batched = [m for m in methods if m.drafter != "hf_prompt_lookup"]  # HF assisted generation: batch 1 only
+    if cfg.hf and max(cfg.batch_sizes) > 1:
+        skipped.append({"drafter": "hf_prompt_lookup", "reason": "batch sizes > 1: Hugging Face assisted "
+                        "generation decodes one prompt at a time (measured at batch size 1 only)"})
+    plan = [(b, methods if b == 1 else batched, batches_of(len(rows_in), b)) for b in cfg.batch_sizes]
     if cfg.warmup:
         warm = rows_in[0]["ids"]
-        for m in methods:
-            run_method(m, model, warm, min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
+        for b, ms, batches in plan:
+            for m in ms:
+                if b == 1:
+                    run_method(m, model, warm, min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
+                else:
+                    run_method_batch(m, model, [rows_in[i]["ids"] for i in batches[0]],
+                                     min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
 
     runs: list[dict] = []
     order_rng = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.repeats * len(rows_in) * len(methods)
+    total = cfg.repeats * sum(len(ms) * len(batches) for _, ms, batches in plan)
     with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar:
         for rep in range(cfg.repeats):
-            for pi, row in enumerate(rows_in):
-                # A fresh random order per prompt: no method always runs first (cold) or last.
-                for mi in torch.randperm(len(methods), generator=order_rng).tolist():
-                    m = methods[mi]
-                    rec = run_method(m, model, row["ids"], cfg.max_new_tokens, cfg, eos,
-                                     seed=cfg.seed + 1000 * rep + pi)
-                    runs.append({**m.key(), "prompt_set": row["set"], "prompt_index": pi, "repeat": rep,
-                                 **rec})
-                    bar.update(1)
-                    bar.set_postfix(method=m.label, refresh=False)
+            for b, ms, batches in plan:
+                for idx in batches:
+                    # A fresh random order per prompt (batch): no method always runs first (cold) or last.
+                    for mi in torch.randperm(len(ms), generator=order_rng).tolist():
+                        m = ms[mi]
+                        seed = cfg.seed + 1000 * rep + idx[0]
+                        if b == 1:
+                            row = rows_in[idx[0]]
+                            rec = run_method(m, model, row["ids"], cfg.max_new_tokens, cfg, eos, seed=seed)
+                        else:
+                            rec = run_method_batch(m, model, [rows_in[i]["ids"] for i in idx], cfg.max_new_tokens,
+                                                   cfg, eos, seed=seed)
+                        sets = {rows_in[i]["set"] for i in idx}
+                        runs.append({**m.key(), "batch_size": b, "prompt_set": sets.pop() if len(sets) == 1
+                                     else "mixed", "prompt_index": idx[0], "prompt_indices": idx, "repeat": rep,
+                                     **rec})
+                        bar.update(1)
+                        bar.set_postfix(method=m.label, batch=b, refresh=False)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    if cfg.temperature == 0:
-        # Lossless greedy decoding must reproduce plain decoding; count the outputs that do.
-        reference = {(r["prompt_index"], r["repeat"]): r["tokens"] for r in runs if r["drafter"] == "ar"}
-        for r in runs:
-            r["matches_ar"] = r["tokens"] == reference[(r["prompt_index"], r["repeat"])]
-    divergences = [divergence(model, rows_in[r["prompt_index"]]["ids"],
-                              reference[(r["prompt_index"], r["repeat"])], r)
-                   for r in runs if r.get("matches_ar") is False]
+    divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
 
     rows = aggregate(runs, cfg)
     config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
@@ -397,88 +492,33 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     return result
 
 
-@torch.no_grad()
-def divergence(model, prompt: list[int], ar_tokens: list[int], run: dict) -> dict:
-    """Where a greedy output first left plain decoding's, and the target's logit gap there.
-
-    Lossless speculative decoding reproduces plain greedy decoding exactly in exact arithmetic.
-    In fp32 a verify forward over many tree nodes rounds differently from a one-token forward, so
-    when the top two logits are within ~1e-5 the argmax can flip. A tiny ``logit_gap`` here says
-    "near-tie"; a large one would point at a bug.
-    """
-    pos = next((i for i, (a, b) in enumerate(zip(ar_tokens, run["tokens"])) if a != b),
-               min(len(ar_tokens), len(run["tokens"])))
-    ar_tok = ar_tokens[pos] if pos < len(ar_tokens) else None
-    other = run["tokens"][pos] if pos < len(run["tokens"]) else None
-    gap = None
-    if ar_tok is not None and other is not None:
-        ids = torch.tensor([prompt + ar_tokens[:pos]], device=next(model.parameters()).device)
-        logits = model(input_ids=ids).logits[0, -1].double()
-        gap = float(logits[ar_tok] - logits[other])
-    return {"drafter": run["drafter"], "budget": run["budget"], "prompt_set": run["prompt_set"],
-            "prompt_index": run["prompt_index"], "position": pos, "ar_token": ar_tok, "token": other,
-            "logit_gap": gap}
-
-
 # ---------------------------------------------------------------------------- aggregation
-def _pooled_depth_acceptance(runs: list[dict]) -> list[float]:
-    """``depth_acceptance`` pooled over every round of ``runs``, rounded for the tables."""
-    rates = depth_acceptance([a for r in runs for a in r["accepted_depths"]],
-                             [d for r in runs for d in r["tree_depths"]])
-    return [round(x, 4) for x in rates]
-
-
-def _summarize(group: list[dict]) -> dict:
-    new = sum(r["new_tokens"] for r in group)
-    decode_tokens = sum(r["decode_tokens"] for r in group)
-    rounds = sum(r["rounds"] for r in group)
-    decode_s = sum(r["decode_s"] for r in group)
-    total_s = sum(r["total_s"] for r in group)
-    per_round = {}
-    for stage in STAGES:
-        secs = [r["stages"].get(stage) for r in group]
-        per_round[f"{stage}_ms"] = (None if any(s is None for s in secs)
-                                    else round(1000 * sum(secs) / max(rounds, 1), 3))
-    matches = [r["matches_ar"] for r in group if r.get("matches_ar") is not None]
-    return {
-        "n_prompts": len({(r["prompt_set"], r["prompt_index"]) for r in group}),
-        "runs": len(group), "new_tokens": new, "rounds": rounds,
-        "tau": round(new / rounds, 4) if rounds else None,
-        "tokens_per_s": round(decode_tokens / decode_s, 3) if decode_s > 0 else None,
-        "tokens_per_s_e2e": round(new / total_s, 3) if total_s > 0 else None,
-        "draft_forwards_per_round": round(sum(r["draft_forwards"] for r in group) / max(rounds, 1), 3),
-        **per_round,
-        "prefill_ms": round(1000 * sum(r["prefill_s"] for r in group) / len(group), 3),
-        "mean_tree_size": round(sum(r["tree_nodes"] for r in group) / max(rounds, 1), 3),
-        "depth_acceptance": _pooled_depth_acceptance(group),
-        "matches_ar": round(sum(matches) / len(matches), 4) if matches else None,
-    }
-
-
 def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
-    """One row per (drafter, tree, budget, prompt_set) plus prompt_set 'all', with speedups."""
+    """One row per (drafter, tree, budget, batch size, prompt_set) plus prompt_set 'all', with
+    speedups and ``verify_ratio`` over ``ar`` at the same batch size. A batch that mixes prompt
+    sets counts towards 'all' only."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        key = (r["drafter"], r["tree"], r["budget"])
-        groups[key + (r["prompt_set"],)].append(r)
+        key = (r["drafter"], r["tree"], r["budget"], r["batch_size"])
+        if r["prompt_set"] != "mixed":
+            groups[key + (r["prompt_set"],)].append(r)
         groups[key + ("all",)].append(r)
     rows = []
-    for (drafter, tree, budget, pset), group in groups.items():
+    for (drafter, tree, budget, batch, pset), group in groups.items():
         rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
-                     "depth": group[0]["depth"], "temperature": cfg.temperature, "prompt_set": pset,
-                     **_summarize(group)})
+                     "depth": group[0]["depth"], "temperature": cfg.temperature, "batch_size": batch,
+                     "prompt_set": pset, **summarize(group)})
     hf_name = "hf_greedy" if cfg.temperature == 0 else "hf_sample"
-    by_set = {(r["drafter"], r["prompt_set"]): r for r in rows}
+    by_set = {(r["drafter"], r["batch_size"], r["prompt_set"]): r for r in rows}
     for r in rows:
-        ar, hf = by_set.get(("ar", r["prompt_set"])), by_set.get((hf_name, r["prompt_set"]))
-        r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
-        r["speedup_vs_ar_e2e"] = _ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
-        r["speedup_vs_hf"] = _ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
+        at = (r["batch_size"], r["prompt_set"])
+        ar, hf = by_set.get(("ar",) + at), by_set.get((hf_name,) + at)
+        r["speedup_vs_ar"] = ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
+        r["speedup_vs_ar_e2e"] = ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
+        r["speedup_vs_hf"] = ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
+        # the verify forward over B trees against a plain batched step over the same B rows
+        r["verify_ratio"] = ratio(r["verify_ms"], ar and ar["verify_ms"])
     order = {name: i for i, name in enumerate(ANCHORS)}
-    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], order.get(r["drafter"], len(order)),
-                             r["drafter"], r["budget"] or 0))
+    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], r["batch_size"],
+                             order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0))
     return rows
-
-
-def _ratio(a, b):
-    return round(a / b, 4) if a and b else None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from jetspec.evaluation.bench import BenchConfig
+from jetspec.evaluation.bench import ANCHORS, BenchConfig
 from jetspec.evaluation.splits import SETS
 
 _BENCH = BenchConfig()  # the bench defaults this command shares (one source of defaults)
@@ -32,6 +32,23 @@ MAIN_COLUMNS = [("drafter", "method"), ("tree", "tree"), ("budget", "budget"), (
                 ("draft_forwards_per_round", "draft fwd/round"),
                 ("draft_ms", "draft ms"), ("tree_ms", "tree ms"), ("verify_ms", "verify ms"),
                 ("accept_ms", "accept ms"), ("commit_ms", "commit ms"), ("matches_ar", "= ar")]
+
+# The batch-size table (docs/design.md §7.8): each method's rows at every batch size, side by side.
+BATCH_SIZE_COLUMNS = [("drafter", "method"), ("budget", "budget"), ("batch_size", "B"), ("tau", "tau"),
+                      ("tokens_per_s", "tok/s (total)"), ("tokens_per_s_per_row", "tok/s per row"),
+                      ("speedup_vs_ar", "x ar"), ("speedup_vs_hf", "x HF"), ("verify_ratio", "verify / ar step"),
+                      ("draft_ms", "draft ms"), ("tree_ms", "tree ms"), ("verify_ms", "verify ms"),
+                      ("accept_ms", "accept ms"), ("commit_ms", "commit ms"), ("matches_ar", "= ar")]
+
+
+def batch_size_table(rows: list[dict]) -> str:
+    """One prompt set's rows as the batch-size table: per method and budget, one line per batch size."""
+    from jetspec.evaluation.report import markdown_table
+
+    order = {name: i for i, name in enumerate(ANCHORS)}
+    ranked = sorted(rows, key=lambda r: (order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0,
+                                         r.get("batch_size", 1)))
+    return markdown_table(ranked, BATCH_SIZE_COLUMNS)
 
 
 @dataclass

@@ -141,3 +141,75 @@ def gap_histogram(gaps: dict[str, list[float]], path: str | Path, marks: tuple[f
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------- batch sizes (docs/design.md §7.8)
+def _best_per_batch(rows: list[dict], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """method -> [(batch size, metric)], a drafter at its best budget for that batch size (by ``metric``)."""
+    best: dict[tuple[str, int], float] = {}
+    for r in rows:
+        if r["prompt_set"] != "all" or r.get(metric) is None:
+            continue
+        key = (r["drafter"], r.get("batch_size", 1))
+        best[key] = max(best.get(key, 0.0), r[metric])
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for (name, b), v in sorted(best.items(), key=lambda kv: kv[0][1]):
+        curves.setdefault(name, []).append((b, v))
+    return curves
+
+
+def _batch_axis(ax, sizes: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_xlabel("batch size B")
+    ax.grid(alpha=0.3)
+
+
+def plot_batch_sizes(rows: list[dict], path: str | Path) -> Path:
+    """Decode tokens/s in total and per row against the batch size; a drafter at its best budget."""
+    fig, axes = _panels(2, "decode speed vs batch size (a drafter at its best budget per B)")
+    sizes = sorted({r.get("batch_size", 1) for r in rows})
+    for ax, metric, label in ((axes[0], "tokens_per_s", "total tokens/s (all rows)"),
+                              (axes[1], "tokens_per_s_per_row", "tokens/s per row")):
+        for name, pts in _best_per_batch(rows, metric).items():
+            color, style = BASELINE_STYLES.get(name, (None, "-"))
+            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", color=color, linestyle=style, label=name)
+        _batch_axis(ax, sizes)
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_batching(costs: dict[int, dict[int, float]], best: list[dict], path: str | Path) -> Path:
+    """The cost model with the batch, three panels: the verify forward over B rows x k tree rows
+    relative to a plain batched step (k = 1) at the same B; the best budget; the speedup over plain
+    decoding at the same B. ``best`` rows (``jetspec.evaluation.batching.best_budgets``) carry
+    measured and modelled values; measured lines are solid, the cost model's dashed."""
+    fig, axes = _panels(3, "what batching does to speculative decoding")
+    for b, by_k in sorted(costs.items()):
+        ks = sorted(by_k)
+        axes[0].plot(ks, [by_k[k] / by_k[1] for k in ks], marker="o", label=f"B = {b}")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(sorted(next(iter(costs.values()))), [str(k) for k in sorted(next(iter(costs.values())))])
+    axes[0].set_xlabel("tree rows per batch row k")
+    axes[0].set_ylabel("verify / plain batched step")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    sizes = sorted({r["batch_size"] for r in best})
+    colors: dict[str, str] = {}
+    for ax, key, label in ((axes[1], "budget", "best budget (0 = do not speculate)"),
+                           (axes[2], "speedup", "speedup over plain decoding at B")):
+        for name in dict.fromkeys(r["drafter"] for r in best):
+            pts = sorted((r["batch_size"], r) for r in best if r["drafter"] == name)
+            line = ax.plot([b for b, _ in pts], [r[f"measured_{key}"] for _, r in pts], marker="o",
+                           color=colors.get(name), label=f"{name} (measured)")[0]
+            colors[name] = line.get_color()
+            ax.plot([b for b, _ in pts], [r[f"model_{key}"] for _, r in pts], marker="x", linestyle="--",
+                    color=colors[name], label=f"{name} (tau x cost model)")
+        _batch_axis(ax, sizes)
+        ax.set_ylabel(label)
+    axes[2].axhline(1.0, color="black", linewidth=1)
+    axes[2].legend(fontsize=7)
+    fig.savefig(path, dpi=80)  # a small PNG: it is committed under docs/results/img
+    return Path(path)

@@ -17,6 +17,15 @@ COLUMNS = [("drafter", "drafter"), ("tree", "tree"), ("budget", "budget"), ("pro
            ("draft_forwards_per_round", "draft fwd/round"), ("draft_ms", "draft ms"), ("tree_ms", "tree ms"),
            ("verify_ms", "verify ms"), ("accept_ms", "accept ms"), ("commit_ms", "commit ms"),
            ("matches_ar", "= ar")]
+# With several batch sizes (docs/design.md §7.8): the batch size, per-row speed and the verify ratio join in.
+BATCH_COLUMNS = [c for col in COLUMNS for c in {
+    "budget": [col, ("batch_size", "batch")], "tokens_per_s": [col, ("tokens_per_s_per_row", "tok/s per row")],
+    "verify_ms": [col, ("verify_ratio", "verify / ar step")]}.get(col[0], [col])]
+
+
+def columns_for(rows: list[dict]) -> list[tuple[str, str]]:
+    """``COLUMNS``, or ``BATCH_COLUMNS`` when the rows hold batch sizes other than 1."""
+    return BATCH_COLUMNS if any(r.get("batch_size", 1) != 1 for r in rows) else COLUMNS
 
 
 def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
@@ -52,11 +61,14 @@ def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool = True)
     notes = [f"- skipped {s['drafter']}: {s['reason']}" for s in result["skipped"]]
     notes += [divergence_note(d) for d in result.get("divergences", [])]
     (out / "results.md").write_text("\n".join(head + notes + ([""] if notes else [])
-                                              + [markdown_table(result["rows"]), ""]))
+                                              + [markdown_table(result["rows"], columns_for(result["rows"])), ""]))
     if plots:
-        from jetspec.evaluation.plots import plot_results  # matplotlib only when pictures are asked for
+        from jetspec.evaluation.plots import plot_batch_sizes, plot_results  # matplotlib only when asked for
 
-        plot_results(result["rows"], out)
+        smallest = min(c.get("batch_sizes") or [1])  # the budget plots show one batch size
+        plot_results([r for r in result["rows"] if r.get("batch_size", 1) == smallest], out)
+        if len(c.get("batch_sizes") or [1]) > 1:
+            plot_batch_sizes(result["rows"], out / "tokens_per_s_vs_batch.png")
 
 
 def divergence_note(d: dict) -> str:
