@@ -61,7 +61,7 @@ EVALUATION = {
     "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
     "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report",
 }
-TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
+TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy", "jetspec.testing.notebooks"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},
          **{m: "testing" for m in TESTING}}
 ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "evaluation": {"core", "training", "evaluation"},

@@ -1,0 +1,185 @@
+"""mkdocs hooks of the jetspec site: executed tutorials, the generated API reference, strictness checks.
+
+- Tutorials: the site shows the executed copies in ``build/tutorials/`` (written by the test suite, see
+  ``jetspec/testing/notebooks.py``); missing or stale ones are executed here first. Their pages and
+  the "Tutorials" section of the navigation come from a glob, so a new ``tutorials/NN_name.ipynb``
+  appears without editing this file or ``mkdocs.yml``. A copy with an error output fails the build.
+- API reference: one page per public module, one entry per name of its ``__all__`` (the pinned API).
+  A public name without its own docstring, or a public method of a public class without one (its own or
+  that of the method it overrides), fails the build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import nbformat
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+from jetspec.testing import notebooks as nbexec
+
+# The pinned public API: module -> page title. Each module's __all__ lists its public names.
+PUBLIC_MODULES = {
+    "jetspec": "jetspec",
+    "jetspec.drafters": "jetspec.drafters",
+    "jetspec.trees": "jetspec.trees",
+    "jetspec.verifiers": "jetspec.verifiers",
+    "jetspec.kernels": "jetspec.kernels",
+}
+TUTORIALS_ENTRY = "Tutorials"
+API_ENTRY = "API reference"
+
+
+# ----------------------------------------------------------------------------------------- tutorials
+def _title(notebook: Path) -> str:
+    """The notebook's first markdown heading, e.g. '1. Autoregressive decoding and the KV cache'."""
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            match = re.search(r"^#\s+(.+)$", cell.source, re.M)
+            if match:
+                return match.group(1).strip()
+    return notebook.stem
+
+
+def _summary(notebook: Path) -> str:
+    """The first paragraph after the title, flattened to one line (what the tutorial teaches)."""
+    nb = nbformat.read(notebook, as_version=4)
+    first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", re.sub(r"^#.*$", "", first, flags=re.M)) if p.strip()]
+    return " ".join(paragraphs[0].split()) if paragraphs else ""
+
+
+def _ensure_executed(notebooks: list[Path]) -> None:
+    """Execute the notebooks whose copy is missing or stale, then fail on any copy that holds an error."""
+    stale = [nb for nb in notebooks if nbexec.is_stale(nb)]
+    if stale:
+        print(f"docs: executing {len(stale)} tutorial(s) missing from or stale in build/tutorials", flush=True)
+        nbexec.execute_all(stale)
+    errors = []
+    for nb in notebooks:
+        error = nbexec.first_error(nbformat.read(nbexec.executed_path(nb), as_version=4))
+        if error is not None:
+            errors.append(error.describe(nb.name))
+    if errors:
+        raise PluginError("a tutorial cell raised:\n" + "\n\n".join(errors))
+
+
+# ----------------------------------------------------------------------------------------------- API
+def _public_names(module_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    names = getattr(module, "__all__", None)
+    if not names:
+        raise PluginError(f"{module_name} has no __all__: the API reference documents only pinned names")
+    return list(names)
+
+
+def _own_doc(obj) -> str:
+    """The object's own docstring ('' when missing; a dataclass's generated signature does not count)."""
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    doc = (doc or "").strip()
+    if inspect.isclass(obj) and doc.startswith(obj.__name__ + "("):
+        return ""  # dataclass default: the signature, not a description
+    return doc
+
+
+def missing_docstrings(module_name: str) -> list[str]:
+    """Public names of ``module_name`` (and public methods of its public classes) without a docstring."""
+    module = importlib.import_module(module_name)
+    missing = []
+    for name in _public_names(module_name):
+        obj = getattr(module, name)
+        if inspect.isclass(obj) or inspect.isroutine(obj):
+            if not _own_doc(obj):
+                missing.append(f"{module_name}.{name}")
+        else:
+            # an instance (a registry): its class carries the contract
+            if not _own_doc(type(obj)):
+                missing.append(f"{module_name}.{name} (type {type(obj).__name__})")
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                    continue
+                # an override inherits the contract of the method it overrides (Drafter.draft, ...)
+                if not (inspect.getdoc(getattr(obj, attr)) or "").strip():
+                    missing.append(f"{module_name}.{name}.{attr}")
+    return missing
+
+
+def _target_path(module_name: str, name: str) -> str:
+    """Where griffe finds the definition: the defining module for classes and functions."""
+    obj = getattr(importlib.import_module(module_name), name)
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return f"{module_name}.{name}"
+
+
+def _api_page(module_name: str) -> str:
+    module = importlib.import_module(module_name)
+    lines = [f"# `{module_name}`", "", inspect.getdoc(module) or "", ""]
+    for name in _public_names(module_name):
+        lines += [f"::: {_target_path(module_name, name)}", "    options:", f"      heading: {name}",
+                  "      show_root_full_path: false", ""]
+    return "\n".join(lines)
+
+
+def _api_index() -> str:
+    lines = ["# API reference", "",
+             "Every name that the public modules pin in their `__all__`, with the docstring it carries. "
+             "The site build fails when one of them, or a public method of a public class, has none.", ""]
+    for module_name in PUBLIC_MODULES:
+        names = ", ".join(f"`{n}`" for n in _public_names(module_name))
+        lines += [f"- [`{module_name}`]({_api_uri(module_name).split('/', 1)[1]}): {names}"]
+    return "\n".join(lines) + "\n"
+
+
+def _api_uri(module_name: str) -> str:
+    return f"api/{module_name.replace('.', '_')}.md"
+
+
+# --------------------------------------------------------------------------------------------- hooks
+def _expand(nav: list, entry: str, pages: list) -> None:
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and entry in item:
+            nav[i] = {entry: pages}
+            return
+    raise PluginError(f"mkdocs.yml: the nav has no '{entry}' entry for the generated pages")
+
+
+def on_config(config):
+    """Check the docstrings, make sure the tutorials are executed, and fill the two generated nav sections."""
+    missing = [m for module in PUBLIC_MODULES for m in missing_docstrings(module)]
+    if missing:
+        raise PluginError("public names without a docstring:\n  " + "\n  ".join(missing))
+    notebooks = nbexec.tutorial_notebooks()
+    _ensure_executed(notebooks)
+    _expand(config["nav"], TUTORIALS_ENTRY,
+            [{"Overview": "tutorials/index.md"}] + [{_title(nb): f"tutorials/{nb.name}"} for nb in notebooks])
+    _expand(config["nav"], API_ENTRY,
+            [{"Overview": "api/index.md"}] + [{title: _api_uri(m)} for m, title in PUBLIC_MODULES.items()])
+    return config
+
+
+@event_priority(50)  # before mkdocs-jupyter's on_files, which turns the .ipynb files into pages
+def on_files(files, config):
+    """Add the executed tutorials (from build/tutorials), the tutorials' overview and the API pages."""
+    for nb in nbexec.tutorial_notebooks():
+        copy = nbexec.executed_path(nb)
+        files.append(File(f"tutorials/{nb.name}", src_dir=str(copy.parent.parent), dest_dir=config["site_dir"],
+                          use_directory_urls=config["use_directory_urls"]))
+    overview = ["# Tutorials", "",
+                "Executed notebooks: prose, code, printed results and figures, as the test suite ran them "
+                "(on a 2-core CPU, no GPU). Each is stored in `tutorials/` as a jupytext pair "
+                "(`NN_name.py` and `NN_name.ipynb`); open one in Jupyter to run it yourself.", ""]
+    for nb in nbexec.tutorial_notebooks():
+        overview += [f"- [{_title(nb)}]({nb.name}): {_summary(nb)}"]
+    files.append(File.generated(config, "tutorials/index.md", content="\n".join(overview) + "\n"))
+    files.append(File.generated(config, "api/index.md", content=_api_index()))
+    for module_name in PUBLIC_MODULES:
+        files.append(File.generated(config, _api_uri(module_name), content=_api_page(module_name)))
+    return files
