@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -32,6 +33,8 @@ PUBLIC_MODULES = {
     "jetspec.kernels": "jetspec.kernels",
 }
 TUTORIALS_ENTRY = "Tutorials"
+ASSETS = nbexec.REPO / "jetspec" / "assets"
+SHIPPED_HEADS_PAGES = ("MODEL_CARD.md", "loss_curves.png")
 API_ENTRY = "API reference"
 
 
@@ -151,8 +154,21 @@ def _expand(nav: list, entry: str, pages: list) -> None:
     raise PluginError(f"mkdocs.yml: the nav has no '{entry}' entry for the generated pages")
 
 
+def _mirror_package(dest: Path) -> None:
+    """Copy the package's sources laid out as Python imports them, for griffe to read statically:
+    pyproject.toml maps drafters/ to jetspec.drafters (and trees/, verifiers/, kernels/ alike), which
+    griffe does not follow (it resolves symlinks too), so ``dest/jetspec/drafters`` is a copy."""
+    mapping = {"jetspec": "jetspec", "jetspec/drafters": "drafters", "jetspec/trees": "trees",
+               "jetspec/verifiers": "verifiers", "jetspec/kernels": "kernels"}
+    shutil.rmtree(dest, ignore_errors=True)
+    for inside, folder in mapping.items():
+        shutil.copytree(nbexec.REPO / folder, dest / inside, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "assets", "*.cpp"))
+
+
 def on_config(config):
     """Check the docstrings, make sure the tutorials are executed, and fill the two generated nav sections."""
+    _mirror_package(nbexec.REPO / "build" / "api_src")
     missing = [m for module in PUBLIC_MODULES for m in missing_docstrings(module)]
     if missing:
         raise PluginError("public names without a docstring:\n  " + "\n  ".join(missing))
@@ -179,6 +195,10 @@ def on_files(files, config):
     for nb in nbexec.tutorial_notebooks():
         overview += [f"- [{_title(nb)}]({nb.name}): {_summary(nb)}"]
     files.append(File.generated(config, "tutorials/index.md", content="\n".join(overview) + "\n"))
+    # the shipped heads' model card and its figure live with the heads (jetspec/assets/heads/)
+    for name in SHIPPED_HEADS_PAGES:
+        files.append(File(f"heads/{name}", src_dir=str(ASSETS), dest_dir=config["site_dir"],
+                          use_directory_urls=config["use_directory_urls"]))
     files.append(File.generated(config, "api/index.md", content=_api_index()))
     for module_name in PUBLIC_MODULES:
         files.append(File.generated(config, _api_uri(module_name), content=_api_page(module_name)))

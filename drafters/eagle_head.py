@@ -235,8 +235,8 @@ class EagleHead(LearnedHead):
     Args:
         target: a Hugging Face causal LM or a ``jetspec.core.target.TargetModel`` (frozen, not copied).
         num_layers: decoder layers, the first fusing token and feature (default: EagleConfig's 1).
-        config / training: ``EagleConfig`` and ``TrainConfig``; their fields may also be given as
-            keyword options, which override them.
+        config: an ``EagleConfig``; its fields may also be given as keyword options, which override it.
+        training: a ``TrainConfig``; likewise overridden by keyword options.
 
     Example::
 

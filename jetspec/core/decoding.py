@@ -161,7 +161,7 @@ class SpeculativeDecoder:
         return self.tree_builder.build(proposal, anchor)
 
     def verify(self, tree: DraftTree):
-        """Stage 3: one target forward over every node of the tree; returns the logits per node."""
+        """Stage 3: one target forward over every node of the tree (its logits, and taps when set)."""
         return self.target.verify(tree)
 
     def accept(self, verifier: Verifier, tree: DraftTree, logits: Tensor, cfg, rng) -> Acceptance:
