@@ -12,6 +12,7 @@ only those that are missing or older than their notebook. One execution serves b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 TUTORIALS = REPO / "tutorials"
 BUILD = REPO / "build" / "tutorials"
 CELL_TIMEOUT_S = 900  # per cell; the slowest tutorial cell trains a head for about two minutes on 2 cores
+# The kernel's environment: progress bars are for terminals (in a saved notebook they are a block of
+# carriage returns), and tqdm's notice that no notebook widgets are installed says nothing about jetspec.
+KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ def first_error(nb) -> CellError | None:
 def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TIMEOUT_S) -> ExecutionResult:
     """Execute ``notebook`` in a fresh kernel (working directory: its folder) and save the executed copy.
 
+    The kernel inherits this process's environment plus ``KERNEL_ENV`` (no progress bars).
+
     A cell that raises stops the execution (later cells would only fail in its wake); the copy is saved
     all the same, with the error output in that cell, so that the tests and the site build both see it.
     """
@@ -101,7 +107,7 @@ def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TI
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     try:
-        client.execute()
+        client.execute(env={**os.environ, **KERNEL_ENV})
     except CellExecutionError:
         pass  # recorded in the cell's outputs; first_error reads it from there
     seconds = time.perf_counter() - start
