@@ -54,19 +54,23 @@ def _summary(notebook: Path) -> str:
     """The first paragraph after the title, flattened to one line (what the tutorial teaches)."""
     nb = nbformat.read(notebook, as_version=4)
     first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", re.sub(r"^#.*$", "", first, flags=re.M)) if p.strip()]
-    return " ".join(paragraphs[0].split()) if paragraphs else ""
+    text = re.sub(r"^#.*$", "", first, flags=re.M).strip()
+    text = re.sub(r"^\*\*What you will learn\*\*\s*(\([^)]*\))?\s*:?", "", text).strip()
+    text = re.split(r"\n\s*\n(?!\s*\* )", text)[0]  # the first paragraph, with its bullet list
+    text = " ".join(re.sub(r"^\s*\* ", "", line) for line in text.splitlines())
+    text = " ".join(text.split())
+    return text if len(text) <= 320 else text[:320].rsplit(" ", 1)[0] + " ..."
 
 
-def _ensure_executed(notebooks: list[Path]) -> None:
-    """Execute the notebooks whose copy is missing or stale, then fail on any copy that holds an error."""
-    stale = [nb for nb in notebooks if nbexec.is_stale(nb)]
+def ensure_executed(notebooks: list[Path], out: Path = nbexec.BUILD) -> None:
+    """Execute the notebooks whose copy in ``out`` is missing or stale, then fail on any copy holding an error."""
+    stale = [nb for nb in notebooks if nbexec.is_stale(nb, out)]
     if stale:
-        print(f"docs: executing {len(stale)} tutorial(s) missing from or stale in build/tutorials", flush=True)
-        nbexec.execute_all(stale)
+        print(f"docs: executing {len(stale)} tutorial(s) missing from or stale in {out}", flush=True)
+        nbexec.execute_all(stale, out)
     errors = []
     for nb in notebooks:
-        error = nbexec.first_error(nbformat.read(nbexec.executed_path(nb), as_version=4))
+        error = nbexec.first_error(nbformat.read(nbexec.executed_path(nb, out), as_version=4))
         if error is not None:
             errors.append(error.describe(nb.name))
     if errors:
@@ -173,7 +177,7 @@ def on_config(config):
     if missing:
         raise PluginError("public names without a docstring:\n  " + "\n  ".join(missing))
     notebooks = nbexec.tutorial_notebooks()
-    _ensure_executed(notebooks)
+    ensure_executed(notebooks)
     _expand(config["nav"], TUTORIALS_ENTRY,
             [{"Overview": "tutorials/index.md"}] + [{_title(nb): f"tutorials/{nb.name}"} for nb in notebooks])
     _expand(config["nav"], API_ENTRY,
@@ -193,7 +197,7 @@ def on_files(files, config):
                 "(on a 2-core CPU, no GPU). Each is stored in `tutorials/` as a jupytext pair "
                 "(`NN_name.py` and `NN_name.ipynb`); open one in Jupyter to run it yourself.", ""]
     for nb in nbexec.tutorial_notebooks():
-        overview += [f"- [{_title(nb)}]({nb.name}): {_summary(nb)}"]
+        overview += [f"- **[{_title(nb)}]({nb.name})**: {_summary(nb)}"]
     files.append(File.generated(config, "tutorials/index.md", content="\n".join(overview) + "\n"))
     # the shipped heads' model card and its figure live with the heads (jetspec/assets/heads/)
     for name in SHIPPED_HEADS_PAGES:
