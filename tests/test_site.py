@@ -159,3 +159,19 @@ def test_a_broken_image_fails_the_same_check(browser, tmp_path):
     assert any("image did not decode" in p and "missing.png" in p for p in problems), problems
     assert any(p.startswith("console SEVERE") and "404" in p for p in problems), problems
     assert (tmp_path / "bad.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not (SITE / "index.html").exists(), reason="no site/: run make docs first")
+def test_api_reference_lists_every_pinned_name():
+    """Each name of each public __all__ has an entry (its mkdocstrings anchor) on its module's API page."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jetspec_docs_hooks_for_site", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    missing = []
+    for module in hooks.PUBLIC_MODULES:
+        page = (SITE / hooks._api_uri(module).removesuffix(".md") / "index.html").read_text(encoding="utf-8")
+        missing += [f"{module}.{name}" for name in hooks._public_names(module)
+                    if f'id="{hooks._target_path(module, name)}"' not in page]
+    assert not missing, f"public names without an API entry: {missing}"
