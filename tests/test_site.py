@@ -152,7 +152,8 @@ def test_a_broken_image_fails_the_same_check(browser, tmp_path):
     head = '<!doctype html><html><head><link rel="icon" href="data:,"></head><body>'  # no favicon request
     good = f'<img alt="pixel" src="data:image/png;base64,{PIXEL}" width="20">'
     (tmp_path / "good.html").write_text(f"{head}<p>ok</p>{good}</body></html>")
-    (tmp_path / "bad.html").write_text(f'{head}<p>broken</p>{good}<img alt="gone" src="figures/missing.png"></body></html>')
+    broken = '<img alt="gone" src="figures/missing.png">'
+    (tmp_path / "bad.html").write_text(f"{head}<p>broken</p>{good}{broken}</body></html>")
     with serve(tmp_path) as base:
         assert check_page(browser, base + "good.html", tmp_path / "good.png") == []
         problems = check_page(browser, base + "bad.html", tmp_path / "bad.png")
