@@ -149,6 +149,13 @@ def _api_uri(module_name: str) -> str:
     return f"api/{module_name.replace('.', '_')}.md"
 
 
+def benchmark_images() -> list[str]:
+    """Relative paths of the existing images BENCHMARKS.md links to (``![alt](path)``, from the repository root)."""
+    text = (nbexec.REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    return sorted({link for link in links if "://" not in link and (nbexec.REPO / link).is_file()})
+
+
 # --------------------------------------------------------------------------------------------- hooks
 def _expand(nav: list, entry: str, pages: list) -> None:
     for i, item in enumerate(nav):
@@ -202,6 +209,12 @@ def on_files(files, config):
     # the shipped heads' model card and its figure live with the heads (jetspec/assets/heads/)
     for name in SHIPPED_HEADS_PAGES:
         files.append(File(f"heads/{name}", src_dir=str(ASSETS), dest_dir=config["site_dir"],
+                          use_directory_urls=config["use_directory_urls"]))
+    # images that BENCHMARKS.md (included by benchmarks.md) links relative to the repository root are
+    # published under the same path, so its links work on the site as on the code host; a link to a
+    # file that does not exist stays unresolved and fails the strict build
+    for image in benchmark_images():
+        files.append(File(image, src_dir=str(nbexec.REPO), dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
     files.append(File.generated(config, "api/index.md", content=_api_index()))
     for module_name in PUBLIC_MODULES:
