@@ -177,6 +177,7 @@ def _mirror_package(dest: Path) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "assets", "*.cpp"))
 
 
+@event_priority(100)  # before mkdocstrings' on_config, which drops search paths that do not exist yet
 def on_config(config):
     """Check the docstrings, make sure the tutorials are executed, and fill the two generated nav sections."""
     _mirror_package(nbexec.REPO / "build" / "api_src")
