@@ -53,7 +53,7 @@ docs-check: $(STAMP) docs-browser
 	$(PY) -m pytest -q -n 0 -rs tests/test_site.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments tutorials
+	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments tutorials docs
 
 bench: $(STAMP)
 	$(PY) -m jetspec benchmarks
