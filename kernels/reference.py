@@ -226,7 +226,8 @@ def tree_attention_reference(
 
     Args:
         q: ``[B, h, N, K]`` queries of the N tree nodes (RoPE already applied).
-        k, v: ``[B, h_kv, P + N, K]`` the P cached prefix positions, then the N tree nodes.
+        k: ``[B, h_kv, P + N, K]`` the P cached prefix positions, then the N tree nodes.
+        v: ``[B, h_kv, P + N, K]``, the values of the same positions as ``k``.
         ancestor: bool ``[N, N]``; ``ancestor[i, j]`` is True iff node j is node i or one of
             its ancestors. Shared by the whole batch.
         scale: softmax scale, ``1 / sqrt(K)`` by default.

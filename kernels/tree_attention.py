@@ -376,8 +376,9 @@ def tree_attention(
 
     Args:
         q: ``[B, h, N, K]`` queries of the N tree nodes (RoPE already applied).
-        k, v: ``[B, h_kv, P + N, K]``: P cached prefix positions, then the N tree nodes.
+        k: ``[B, h_kv, P + N, K]``: P cached prefix positions, then the N tree nodes.
             ``h % h_kv == 0`` (grouped-query attention).
+        v: ``[B, h_kv, P + N, K]``, the values of the same positions as ``k``.
         ancestor: bool ``[N, N]``; ``ancestor[i, j]`` is True iff node j is node i or one of its
             ancestors. One tree for the whole batch. Any bool mask works (a chain, all-True, ...).
         scale: softmax scale; ``1 / sqrt(K)`` by default.

@@ -65,7 +65,7 @@ EVALUATION = {
     "jetspec.evaluation.faithfulness",
     "jetspec.evaluation.batching", "jetspec.evaluation.bench_stats",
 }
-TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy"}
+TESTING = {"jetspec.testing", "jetspec.testing.exact", "jetspec.testing.toy", "jetspec.testing.notebooks"}
 LAYER = {**{m: "core" for m in CORE}, **{m: "training" for m in TRAINING}, **{m: "evaluation" for m in EVALUATION},
          **{m: "testing" for m in TESTING}}
 ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "evaluation": {"core", "training", "evaluation"},

@@ -97,6 +97,7 @@ class Registry(dict):
         self.kind = kind
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator: register the class under ``name`` (a ``ValueError`` if another class has it)."""
         def deco(cls: type[T]) -> type[T]:
             current = dict.get(self, name)
             if current is not None and not isinstance(current, str) and current is not cls:

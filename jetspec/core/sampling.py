@@ -48,6 +48,7 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
+        """True at temperature 0: argmax decoding, no random draws."""
         return self.temperature == 0.0
 
 

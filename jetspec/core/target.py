@@ -113,17 +113,21 @@ class TargetModel:
     # ----------------------------------------------------------------- plumbing
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's parameters."""
         return next(self.model.parameters()).dtype
 
     @property
     def cache_length(self) -> int:
+        """Tokens held by the KV cache (0 before the prefill)."""
         return 0 if self.cache is None else self.cache.get_seq_length()
 
     def decoder_layers(self) -> torch.nn.ModuleList:
+        """The target's decoder layers (where taps are read)."""
         return self.model.get_decoder().layers
 
     def set_taps(self, layers: Sequence[int]) -> None:
@@ -226,6 +230,7 @@ class TargetModel:
         return self._forward(ids, torch.tensor([p], device=self.device), None).logits[0]
 
     def reset(self) -> None:
+        """Drop the KV cache: the next call starts with a prefill."""
         self.cache = None
         self._padded = 0
 

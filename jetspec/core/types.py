@@ -115,6 +115,7 @@ class DraftOutput:
 
     @property
     def sampled(self) -> bool:
+        """True when the candidates were sampled from q (``node_q`` given); see docs/design.md §3.4."""
         return self.node_q is not None
 
     @property
@@ -175,6 +176,7 @@ class DraftTree:
 
     @property
     def num_nodes(self) -> int:
+        """Nodes of the tree, root included (N)."""
         return self.tokens.shape[0]
 
     @property
@@ -184,6 +186,7 @@ class DraftTree:
 
     @property
     def max_depth(self) -> int:
+        """The deepest node's depth (0 for a root-only tree)."""
         return int(self.depth.max())
 
     def position_offsets(self) -> Int[Tensor, " N"]:
@@ -245,4 +248,5 @@ class Acceptance:
 
     @property
     def num_committed(self) -> int:
+        """Tokens this round commits: the accepted drafted nodes plus the bonus token."""
         return len(self.accepted_nodes) + 1

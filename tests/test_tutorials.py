@@ -1,0 +1,75 @@
+"""Every tutorial executes without an error, and the executed copy is kept for the documentation site.
+
+This is the one execution of the notebooks: each test writes ``build/tutorials/NN_name.ipynb`` with
+its outputs, and ``make docs`` renders those copies instead of executing the notebooks again. A cell
+that raised fails its test with the cell's source and traceback. The executor itself is checked on
+a two-cell notebook written here (a negative control: a raising cell must be reported, by index).
+"""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+
+from jetspec.testing.notebooks import BUILD, execute_notebook, is_stale, tutorial_notebooks
+
+NOTEBOOKS = tutorial_notebooks()
+
+
+def test_the_tutorials_are_found():
+    assert len(NOTEBOOKS) >= 10, NOTEBOOKS
+    assert [p.name[:2] for p in NOTEBOOKS] == sorted(p.name[:2] for p in NOTEBOOKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_tutorial_executes(notebook):
+    result = execute_notebook(notebook, BUILD)
+    assert result.executed.is_file()
+    if result.error is not None:
+        pytest.fail(result.error.describe(notebook.name), pytrace=False)
+    executed = nbformat.read(result.executed, as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code), "a code cell did not run"
+    assert not is_stale(notebook, BUILD)
+
+
+def _tiny_notebook(path, second_cell: str):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)"),
+                nbformat.v4.new_code_cell(second_cell)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_executor_keeps_outputs(tmp_path):
+    nb = _tiny_notebook(tmp_path / "01_ok.ipynb", "x + 1")
+    result = execute_notebook(nb, tmp_path / "out", timeout_s=120)
+    assert result.error is None
+    cells = nbformat.read(result.executed, as_version=4).cells
+    assert cells[1].outputs[0]["text"] == "42\n"
+    assert cells[2].outputs[0]["data"]["text/plain"] == "43"
+
+
+def test_executor_reports_the_raising_cell(tmp_path):
+    """Negative control: a cell that raises is reported with its index, source and traceback."""
+    nb = _tiny_notebook(tmp_path / "02_bad.ipynb", "raise RuntimeError('tutorial broke')")
+    result = execute_notebook(nb, tmp_path / "out", timeout_s=120)
+    assert result.error is not None
+    assert result.error.index == 2 and result.error.ename == "RuntimeError"
+    assert "tutorial broke" in result.error.traceback
+    assert "raise RuntimeError" in result.error.describe("02_bad.ipynb")
+    assert result.executed.is_file()  # kept, so the site build sees the error too
+
+
+def test_staleness_follows_the_notebook(tmp_path):
+    nb = _tiny_notebook(tmp_path / "03_s.ipynb", "1")
+    out = tmp_path / "out"
+    assert is_stale(nb, out)  # never executed
+    execute_notebook(nb, out, timeout_s=120)
+    assert not is_stale(nb, out)
+    later = (out / nb.name).stat().st_mtime + 10
+    os.utime(nb, (later, later))  # the notebook changed after its execution
+    assert is_stale(nb, out)
