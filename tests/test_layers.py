@@ -33,6 +33,7 @@ FOLDERS = {"jetspec": REPO / "jetspec", "jetspec.drafters": REPO / "drafters", "
 CORE = {
     "jetspec", "jetspec.core", "jetspec.core.types", "jetspec.core.interfaces", "jetspec.core.sampling",
     "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.checks",
+    "jetspec.core.batched", "jetspec.core.batched_target",
     "jetspec.core.loading", "jetspec.core.attention",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
