@@ -113,6 +113,7 @@ def _finish(ids: Tensor, mask: Tensor, rows: list[_Row], pad_token_id, res: Gene
     """sequences [B, T + L] (L = the longest row's new tokens; shorter rows padded on the right),
     per-row results in ``res.rows`` and the pooled records (rows' records concatenated)."""
     width = max(len(row.new) for row in rows)
+    # Without pad_token_id no row can stop early (check_batch_args), so every row fills its width.
     out = torch.full((ids.shape[0], width), -1 if pad_token_id is None else pad_token_id, dtype=torch.long)
     for row in rows:
         out[row.index, : len(row.new)] = torch.tensor(row.new, dtype=torch.long)
