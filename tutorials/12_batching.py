@@ -20,9 +20,10 @@ import torch
 
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.batched import left_pad
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids
 from jetspec.evaluation.batching import interleaved_prompts, verify_costs
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR, left_pad
+from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
 from jetspec.evaluation.roofline import node_cost
 from jetspec.trees import BestFirstBuilder
 

@@ -16,7 +16,7 @@ row order), so a row's output has exactly the law of that prompt decoded alone. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +26,20 @@ from jetspec.core.checks import check_token_ids, run_drafter_batch
 from jetspec.core.decoding import GenerationResult, _eos_set, _Timer, _truncate
 from jetspec.core.sampling import Rng, SamplingConfig, process_logits
 from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
+
+
+def left_pad(prompts: Sequence[Sequence[int] | Tensor], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Prompts of any lengths as ``(input_ids [B, T], attention_mask [B, T])``, padded on the left
+    with ``pad_token_id``: the form ``generate`` takes (and Hugging Face's tokenizers give)."""
+    rows = [torch.as_tensor(p, dtype=torch.long).flatten() for p in prompts]
+    if not rows or min(r.numel() for r in rows) < 1:
+        raise ValueError("left_pad needs at least one prompt, each with at least one token")
+    t = max(r.numel() for r in rows)
+    ids = torch.full((len(rows), t), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros(len(rows), t, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, t - r.numel():], mask[b, t - r.numel():] = r, 1
+    return ids, mask
 
 
 def check_batch_args(input_ids, attention_mask, max_new_tokens, vocab_size: int, eos: set[int],
@@ -99,6 +113,7 @@ def _finish(ids: Tensor, mask: Tensor, rows: list[_Row], pad_token_id, res: Gene
     """sequences [B, T + L] (L = the longest row's new tokens; shorter rows padded on the right),
     per-row results in ``res.rows`` and the pooled records (rows' records concatenated)."""
     width = max(len(row.new) for row in rows)
+    # Without pad_token_id no row can stop early (check_batch_args), so every row fills its width.
     out = torch.full((ids.shape[0], width), -1 if pad_token_id is None else pad_token_id, dtype=torch.long)
     for row in rows:
         out[row.index, : len(row.new)] = torch.tensor(row.new, dtype=torch.long)

@@ -57,7 +57,8 @@ class TargetOutput:
 
 
 class TargetModel:
-    """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1)."""
+    """Prefill, tree-verify, commit and plain decoding over a frozen HF causal LM (batch 1; batches:
+    ``jetspec.core.batched_target.BatchedTarget``, docs/design.md §6.9)."""
 
     def __init__(self, model: torch.nn.Module, attn_backend: Optional[str] = None,
                  min_rows: Optional[int] = None, engine: str = "auto", linear_backend: str = "auto",

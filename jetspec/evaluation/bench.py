@@ -53,11 +53,12 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from jetspec.core.batched import left_pad
 from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
-from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, left_pad, ratio, summarize
+from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, ratio, summarize
 from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import write_outputs
 from jetspec.evaluation.threads import choose_threads

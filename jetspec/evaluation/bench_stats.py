@@ -10,17 +10,6 @@ import torch
 from jetspec.core.decoding import STAGES, depth_acceptance
 
 
-def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids [B, T], attention_mask [B, T])`` of prompts padded on the left, as for HF ``generate``."""
-    width = max(len(ids) for ids in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    return ids, mask
-
-
 def cut_at_eos(tokens: list[int], eos) -> list[int]:
     """A right-padded row's new tokens up to and including its first EOS (or all of them)."""
     stop = next((i for i, t in enumerate(tokens) if eos and t in eos), None)

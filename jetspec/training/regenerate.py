@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from jetspec.core.batched import left_pad
 from jetspec.core.jsonl import jsonl_line, read_jsonl, write_jsonl
 from jetspec.core.prompts import chat_ids, eos_ids
 from jetspec.core.sampling import SamplingConfig
@@ -144,21 +145,6 @@ def _as_rows(prompts: Iterable) -> list[dict]:
         rows.append({"id": i, "prompt": p, "set": None} if isinstance(p, str) else
                     {"id": i, "prompt": p["prompt"], "set": p.get("set")})
     return rows
-
-
-def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists into ``input_ids`` [B, T] and ``attention_mask`` [B, T], padded on the left.
-
-    Left, not right: ``generate`` appends each new token after the last column, which must be
-    every row's real last token.
-    """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
-    for b, s in enumerate(seqs):
-        ids[b, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, width - len(s):] = 1
-    return ids, mask
 
 
 def cut_response(generated: list[int], eos: set[int]) -> tuple[list[int], str]:

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder, TargetModel, autoregressive_generate
-from jetspec.core.batched import BatchedRounds, autoregressive_batch, generate_batch
+from jetspec.core.batched import BatchedRounds, autoregressive_batch, generate_batch, left_pad
 from jetspec.core.decoding import GenerationResult
 from jetspec.core.interfaces import Drafter
 from jetspec.core.sampling import Rng, SamplingConfig, TorchRng, process_logits
@@ -43,13 +43,7 @@ def target(family: str, engine: str) -> TargetModel:
 
 
 def padded_batch(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad 1-D prompts with PAD: (input_ids [B, T], attention_mask [B, T])."""
-    t = max(p.numel() for p in prompts)
-    ids = torch.full((len(prompts), t), PAD, dtype=torch.long)
-    mask = torch.zeros(len(prompts), t, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, t - p.numel():], mask[r, t - p.numel():] = p, 1
-    return ids, mask
+    return left_pad(prompts, PAD)
 
 
 def repetitive(seed: int, length: int) -> torch.Tensor:
@@ -325,6 +319,13 @@ def test_bad_batch_arguments_are_refused(llama64, mask, kw, match):
         SpeculativeDecoder(llama64, NGramDrafter()).generate(ids, attention_mask=mask, **kw)
     with pytest.raises(ValueError, match=match):
         autoregressive_generate(llama64, ids, attention_mask=mask, **kw)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], torch.tensor([8])], pad_token_id=1)
+    assert ids.tolist() == [[5, 6, 7], [1, 1, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="at least one token"):
+        left_pad([[5], []], 0)
 
 
 def test_batch_ids_outside_the_vocabulary_are_refused(llama64):

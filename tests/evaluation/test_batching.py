@@ -17,7 +17,7 @@ from conftest import tiny_llama, tiny_tokenizer
 from jetspec.cli import main
 from jetspec.core.prompts import write_jsonl
 from jetspec.evaluation.batching import BatchingConfig, best_budgets, run_batching, verify_costs
-from jetspec.evaluation.bench import BenchConfig, left_pad, run_bench
+from jetspec.evaluation.bench import BenchConfig, run_bench
 from jetspec.evaluation.roofline import node_cost
 
 # Repeated n-grams, so the n-gram drafter gets accepted drafts; prompts of different lengths.
@@ -38,12 +38,6 @@ def batched(tiny, tmp_path_factory):
     res = run_bench(model=tiny, prompts=PROMPTS, drafters="ngram", budgets="4,8", batch_sizes="1,2,4",
                     max_new_tokens=10, out=str(out), progress=False)
     return res, out
-
-
-def test_left_pad_puts_prompts_on_the_right_with_a_mask():
-    ids, mask = left_pad([[5, 6, 7], [9]], pad_token_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 9]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_one_row_per_method_budget_and_batch_size(batched):

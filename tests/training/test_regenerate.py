@@ -17,7 +17,6 @@ from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.training.regenerate import (
     cut_response,
     distillation_rows,
-    left_pad,
     read_done,
     read_regenerated,
     regenerate,
@@ -33,12 +32,6 @@ PROMPTS = ["w1 w2 w3", "w4 .", "w5 w6 w7 w8 w9 w10 w11", "w12", "w13 w14 w15 w16
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_llama(), tiny_tokenizer()
-
-
-def test_left_pad_puts_every_last_token_in_the_last_column():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_cut_response_keeps_the_eos_and_drops_what_follows():
