@@ -353,6 +353,8 @@ class ParallelHead(LearnedHead):
         return depth, emb, torch.arange(t, t + n, device=dev)[None]
 
     def block_ancestor(self, n: int) -> Bool[Tensor, "N N"]:
+        """Which of a block's ``n`` slots each slot sees: earlier ones only (causal head) or all of them
+        (bidirectional head), docs/design.md §4.1."""
         return (chain_ancestor if self.causal else full_ancestor)(n, device=self.net.fuse.weight.device)
 
     @torch.no_grad()
