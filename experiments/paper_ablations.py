@@ -115,11 +115,12 @@ def tree_scoring_ablation(a) -> tuple[list[dict], str]:
     """Replay the shipped heads with every scoring rule at one budget (no target forward per round)."""
     from jetspec import load_target
     from jetspec.core.interfaces import TREE_BUILDERS
-    from jetspec.core.replay import load_references, reference_taps, replay
+    from jetspec.core.jsonl import read_jsonl
+    from jetspec.core.replay import as_references, reference_taps, replay
     from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, make_drafter
 
     model, _ = load_target(a.target)
-    refs = load_references(a.refs)
+    refs = as_references(read_jsonl(a.refs))
     rows = []
     for spec in a.drafters.split(","):
         drafter = make_drafter(spec, model, DEFAULT_HEAD_DIR)
