@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_heads import markdown as seed_markdown  # noqa: E402  (a script beside this one)
 from compare_heads import report, run_all  # noqa: E402
 
+from jetspec.core.replay import mean_ci  # noqa: E402
 from jetspec.evaluation.plots import plot_ablation  # noqa: E402
 
 GAMMAS = (0, 3, 7, 15)
@@ -112,7 +113,7 @@ def objective_ablation(a) -> tuple[list[dict], str]:
 
 
 def tree_scoring_ablation(a) -> tuple[list[dict], str]:
-    """Replay the shipped heads with every scoring rule at one budget (no target forward per round)."""
+    """Replay the shipped heads with every scoring rule at equal budgets (no target forward per round)."""
     from jetspec import load_target
     from jetspec.core.interfaces import TREE_BUILDERS
     from jetspec.core.jsonl import read_jsonl
@@ -121,24 +122,54 @@ def tree_scoring_ablation(a) -> tuple[list[dict], str]:
 
     model, _ = load_target(a.target)
     refs = as_references(read_jsonl(a.refs))
+    budgets = [int(b) for b in (a.tree_budgets or str(a.budget)).split(",")]
     rows = []
     for spec in a.drafters.split(","):
         drafter = make_drafter(spec, model, DEFAULT_HEAD_DIR)
         taps = reference_taps(model, drafter.tap_layers, refs) if drafter.tap_layers else None
         depth = min(a.depth, drafter.max_depth or a.depth)
-        for rule in RULES:
-            builder = TREE_BUILDERS[rule](budget=a.budget, width=a.width, depth=depth)
-            rep = replay(drafter, builder, refs, taps=taps)
-            rows.append({"rule": rule, "drafter": spec, "budget": a.budget, "tau": rep.pooled_tau(),
-                         "nodes_per_round": sum(map(sum, rep.sizes)) / sum(map(len, rep.sizes))})
-            print(f"{spec:10s} {rule:10s} tau {rows[-1]['tau']:.3f}", flush=True)
+        for budget in budgets:
+            for rule in RULES:
+                rep = replay(drafter, TREE_BUILDERS[rule](budget=budget, width=a.width, depth=depth), refs, taps=taps)
+                rows.append({"rule": rule, "drafter": spec, "budget": budget, "tau": rep.pooled_tau(),
+                             "per_prompt": rep.taus(),
+                             "nodes_per_round": sum(map(sum, rep.sizes)) / sum(map(len, rep.sizes))})
+                print(f"{spec:10s} b={budget:<4d} {rule:10s} tau {rows[-1]['tau']:.3f}", flush=True)
     lines = [f"Paper: {PAPER_TREE}.", "",
-             f"Replay of {len(refs)} references, budget {a.budget}, width {a.width}, depth <= {a.depth}.", "",
-             "| drafter | " + " | ".join(RULES) + " |", "|---|" + "---|" * len(RULES)]
+             f"Replay of {len(refs)} references, width {a.width}, depth <= {a.depth}. Cells: pooled tau (drafted "
+             "nodes per round); last columns: each rule minus cumulative log-prob (`bestfirst`), per prompt, "
+             "mean +- 95% Student-t over prompts.", "",
+             "| drafter | budget | " + " | ".join(RULES) + " | "
+             + " | ".join(f"{r} - {RULES[0]}" for r in RULES[1:]) + " |", "|---|---|" + "---|" * (2 * len(RULES) - 1)]
     for spec in a.drafters.split(","):
-        cells = [next(f"{r['tau']:.3f}" for r in rows if r["drafter"] == spec and r["rule"] == rule) for rule in RULES]
-        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+        for budget in budgets:
+            mine = {r["rule"]: r for r in rows if r["drafter"] == spec and r["budget"] == budget}
+            cells = [f"{mine[rule]['tau']:.3f} ({mine[rule]['nodes_per_round']:.1f})" for rule in RULES]
+            for rule in RULES[1:]:
+                diff = mean_ci([x - y for x, y in zip(mine[rule]["per_prompt"], mine[RULES[0]]["per_prompt"])])
+                cells.append(f"{diff[0]:+.3f} +- {diff[1]:.3f}")
+            lines.append(f"| {spec} | {budget} | " + " | ".join(cells) + " |")
     return [{k: r[k] for k in ("rule", "drafter", "budget", "tau")} for r in rows], "\n".join(lines) + "\n"
+
+
+def write_answer_data(prompts: str, out: Path, rows: int = 192, max_chars: int = 700) -> tuple[Path, Path]:
+    """Small training and vocabulary sets from a ``jetspec prepare-data`` prompt file, with the datasets' answers.
+
+    Training: the first ``rows`` prompts whose reference answer is shorter than ``max_chars``
+    characters (a cheap teacher cache and short sequences on a CPU). Vocabulary counts: prompt
+    file rows 1000..2999 (any answer length), which the training rows need not include.
+    """
+    from jetspec.core.jsonl import read_jsonl, write_jsonl
+
+    src = list(read_jsonl(prompts))
+    pairs = [{"prompt": r["prompt"], "response": r["reference"], "set": r.get("set", "")} for r in src]
+    train = [r for r in pairs if len(r["response"]) < max_chars][:rows]
+    if len(train) < rows or len(src) < 3000:
+        raise SystemExit(f"{prompts}: needs >= 3000 rows and {rows} answers under {max_chars} characters")
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "vocab.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in pairs[1000:3000]])
+    return out / "train.jsonl", out / "vocab.jsonl"
 
 
 def merge_results(path: Path, key: str, rows: list[dict]) -> None:
@@ -164,8 +195,8 @@ def plot(name: str, rows: list[dict], img: Path) -> Path:
         return plot_ablation(groups, "objective", "tau", "Training objective", img / "ablation_objective.png")
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r["drafter"], []).append((r["rule"], r["tau"], 0.0))
-    return plot_ablation(groups, "tree scoring rule", "tau", f"Tree scoring at budget {rows[0]['budget']}",
+        groups.setdefault(f"{r['drafter']} b={r['budget']}", []).append((r["rule"], r["tau"], 0.0))
+    return plot_ablation(groups, "tree scoring rule", "tau", "Tree scoring at equal budget",
                          img / "ablation_tree_scoring.png")
 
 
@@ -175,11 +206,14 @@ def main() -> None:
     p.add_argument("--out", required=True, help="training runs and reports")
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--data", help="training data (gamma, objective)")
+    p.add_argument("--make-data", metavar="PROMPTS", help="write OUT/data/train.jsonl and vocab.jsonl from this "
+                   "`jetspec prepare-data` prompt file (``write_answer_data``) and train on them")
     p.add_argument("--refs", required=True, help="replay references (jetspec references)")
     p.add_argument("--teacher-cache", help="one teacher cache shared by every run (gamma, objective)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--budget", type=int, default=16, help="tree budget of the replay")
+    p.add_argument("--tree-budgets", default=None, help="tree-scoring: comma-separated budgets (default --budget)")
     p.add_argument("--width", type=int, default=4, help="tree-scoring: candidates per node")
     p.add_argument("--depth", type=int, default=8, help="tree-scoring: deepest level")
     p.add_argument("--drafters", default="jetspec,dflash,eagle", help="tree-scoring: drafter specs")
@@ -195,6 +229,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown ablation(s) {sorted(unknown)}: choose from gamma, objective, tree-scoring")
     trained = [n for n in names if n != "tree-scoring"]
+    if a.make_data:
+        data, vocab = write_answer_data(a.make_data, Path(a.out) / "data")
+        a.data = str(data)
+        extra += ["--vocab-data", str(vocab)]
     if trained and not a.report_only:
         if not (a.data and a.teacher_cache):
             raise SystemExit("gamma and objective train heads: pass --data and --teacher-cache")
