@@ -27,7 +27,7 @@ from typing import no_type_check
 
 from jetspec.core.interfaces import TreeBuilder, register_tree_builder
 from jetspec.core.types import DraftOutput, DraftTree
-from jetspec.trees.best_first import Fanout, check_shape_args, grow_tree
+from jetspec.trees.best_first import Fanout, check_node_cost, check_shape_args, grow_tree
 
 
 def candidate_entropy(logprobs: list[float]) -> float:
@@ -56,8 +56,13 @@ class EntropyBuilder(TreeBuilder):
     """Entropy-guided: fan out round(exp(H)) <= ``width`` per node, fill the tree level by level."""
 
     @no_type_check  # validates its arguments with errors naming them (see jetspec/__init__.py)
-    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8) -> None:
+    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, node_cost: float = 0.0) -> None:
+        """``node_cost`` is accepted for the common builder signature but must be 0: its stop test
+        needs candidates in decreasing path probability, which level-by-level growth does not give."""
         check_shape_args(budget, width, depth)
+        check_node_cost(node_cost)
+        if node_cost > 0:
+            raise ValueError(f"node_cost must be 0 for the entropy rule (it grows level by level), got {node_cost!r}")
         self.budget, self.width, self.depth = budget, width, depth
 
     def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
@@ -73,12 +78,16 @@ class HybridBuilder(TreeBuilder):
     """Entropy fan-out (round(exp(H)) <= ``width`` children per node), grown best-first on cumulative log-prob."""
 
     @no_type_check  # validates its arguments with errors naming them (see jetspec/__init__.py)
-    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8) -> None:
+    def __init__(self, budget: int = 32, width: int = 4, depth: int = 8, node_cost: float = 0.0) -> None:
+        """``node_cost`` as in ``BestFirstBuilder`` (the growth order is the same: best-first)."""
         check_shape_args(budget, width, depth)
-        self.budget, self.width, self.depth = budget, width, depth
+        check_node_cost(node_cost)
+        self.budget, self.width, self.depth, self.node_cost = budget, width, depth, node_cost
 
     def build(self, draft: DraftOutput, anchor: int) -> DraftTree:
-        return grow_tree(draft, anchor, self.budget, self.depth, fanout=entropy_fanout(self.width))
+        return grow_tree(draft, anchor, self.budget, self.depth, fanout=entropy_fanout(self.width),
+                         node_cost=self.node_cost)
 
     def __repr__(self) -> str:
-        return f"HybridBuilder(budget={self.budget}, width={self.width}, depth={self.depth})"
+        return (f"HybridBuilder(budget={self.budget}, width={self.width}, depth={self.depth}, "
+                f"node_cost={self.node_cost})")

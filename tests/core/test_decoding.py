@@ -50,7 +50,7 @@ def test_greedy_output_equals_hugging_face(family, seed, length, budget, width, 
     for drafter in all_drafters(model):
         for builder in (ChainBuilder(depth, node_cost), BestFirstBuilder(budget, width, depth, node_cost),
                         FanoutCapBuilder(budget, width, depth, node_cost=node_cost),
-                        EntropyBuilder(budget, width, depth), HybridBuilder(budget, width, depth)):
+                        EntropyBuilder(budget, width, depth), HybridBuilder(budget, width, depth, node_cost)):
             res = SpeculativeDecoder(model, drafter, builder).generate(ids, max_new_tokens=n)
             assert torch.equal(res.sequences, ref), f"{type(drafter).__name__} + {builder}"
             assert sum(res.accepted_lengths) == n

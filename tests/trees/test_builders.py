@@ -39,7 +39,7 @@ def builders(budget, width, depth):
     return [ChainBuilder(depth), BestFirstBuilder(budget, width, depth),
             FanoutCapBuilder(budget, width, depth, beta=1.5, gap0=0.5),
             BestFirstBuilder(budget, width, depth, node_cost=0.05), EntropyBuilder(budget, width, depth),
-            HybridBuilder(budget, width, depth)]
+            HybridBuilder(budget, width, depth), HybridBuilder(budget, width, depth, node_cost=0.05)]
 
 
 def closure_by_walking(parents):

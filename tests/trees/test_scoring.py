@@ -85,3 +85,14 @@ def test_registered_and_validated():
         HybridBuilder(width=1.5)
     with pytest.raises(ValueError, match="node_cost"):
         grow_tree(table([[0.5, 0.5]]), 0, 4, 1, entropy_fanout(2), node_cost=0.1, breadth_first=True)
+    with pytest.raises(ValueError, match="node_cost"):
+        EntropyBuilder(node_cost=0.1)
+    EntropyBuilder(node_cost=0.0)  # the common signature (jetspec generate passes node_cost) works
+    # The hybrid is best-first, so the cost-aware stop applies as in best-first: where the entropy
+    # fan-out equals the width, the two builders are the same tree, cost cut included.
+    flat = table([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    for cost in (0.0, 0.3, 5.0):
+        hyb = HybridBuilder(budget=9, width=2, depth=3, node_cost=cost).build(flat, 0)
+        best = BestFirstBuilder(budget=9, width=2, depth=3, node_cost=cost).build(flat, 0)
+        assert torch.equal(hyb.tokens, best.tokens) and torch.equal(hyb.parents, best.parents), cost
+    assert HybridBuilder(budget=9, width=2, depth=3, node_cost=5.0).build(flat, 0).budget == 0  # nothing pays
