@@ -37,6 +37,7 @@ from jetspec.core.replay import mean_ci  # noqa: E402
 from jetspec.evaluation.plots import plot_ablation  # noqa: E402
 
 GAMMAS = (0, 3, 7, 15)
+HEADS = ("jetspec", "dflash")  # causal, bidirectional
 LOSSES = ("kl", "reverse_kl", "ce")
 RULES = ("bestfirst", "entropy", "hybrid")
 # The paper's figures (Qwen3-8B, MATH-500; approximate, read off the authors' pages).
@@ -49,9 +50,9 @@ def run_name(head: str, loss: str, gamma: int) -> str:
     return f"{head}-{loss}-g{gamma}"
 
 
-def gamma_variants() -> list[tuple[str, list[str]]]:
+def gamma_variants(heads: tuple[str, ...] = HEADS) -> list[tuple[str, list[str]]]:
     return [(run_name(h, "kl", g), [f"--head={h}"] + ([f"--decay-gamma={g}"] if g else []))
-            for h in ("jetspec", "dflash") for g in GAMMAS]
+            for h in heads for g in GAMMAS]
 
 
 def objective_variants() -> list[tuple[str, list[str]]]:
@@ -83,8 +84,8 @@ def seed_rows(a, variants: list, baseline: str) -> tuple[dict, list[int]]:
 
 def gamma_ablation(a) -> tuple[list[dict], str]:
     rows, parts = [], []
-    for head in ("jetspec", "dflash"):
-        variants = [v for v in gamma_variants() if v[0].startswith(head + "-")]
+    for head in a.heads:
+        variants = gamma_variants((head,))
         rep, seeds = seed_rows(a, variants, run_name(head, "kl", 0))
         for g in GAMMAS:
             v = rep["variants"][run_name(head, "kl", g)][a.budget]
@@ -188,7 +189,7 @@ def merge_results(path: Path, key: str, rows: list[dict]) -> None:
 def plot(name: str, rows: list[dict], img: Path) -> Path:
     if name == "gamma":
         groups = {h: [(str(r["gamma"]), r["tau_mean"], r["tau_ci"]) for r in rows if r["head"] == h]
-                  for h in ("jetspec", "dflash")}
+                  for h in HEADS if any(r["head"] == h for r in rows)}
         return plot_ablation(groups, "gamma (0 = uniform)", "tau", "Loss weighting gamma", img / "ablation_gamma.png")
     if name == "objective":
         groups = {"jetspec": [(r["loss"], r["tau_mean"], r["tau_ci"]) for r in rows]}
@@ -217,6 +218,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=4, help="tree-scoring: candidates per node")
     p.add_argument("--depth", type=int, default=8, help="tree-scoring: deepest level")
     p.add_argument("--drafters", default="jetspec,dflash,eagle", help="tree-scoring: drafter specs")
+    p.add_argument("--heads", type=lambda t: tuple(t.split(",")), default=HEADS, help="gamma: heads to train")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report-only", action="store_true", help="report the runs that finished; train nothing")
     p.add_argument("--json", default="docs/results/ablations.json")
@@ -236,7 +238,8 @@ def main() -> None:
     if trained and not a.report_only:
         if not (a.data and a.teacher_cache):
             raise SystemExit("gamma and objective train heads: pass --data and --teacher-cache")
-        variants = {v[0]: v for n in trained for v in (gamma_variants() if n == "gamma" else objective_variants())}
+        variants = {v[0]: v for n in trained
+                    for v in (gamma_variants(a.heads) if n == "gamma" else objective_variants())}
         run_all(seed_args(a, a.seeds), list(variants.values()), extra)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -28,6 +28,7 @@ def test_gamma_zero_is_no_weighting_and_the_forward_kl_run_is_shared():
     assert len(gamma) == 8
     assert gamma["jetspec-kl-g0"] == ["--head=jetspec"]  # gamma 0: --decay-gamma unset, uniform weights
     assert gamma["dflash-kl-g7"] == ["--head=dflash", "--decay-gamma=7"]
+    assert [n for n, _ in pa.gamma_variants(("dflash",))] == [f"dflash-kl-g{g}" for g in (0, 3, 7, 15)]
     objective = dict(pa.objective_variants())
     assert objective["jetspec-kl-g0"] == gamma["jetspec-kl-g0"]  # one run set serves both ablations
     assert objective["jetspec-reverse_kl-g0"] == ["--head=jetspec", "--loss=reverse_kl"]
@@ -45,7 +46,7 @@ def fake_run(out: Path, name: str, seed: int, steps: int, tau: float) -> None:
 
 def args(tmp_path: Path, seeds=(0, 1, 2)) -> argparse.Namespace:
     return argparse.Namespace(out=str(tmp_path / "runs"), target="t", data="d", refs="r", teacher_cache="c",
-                              seeds=list(seeds), steps=48, budget=16, parallel=2)
+                              seeds=list(seeds), steps=48, budget=16, parallel=2, heads=pa.HEADS)
 
 
 def test_objective_rows_are_mean_and_student_t_interval_over_seeds(tmp_path):
