@@ -173,15 +173,20 @@ def write_answer_data(prompts: str, out: Path, rows: int = 192, max_chars: int =
     return out / "train.jsonl", out / "vocab.jsonl"
 
 
-def merge_results(path: Path, key: str, rows: list[dict]) -> None:
+def merge_results(path: Path, key: str, rows: list[dict], field: str | None = None) -> None:
     """Replace ``key`` in the results file, keeping the other ablations' rows.
+
+    With ``field`` ("head" for gamma, "drafter" for tree scoring), only the old rows of ``key``
+    whose ``field`` value this run produced are replaced: a run for some heads or drafters keeps
+    the others' rows.
 
     Schema: {"gamma": [{head, gamma, tau_mean, tau_ci, taus, budget, steps}],
     "objective": [{loss, head, tau_mean, tau_ci, taus, budget, steps}],
     "tree_scoring": [{rule, drafter, budget, tau}]}.
     """
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = rows
+    done = {r[field] for r in rows} if field else None
+    data[key] = [r for r in data.get(key, []) if done is not None and r[field] not in done] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: data[k] for k in sorted(data)}, indent=1) + "\n")
 
@@ -246,8 +251,9 @@ def main() -> None:
         fn = {"gamma": gamma_ablation, "objective": objective_ablation, "tree-scoring": tree_scoring_ablation}[name]
         rows, text = fn(a)
         key = name.replace("-", "_")
-        merge_results(Path(a.json), key, rows)
-        png = plot(name, rows, Path(a.img))
+        field = {"gamma": "head", "tree_scoring": "drafter"}.get(key)
+        merge_results(Path(a.json), key, rows, field)
+        png = plot(name, json.loads(Path(a.json).read_text())[key], Path(a.img))  # every row kept, not just this run's
         Path(a.out, f"{key}.md").write_text(text)
         print(text, f"\nplot: {png}", sep="\n")
 

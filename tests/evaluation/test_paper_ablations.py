@@ -82,9 +82,17 @@ def test_merge_keeps_the_other_ablations(tmp_path):
     pa.merge_results(path, "tree_scoring", [{"rule": "entropy", "drafter": "jetspec", "budget": 16, "tau": 1.5}])
     pa.merge_results(path, "gamma", [{"head": "dflash", "gamma": 3, "tau_mean": 1.1, "tau_ci": 0.1, "taus": [1.1],
                                       "budget": 16, "steps": 48}])
-    pa.merge_results(path, "tree_scoring", [])
+    pa.merge_results(path, "tree_scoring", [{"rule": "entropy", "drafter": "eagle", "budget": 16, "tau": 1.4}],
+                     field="drafter")  # another drafter's run keeps jetspec's row
     data = json.loads(path.read_text())
-    assert data["gamma"][0]["head"] == "dflash" and data["tree_scoring"] == []
+    assert data["gamma"][0]["head"] == "dflash"
+    assert [r["drafter"] for r in data["tree_scoring"]] == ["jetspec", "eagle"]
+    pa.merge_results(path, "tree_scoring", [{"rule": "hybrid", "drafter": "jetspec", "budget": 16, "tau": 1.6}],
+                     field="drafter")  # a rerun of jetspec replaces its rows
+    assert [(r["drafter"], r["rule"]) for r in json.loads(path.read_text())["tree_scoring"]] == [
+        ("eagle", "entropy"), ("jetspec", "hybrid")]
+    pa.merge_results(path, "tree_scoring", [])  # no field: the key is replaced whole
+    assert json.loads(path.read_text())["tree_scoring"] == []
 
 
 def test_plot_ablation_writes_a_png(tmp_path):
