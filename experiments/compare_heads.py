@@ -49,7 +49,8 @@ def train_command(a, name: str, flags: list[str], seed: int, extra: list[str]) -
 
 
 def run_all(a, variants, extra) -> None:
-    jobs = [(n, f, s) for n, f in variants for s in a.seeds]
+    # Seed-major: every variant's seed 0 first, so an interrupted batch still holds paired runs.
+    jobs = [(n, f, s) for s in a.seeds for n, f in variants]
     pending = [j for j in jobs if not (Path(a.out) / f"{j[0]}-s{j[2]}" / "head" / "config.json").exists()]
     running: list[tuple[subprocess.Popen, str]] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -38,7 +38,7 @@ CORE = {
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
     "jetspec.core.replay", "jetspec.core.prompts", "jetspec.core.jsonl",
-    "jetspec.trees", "jetspec.trees.best_first", "jetspec.trees.builders",
+    "jetspec.trees", "jetspec.trees.best_first", "jetspec.trees.builders", "jetspec.trees.scoring",
     "jetspec.verifiers", "jetspec.verifiers.greedy", "jetspec.verifiers.sampling",
     "jetspec.kernels", "jetspec.kernels.reference", "jetspec.kernels.tree_attention",
     "jetspec.kernels.packed_linear",

@@ -2,5 +2,7 @@
 
 from jetspec.trees.best_first import capped_fanout, grow_tree
 from jetspec.trees.builders import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+from jetspec.trees.scoring import EntropyBuilder, HybridBuilder, entropy_fanout
 
-__all__ = ["BestFirstBuilder", "ChainBuilder", "FanoutCapBuilder", "capped_fanout", "grow_tree"]
+__all__ = ["BestFirstBuilder", "ChainBuilder", "EntropyBuilder", "FanoutCapBuilder", "HybridBuilder", "capped_fanout",
+           "entropy_fanout", "grow_tree"]

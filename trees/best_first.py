@@ -61,20 +61,26 @@ def check_node_cost(node_cost: object) -> None:
 
 
 def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: Fanout,
-              node_cost: float = 0.0) -> DraftTree:
+              node_cost: float = 0.0, breadth_first: bool = False) -> DraftTree:
     """Grow a tree of at most ``budget`` drafted nodes and depth ``depth`` from ``draft``.
 
     ``node_cost`` > 0 also stops growth where one more node would lower the expected tokens per
     unit of verify cost (module docstring); 0 spends the whole budget, the paper's design.
     Sampled drafts ignore it: cutting random draws by their values would bias the output.
+    ``breadth_first`` pops candidates shallowest first (cumulative score only breaks ties within a
+    depth): the budget fills level after level instead of following the most probable paths
+    (the entropy-guided rule of ``trees/scoring.py``); it cannot be combined with ``node_cost``,
+    whose stop test needs candidates in decreasing path probability.
     """
+    if breadth_first and node_cost > 0:
+        raise ValueError("node_cost needs the best-first order: use breadth_first=False with it")
     if draft.sampled:
         return _keep_sampled(draft, anchor, budget, depth)
     children_of = _table_children if draft.depth_tokens is not None else _node_children
     kids_cache: dict = {}
 
     tokens, parents, depths, scores, keys = [anchor], [-1], [0], [0.0], [None]
-    heap: list = []  # (-cumulative score, tie-break counter, parent node, candidate key, token, score)
+    heap: list = []  # ((level or 0, -cumulative score), tie-break counter, parent, candidate key, token, score)
     counter = 0
 
     def push_children(node: int) -> None:
@@ -87,7 +93,8 @@ def grow_tree(draft: DraftOutput, anchor: int, budget: int, depth: int, fanout: 
             if lp == float("-inf"):
                 continue
             s = scores[node] + lp
-            heapq.heappush(heap, (-s, counter, node, key, tok, s))
+            first = depths[node] + 1 if breadth_first else 0  # the level, then the score
+            heapq.heappush(heap, ((first, -s), counter, node, key, tok, s))
             counter += 1
 
     push_children(0)

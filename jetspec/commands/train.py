@@ -99,14 +99,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
     from jetspec.drafters.parallel_head import HeadConfig
     from jetspec.training.data import TokenDataModule
-    from jetspec.training.recipe import TrainConfig
+    from jetspec.training.recipe import LOSSES, TrainConfig
 
     p = sub.add_parser("train", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, TrainCommand)
     add_config_flags(p, TokenDataModule.__init__, only=DATA_FLAGS, rename={"seed": "data_seed"})
     add_config_flags(p, HeadConfig, only=HEAD_FLAGS, rename={"draft_vocab_size": "draft_vocab"})
     add_config_flags(p, TrainConfig, only=RECIPE_FLAGS, rename={"anchors_per_seq": "anchors"},
-                     choices={"loss": ("kl", "ce")})
+                     choices={"loss": LOSSES})
     p.set_defaults(func=run)
 
 

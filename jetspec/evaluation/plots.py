@@ -213,3 +213,34 @@ def plot_batching(costs: dict[int, dict[int, float]], best: list[dict], path: st
     axes[2].legend(fontsize=7)
     fig.savefig(path, dpi=80)  # a small PNG: it is committed under docs/results/img
     return Path(path)
+
+
+def plot_ablation(groups: dict[str, list[tuple[str, float, float]]], xlabel: str, ylabel: str, title: str,
+                  path: str | Path) -> Path:
+    """One ablation: per group (a head, a drafter) a line over the settings, mean +- interval bars.
+
+    ``groups`` maps a label to ``[(setting, mean, half_width)]``; settings are categories (gamma
+    values, objectives, scoring rules) drawn in the order given. A half-width of 0 or nan draws
+    no bar (a replay of one fixed head has no seed interval). Groups are nudged apart sideways
+    so overlapping intervals stay readable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(5.2, 3.4), layout="constrained")
+    ax = fig.subplots()
+    labels: list[str] = []
+    for pts in groups.values():
+        labels += [s for s, _, _ in pts if s not in labels]
+    for i, (name, pts) in enumerate(groups.items()):
+        shift = (i - (len(groups) - 1) / 2) * 0.08
+        xs = [labels.index(s) + shift for s, _, _ in pts]
+        errs = [h if h == h and h > 0 else 0.0 for _, _, h in pts]  # h == h: not nan
+        ax.errorbar(xs, [m for _, m, _ in pts], yerr=errs, marker="o", capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path

@@ -12,8 +12,9 @@ The recipe (docs/design.md §5), as plain functions the LightningModule calls:
    one), never another block.
 4. ``block_targets``: slot k of block a is supervised with the teacher's distribution at
    position a+k-1, i.e. the law of token a+k given x[0..a+k-1]. Slot 0 (the anchor) has no loss.
-5. ``slot_losses``: forward KL(p_target || q_draft) (default), optionally against the teacher's
-   top-k logits only, or cross-entropy to the data token; optional exp(-(k-1)/gamma) decay.
+5. ``slot_losses``: forward KL(p_target || q_draft) (default) or reverse KL(q_draft || p_target),
+   optionally against the teacher's top-k logits only, or cross-entropy to the data token (SFT);
+   optional exp(-(k-1)/gamma) decay.
 
 The functions here do not touch a head: ``jetspec.drafters.learned_head.LearnedHead`` runs them,
 in this order, in one place (its ``slot_batch`` and ``training_step``).
@@ -47,6 +48,8 @@ from torch import Tensor
 from jetspec.core.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
 from jetspec.kernels import additive_mask
 
+LOSSES = ("kl", "reverse_kl", "ce")  # the objectives ``slot_losses`` knows
+
 
 @dataclass
 class TrainConfig:
@@ -57,7 +60,7 @@ class TrainConfig:
     warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     anchors_per_seq: int = 16  # anchor blocks packed per sequence and step
-    loss: str = "kl"  # "kl": forward KL to the teacher; "ce": cross-entropy to the data token
+    loss: str = "kl"  # "kl": KL(p || q) to the teacher; "reverse_kl": KL(q || p); "ce": CE to the data token (SFT)
     kl_topk: Optional[int] = None  # KL against the teacher's top-k logits only (needed by the cache)
     decay_gamma: Optional[float] = None  # weight exp(-(k-1)/gamma) on slot k (DFlash); None = uniform
     teacher_cache: Optional[str] = None  # folder of safetensors shards with taps + top-k logits
@@ -67,8 +70,8 @@ class TrainConfig:
     seed: int = 0  # anchor sampling is a function of (seed, epoch, sequence index) only
 
     def __post_init__(self) -> None:
-        if self.loss not in ("kl", "ce"):
-            raise ValueError(f"loss must be 'kl' or 'ce', got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.anchors_per_seq < 1:
             raise ValueError(f"anchors_per_seq must be >= 1, got {self.anchors_per_seq}")
         if self.teacher_cache is not None and self.kl_topk is None:
@@ -203,6 +206,55 @@ def topk_forward_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
+def reverse_kl(teacher_logits: Float[Tensor, "M V"],
+               draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+    """KL(q || p) per row, p = softmax(teacher), q = softmax(draft): sum_i q_i (log q_i - log p_i).
+
+    Mode-seeking: q is pushed onto the teacher's high-probability tokens and pays little for
+    leaving some of them out, the opposite of forward KL's mass-covering (docs/design.md §5).
+    """
+    dt = torch.promote_types(draft_logits.dtype, torch.float32)
+    logp = torch.log_softmax(teacher_logits.to(dt), -1)
+    logq = torch.log_softmax(draft_logits.to(dt), -1)
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
+def topk_reverse_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "M k"],
+                    draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+    """Reverse KL against a top-k teacher: KL(q_S || p_S) - log q(S), S = the teacher's finite top-k.
+
+    The cache keeps only the teacher's top-k logits, so p is known on S alone (renormalised:
+    p_S = softmax(top_values)) and log p of any token outside S is unknown. The loss splits q by
+    the chain rule into "is the token in S" and "which token of S":
+
+    * within S: the textbook reverse KL of the renormalised draft q_S = q / q(S) to p_S;
+    * the split: -log q(S), the forward KL of the two-outcome law {S, not S} from a teacher that
+      puts all its renormalised mass on S. Without it, logits outside S get no gradient at all
+      and the draft's argmax may drift off S.
+
+    It is 0 iff q = p_S, and with k = V (S = every token, q(S) = 1) it is exactly ``reverse_kl``.
+    Entries of ``top_values`` at -inf (tokens a reduced draft vocabulary lacks) are not in S;
+    a row whose S is empty has loss 0.
+    """
+    dt = torch.promote_types(draft_logits.dtype, torch.float32)
+    in_s = torch.isfinite(top_values)  # [M, k]
+    # Rows with an empty S get one stand-in member, so no -inf - -inf appears anywhere: a NaN in a
+    # branch ``where`` discards still poisons the gradient. Their loss is zeroed at the end.
+    any_s = in_s.any(-1, keepdim=True)
+    in_s_safe = in_s | (~any_s & (torch.arange(in_s.shape[-1], device=in_s.device) == 0))
+    ninf = torch.full_like(top_values, float("-inf"), dtype=dt)
+    vals = torch.where(in_s, top_values.to(dt), torch.zeros_like(ninf))  # the stand-in gets logit 0
+    logp = torch.log_softmax(torch.where(in_s_safe, vals, ninf), -1)
+    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [M, k]
+    logq = torch.where(in_s_safe, logq, ninf)
+    log_mass = torch.logsumexp(logq, -1, keepdim=True)  # log q(S), [M, 1]
+    logq_s = torch.where(in_s_safe, logq - log_mass, torch.zeros_like(logq))
+    logp = torch.where(in_s_safe, logp, torch.zeros_like(logp))
+    terms = torch.where(in_s_safe, logq_s.exp() * (logq_s - logp), torch.zeros_like(logq_s))
+    loss = terms.sum(-1) - log_mass.squeeze(-1)
+    return torch.where(any_s.squeeze(-1), loss, torch.zeros_like(loss))
+
+
 def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_tokens: Int[Tensor, " M"],
                 teacher_logits: Optional[Tensor] = None, top_values: Optional[Tensor] = None,
                 top_indices: Optional[Tensor] = None) -> Float[Tensor, " M"]:
@@ -212,8 +264,9 @@ def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_token
         # -1: a data token outside a reduced draft vocabulary (no loss; its weight is 0 too).
         return F.cross_entropy(draft_logits.to(dt), data_tokens, reduction="none", ignore_index=-1)
     if top_values is not None:
-        return topk_forward_kl(top_values, top_indices, draft_logits)
-    return forward_kl(teacher_logits, draft_logits)
+        fn = topk_reverse_kl if cfg.loss == "reverse_kl" else topk_forward_kl
+        return fn(top_values, top_indices, draft_logits)
+    return (reverse_kl if cfg.loss == "reverse_kl" else forward_kl)(teacher_logits, draft_logits)
 
 
 # ---------------------------------------------------------------------------------------- metrics

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.drafters import DraftModelDrafter, NGramDrafter, OracleDrafter, RandomDrafter
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+from jetspec.trees import BestFirstBuilder, ChainBuilder, EntropyBuilder, FanoutCapBuilder, HybridBuilder
 from jetspec.verifiers import GreedyVerifier, SamplingVerifier
 
 VOCAB = 64
@@ -49,7 +49,8 @@ def test_greedy_output_equals_hugging_face(family, seed, length, budget, width, 
     ref = hf_greedy(model, ids, n)
     for drafter in all_drafters(model):
         for builder in (ChainBuilder(depth, node_cost), BestFirstBuilder(budget, width, depth, node_cost),
-                        FanoutCapBuilder(budget, width, depth, node_cost=node_cost)):
+                        FanoutCapBuilder(budget, width, depth, node_cost=node_cost),
+                        EntropyBuilder(budget, width, depth), HybridBuilder(budget, width, depth, node_cost)):
             res = SpeculativeDecoder(model, drafter, builder).generate(ids, max_new_tokens=n)
             assert torch.equal(res.sequences, ref), f"{type(drafter).__name__} + {builder}"
             assert sum(res.accepted_lengths) == n

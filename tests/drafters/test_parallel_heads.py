@@ -20,7 +20,7 @@ from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
 from jetspec.drafters.parallel_head import default_tap_layers
 from jetspec.training.recipe import Teacher, packed_block_mask
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+from jetspec.trees import BestFirstBuilder, ChainBuilder, EntropyBuilder, FanoutCapBuilder, HybridBuilder
 
 HEADS = [JetSpecHead, DFlashHead]
 
@@ -190,7 +190,8 @@ def test_random_head_greedy_is_lossless(targets, family, cls):
     prompt = torch.randint(0, 64, (1, 7))
     want = target.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
     for builder in (ChainBuilder(depth=5), BestFirstBuilder(budget=12, width=3, depth=5),
-                    FanoutCapBuilder(budget=12, width=3, depth=5)):
+                    FanoutCapBuilder(budget=12, width=3, depth=5), EntropyBuilder(budget=12, width=3, depth=5),
+                    HybridBuilder(budget=12, width=3, depth=5)):
         res = SpeculativeDecoder(target, head, builder).generate(prompt, max_new_tokens=20)
         assert torch.equal(res.sequences, want), builder
     # A one-token prompt: the first round drafts from an empty context.

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetspec.core.types import DraftOutput, ancestor_mask
-from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
+from jetspec.trees import BestFirstBuilder, ChainBuilder, EntropyBuilder, FanoutCapBuilder, HybridBuilder
 
 
 @st.composite
@@ -38,7 +38,8 @@ def node_drafts(draw):
 def builders(budget, width, depth):
     return [ChainBuilder(depth), BestFirstBuilder(budget, width, depth),
             FanoutCapBuilder(budget, width, depth, beta=1.5, gap0=0.5),
-            BestFirstBuilder(budget, width, depth, node_cost=0.05)]
+            BestFirstBuilder(budget, width, depth, node_cost=0.05), EntropyBuilder(budget, width, depth),
+            HybridBuilder(budget, width, depth), HybridBuilder(budget, width, depth, node_cost=0.05)]
 
 
 def closure_by_walking(parents):
