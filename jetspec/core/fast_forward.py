@@ -90,6 +90,21 @@ class LayerKV:
     values: Tensor
 
 
+def _grown(buf: Tensor, length: int, need: int, dim: int) -> Tensor:
+    """``buf`` if its capacity along ``dim`` holds ``need``; else a copy whose capacity doubled until it
+    does, with the first ``length`` entries along ``dim`` kept (a cache grows by doubling, rarely)."""
+    capacity = buf.shape[dim]
+    if need <= capacity:
+        return buf
+    while capacity < need:
+        capacity *= 2
+    shape = list(buf.shape)
+    shape[dim] = capacity
+    new = buf.new_zeros(shape)
+    new.narrow(dim, 0, length).copy_(buf.narrow(dim, 0, length))
+    return new
+
+
 class KVBuffer:
     """The keys and values of every layer in two preallocated tensors ``[L, h_kv, C, K]``.
 
@@ -108,16 +123,7 @@ class KVBuffer:
 
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` more rows after ``length``."""
-        need, capacity = self.length + rows, self.keys.shape[2]
-        if need <= capacity:
-            return
-        while capacity < need:
-            capacity *= 2
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
-            new[:, :, : self.length] = old[:, :, : self.length]
-            setattr(self, name, new)
+        self.keys, self.values = (_grown(x, self.length, self.length + rows, dim=2) for x in (self.keys, self.values))
 
     def write(self, layer: int, k: Float[Tensor, "1 h_kv N K"], v: Float[Tensor, "1 h_kv N K"]
               ) -> tuple[Tensor, Tensor]:
@@ -173,16 +179,7 @@ class RowsKVBuffer:
 
     def reserve(self, cols: int) -> None:
         """Make room for ``cols`` more columns after ``length`` (the capacity doubles)."""
-        need, capacity = self.length + cols, self.keys.shape[3]
-        if need <= capacity:
-            return
-        while capacity < need:
-            capacity *= 2
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = old.new_zeros(*old.shape[:3], capacity, old.shape[4])
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            setattr(self, name, new)
+        self.keys, self.values = (_grown(x, self.length, self.length + cols, dim=3) for x in (self.keys, self.values))
 
     def write(self, layer: int, k: Float[Tensor, "B h_kv N K"], v: Float[Tensor, "B h_kv N K"]
               ) -> tuple[Tensor, Tensor]:

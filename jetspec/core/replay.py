@@ -165,6 +165,18 @@ def reference_taps(model, tap_layers: Sequence[int], references: Sequence[Refere
     return [teacher(torch.tensor([r.input_ids], device=dev)).taps[0].cpu() for r in references]
 
 
+def drafter_taps(drafter: Drafter, model, references: Sequence[Reference],
+                 cache: dict[tuple[int, ...], list[Tensor]]) -> Optional[list[Tensor]]:
+    """The references' taps for ``drafter`` (None if it reads none), computed once per set of tap
+    layers: drafters that read the same layers share ``cache``'s entry."""
+    if not drafter.tap_layers:
+        return None
+    key = tuple(drafter.tap_layers)
+    if key not in cache:
+        cache[key] = reference_taps(model, key, references)
+    return cache[key]
+
+
 def as_references(rows: Iterable[Reference | dict]) -> list[Reference]:
     keys = ("input_ids", "response_start", "set")
     return [r if isinstance(r, Reference) else Reference(**{k: r[k] for k in keys if k in r}) for r in rows]

@@ -325,16 +325,22 @@ def run_method(m: Method, model, ids: list[int], max_new_tokens: int, cfg: Bench
 
 
 @torch.no_grad()
-def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos, seed: int) -> dict:
-    clock = _EmissionClock()
+def _hf_kwargs(cfg: BenchConfig, max_new_tokens: int, eos, clock: "_EmissionClock") -> dict:
+    """HF ``generate`` settings of the bench: our EOS ids, no top-k/top-p, greedy or the bench's temperature."""
     kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos or [0])[0],
                   streamer=clock, top_k=None, top_p=None)
-    if m.drafter == "hf_prompt_lookup":
-        kwargs["prompt_lookup_num_tokens"] = m.budget
     if cfg.temperature > 0:
         kwargs.update(do_sample=True, temperature=cfg.temperature)
     else:
         kwargs.update(do_sample=False, temperature=None)
+    return kwargs
+
+
+def _run_hf(m: Method, model, prompt, max_new_tokens: int, cfg: BenchConfig, eos, seed: int) -> dict:
+    clock = _EmissionClock()
+    kwargs = _hf_kwargs(cfg, max_new_tokens, eos, clock)
+    if m.drafter == "hf_prompt_lookup":
+        kwargs["prompt_lookup_num_tokens"] = m.budget
     # HF generate samples from the global RNG only: seed a fork of it, so the caller's state is kept.
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -385,12 +391,7 @@ def run_method_batch(m: Method, model, prompts: list[list[int]], max_new_tokens:
 def _run_hf_batch(m: Method, model, ids, mask, max_new_tokens: int, cfg: BenchConfig, eos, seed: int) -> dict:
     """HF ``generate`` on the padded batch; decode time as in ``_run_hf`` (its first step is prefill)."""
     clock = _EmissionClock()
-    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos or [0])[0],
-                  streamer=clock, top_k=None, top_p=None)
-    if cfg.temperature > 0:
-        kwargs.update(do_sample=True, temperature=cfg.temperature)
-    else:
-        kwargs.update(do_sample=False, temperature=None)
+    kwargs = _hf_kwargs(cfg, max_new_tokens, eos, clock)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jetspec.core.interfaces import Drafter, TreeBuilder
-from jetspec.core.replay import Reference, as_references, reference_taps, replay_sequence
+from jetspec.core.replay import Reference, as_references, drafter_taps, reference_taps, replay_sequence
 from jetspec.core.target import TargetModel, as_target
 from jetspec.core.types import DraftTree
 
@@ -357,12 +357,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, model, tokenizer) -> list[FaithSum
             drafter = make_drafter(spec, model, head_dir)
         except DrafterUnavailable as err:
             raise ValueError(f"--drafters: '{spec}': {err}") from None
-        taps = None
-        if drafter.tap_layers:
-            key = tuple(drafter.tap_layers)
-            if key not in taps_by_layers:
-                taps_by_layers[key] = reference_taps(model, key, refs)
-            taps = taps_by_layers[key]
+        taps = drafter_taps(drafter, model, refs, taps_by_layers)
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         builder = BestFirstBuilder(budget=cfg.budget, width=cfg.width, depth=depth)
         label = spec_label(spec)

@@ -156,7 +156,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
 
     Taps are captured once per set of tap layers and shared by the drafters that read them.
     """
-    from jetspec.core.replay import reference_taps, replay
+    from jetspec.core.replay import drafter_taps, replay
     from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
     from jetspec.trees import BestFirstBuilder
 
@@ -171,12 +171,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
             skipped.append(f"{spec}: {err}")
             log.info("skip %s: %s", spec, err)
             continue
-        taps = None
-        if drafter.tap_layers:
-            key = tuple(drafter.tap_layers)
-            if key not in taps_by_layers:
-                taps_by_layers[key] = reference_taps(model, key, refs)
-            taps = taps_by_layers[key]
+        taps = drafter_taps(drafter, model, refs, taps_by_layers)
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         for b, c in itertools.product(cfg.budget_list, cfg.cost_list):
             t0 = time.perf_counter()
