@@ -195,10 +195,12 @@ def plot(name: str, rows: list[dict], img: Path) -> Path:
     if name == "gamma":
         groups = {h: [(str(r["gamma"]), r["tau_mean"], r["tau_ci"]) for r in rows if r["head"] == h]
                   for h in HEADS if any(r["head"] == h for r in rows)}
-        return plot_ablation(groups, "gamma (0 = uniform)", "tau", "Loss weighting gamma", img / "ablation_gamma.png")
+        return plot_ablation(groups, "gamma (0 = uniform)", "tau", f"Loss weighting gamma, {rows[0]['steps']} steps",
+                             img / "ablation_gamma.png")
     if name == "objective":
         groups = {"jetspec": [(r["loss"], r["tau_mean"], r["tau_ci"]) for r in rows]}
-        return plot_ablation(groups, "objective", "tau", "Training objective", img / "ablation_objective.png")
+        return plot_ablation(groups, "objective", "tau", f"Training objective, {rows[0]['steps']} steps",
+                             img / "ablation_objective.png")
     groups: dict = {}
     for r in rows:
         groups.setdefault(f"{r['drafter']} b={r['budget']}", []).append((r["rule"], r["tau"], 0.0))
