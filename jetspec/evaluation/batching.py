@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -319,7 +318,10 @@ def run_batching(cfg: BatchingConfig, model, tokenizer, prompts: Optional[list[d
 
         Path(cfg.img).parent.mkdir(parents=True, exist_ok=True)
         plot_batching(costs, best, cfg.img)
-        img_link = os.path.relpath(cfg.img, Path(cfg.md).parent if cfg.md else ".")
+        # From the repository root: the report is read where it is written and where BENCHMARKS.md
+        # (at the root) includes it, and a root link resolves the same in both (and in the docs site).
+        img = Path(cfg.img)
+        img_link = img.as_posix() if img.is_absolute() else "/" + img.as_posix()
     text = batching_markdown(bench, costs, best, cfg, img_link)
     if cfg.md:
         Path(cfg.md).parent.mkdir(parents=True, exist_ok=True)
