@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -296,6 +297,17 @@ def batching_markdown(result: dict, costs: dict[int, dict[int, float]], best: li
     return "\n".join(out + _explanation(costs, best))
 
 
+def image_link(img: str, md: Optional[str]) -> str:
+    """How the report links its figure. A path relative to where the command runs (the repository
+    root, e.g. the default ``docs/results/img/batching.png``) becomes a link from the root
+    (``/docs/...``): it resolves the same where the report is written and where BENCHMARKS.md, at
+    the root, includes it (and on the docs site). Any other path is linked relative to the report."""
+    path = Path(img)
+    if not path.is_absolute():
+        return "/" + path.as_posix()
+    return os.path.relpath(path, Path(md).parent if md else Path.cwd())
+
+
 def run_batching(cfg: BatchingConfig, model, tokenizer, prompts: Optional[list[dict]] = None,
                  threads_reason: str = "torch's default", progress: bool = True) -> dict:
     """The bench at every batch size, the verify-cost grid, the plot and the report (see the module docstring).
@@ -318,10 +330,7 @@ def run_batching(cfg: BatchingConfig, model, tokenizer, prompts: Optional[list[d
 
         Path(cfg.img).parent.mkdir(parents=True, exist_ok=True)
         plot_batching(costs, best, cfg.img)
-        # From the repository root: the report is read where it is written and where BENCHMARKS.md
-        # (at the root) includes it, and a root link resolves the same in both (and in the docs site).
-        img = Path(cfg.img)
-        img_link = img.as_posix() if img.is_absolute() else "/" + img.as_posix()
+        img_link = image_link(cfg.img, cfg.md)
     text = batching_markdown(bench, costs, best, cfg, img_link)
     if cfg.md:
         Path(cfg.md).parent.mkdir(parents=True, exist_ok=True)

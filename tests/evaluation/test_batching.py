@@ -183,3 +183,11 @@ def test_batching_command_end_to_end(tmp_path):
                "--tree-rows", "1,2", "--prefix", "4", "--repeats", "1", "--max-new-tokens", "4", "--threads", "1",
                "--out", str(tmp_path / "raw"), "--md", str(md), "--img", str(tmp_path / "b.png")])
     assert rc == 0 and "| ngram | 4 | 2 |" in md.read_text()
+
+
+def test_the_figure_is_linked_from_the_repository_root_when_its_path_is_relative():
+    from jetspec.evaluation.batching import image_link
+
+    # BENCHMARKS.md (at the root) includes the report: only a root link resolves there and beside the report
+    assert image_link("docs/results/img/batching.png", "docs/results/batching.md") == "/docs/results/img/batching.png"
+    assert image_link("/tmp/x/docs/img/b.png", "/tmp/x/docs/batching.md") == "img/b.png"
