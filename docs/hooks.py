@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import posixpath
 import re
 import shutil
 from pathlib import Path
@@ -150,10 +151,37 @@ def _api_uri(module_name: str) -> str:
 
 
 def benchmark_images() -> list[str]:
-    """Relative paths of the existing images BENCHMARKS.md links to (``![alt](path)``, from the repository root)."""
+    """Relative paths of the existing images BENCHMARKS.md links to (``![alt](path)`` or ``![alt](/path)``,
+    from the repository root)."""
     text = (nbexec.REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
-    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    links = [link.lstrip("/") for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)]
     return sorted({link for link in links if "://" not in link and (nbexec.REPO / link).is_file()})
+
+
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"$', re.M)
+ROOT_LINK = re.compile(r"(\]\()/([^)\s]+)\)")
+
+
+def inline_snippets(markdown: str, page_src: str) -> str:
+    """Inline each ``--8<-- "FILE"`` line (FILE from the repository root) with its links from the
+    repository root (``](/docs/results/img/x.png)``: what the reports included into BENCHMARKS.md write,
+    so they resolve on the code host wherever they are read) made relative to the page ``page_src``;
+    mkdocs would leave a root link as it is, which breaks on a site served under a sub-path."""
+    base = posixpath.dirname(page_src) or "."
+
+    def relative(m: re.Match) -> str:
+        target = m.group(2)
+        if not (nbexec.REPO / target).is_file():
+            return m.group(0)  # not a repository file: left for the strict build to report
+        return f"{m.group(1)}{posixpath.relpath(target, base)})"
+
+    def include(m: re.Match) -> str:
+        path = nbexec.REPO / m.group(1)
+        if not path.is_file():
+            raise PluginError(f"{page_src}: the included file {m.group(1)} does not exist")
+        return ROOT_LINK.sub(relative, path.read_text(encoding="utf-8"))
+
+    return SNIPPET.sub(include, markdown)
 
 
 # --------------------------------------------------------------------------------------------- hooks
@@ -221,3 +249,8 @@ def on_files(files, config):
     for module_name in PUBLIC_MODULES:
         files.append(File.generated(config, _api_uri(module_name), content=_api_page(module_name)))
     return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    """Included reports (``--8<--`` lines) with their root links made page-relative (``inline_snippets``)."""
+    return inline_snippets(markdown, page.file.src_uri)

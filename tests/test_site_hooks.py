@@ -82,3 +82,21 @@ def test_a_tutorial_cell_that_raised_fails_the_build(tmp_path):
 def test_a_clean_executed_copy_passes(tmp_path):
     source, out = _notebook_pair(tmp_path, [nbformat.v4.new_output("stream", name="stdout", text="ok\n")])
     hooks.ensure_executed([source], out)  # no error, nothing executed
+
+
+def test_included_reports_link_their_figures_relative_to_the_page():
+    # docs/results/batching.md links its figure from the repository root, as the code host resolves it
+    page = '# Benchmarks\n\n--8<-- "docs/results/batching.md"\n'
+    at_root = hooks.inline_snippets(page, "benchmarks.md")
+    assert "](docs/results/img/batching.png)" in at_root and "](/docs/results/img/batching.png)" not in at_root
+    assert "## Batching" in at_root and "--8<--" not in at_root
+    assert "](../docs/results/img/batching.png)" in hooks.inline_snippets(page, "guides/benchmarks.md")
+
+
+def test_a_missing_report_or_figure_is_not_papered_over(tmp_path, monkeypatch):
+    with pytest.raises(PluginError, match="does not exist"):
+        hooks.inline_snippets('--8<-- "docs/results/no_such_report.md"\n', "benchmarks.md")
+    (tmp_path / "r.md").write_text("![gone](/docs/results/img/no_such_figure.png)\n")
+    monkeypatch.setattr(hooks.nbexec, "REPO", tmp_path)
+    # left as a root link, which the strict build then reports as a warning (so the build fails)
+    assert hooks.inline_snippets('--8<-- "r.md"\n', "benchmarks.md") == "![gone](/docs/results/img/no_such_figure.png)\n\n"
