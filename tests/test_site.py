@@ -35,7 +35,8 @@ needs_browser = pytest.mark.skipif(
 def site_pages() -> list[str]:
     """URL paths of the landing page and every tutorial page of the built site."""
     tutorials = sorted(p.parent.name for p in (SITE / "tutorials").glob("[0-9][0-9]_*/index.html"))
-    return ["", *[f"tutorials/{name}/" for name in tutorials]]
+    # the benchmarks page too: it shows BENCHMARKS.md's figures, published by the docs hook
+    return ["", "benchmarks/", *[f"tutorials/{name}/" for name in tutorials]]
 
 
 @contextmanager
@@ -131,7 +132,7 @@ def shot_name(page: str) -> str:
 @pytest.mark.skipif(not (SITE / "index.html").exists(), reason="no site/: run make docs first")
 def test_landing_and_tutorial_pages(browser):
     pages = site_pages()
-    assert len(pages) >= 11, f"expected the landing page and at least ten tutorials in {SITE}, got {pages}"
+    assert len(pages) >= 12, f"expected the landing and benchmarks pages and ten tutorials or more, got {pages}"
     failures = {}
     with serve(SITE) as base:
         for page in pages:
