@@ -108,6 +108,15 @@ def tiny_llama(seed: int = 0, dtype=torch.float64):
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
+@pytest.fixture(scope="session")
+def target_dir(tmp_path_factory):
+    """A tiny random Llama and its tokenizer saved in a folder, loadable by a command's ``--target``."""
+    path = tmp_path_factory.mktemp("target")
+    tiny_llama().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
 def random_seqs(n: int, vocab: int = 64, seed: int = 0, lo: int = 8, hi: int = 20) -> list[dict]:
     """n random token sequences of lo..hi-1 tokens, the response starting at a third of each."""
     gen = torch.Generator().manual_seed(seed)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec.cli import build_parser, main
 from jetspec.core.prompts import read_jsonl, write_jsonl
@@ -24,15 +23,6 @@ WORDS = [f"w{i}" for i in range(8, 56)]
 
 def _sentence(i: int, n: int = 4) -> str:
     return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n))
-
-
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    """A tiny random Llama and its tokenizer in a folder, loadable by ``--target``."""
-    path = tmp_path_factory.mktemp("target")
-    tiny_llama().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture

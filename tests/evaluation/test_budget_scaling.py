@@ -11,19 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec.cli import main
 from jetspec.core.jsonl import write_jsonl
 from jetspec.evaluation.replay_tools import scaling_markdown
-
-
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("target")
-    tiny_llama().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 def test_scaling_table_and_plots(target_dir, tmp_path):

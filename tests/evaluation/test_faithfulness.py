@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama, tiny_model, tiny_tokenizer
+from conftest import tiny_model
 
 from jetspec.cli import main
 from jetspec.core.interfaces import Drafter
@@ -143,14 +143,6 @@ def test_summary_thresholds_and_inconsistent_rounds():
 
 
 # ---------------------------------------------------------------------------- the command
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("target")
-    tiny_llama().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
-
-
 def _prompts(path):
     write_jsonl(path, [{"prompt": f"w{10 + i} w{20 + i} w{30 + i} w{10 + i}", "set": s}
                        for s in ("a", "b") for i in range(2)])
