@@ -408,6 +408,43 @@ def _run_hf_batch(m: Method, model, ids, mask, max_new_tokens: int, cfg: BenchCo
             "draft_forwards": 0, "accepted_depths": [], "tree_depths": [], "tree_nodes": 0, "tokens": tokens}
 
 
+def _run_once(m: Method, model, rows_in: list[dict], b: int, idx: list[int], max_new_tokens: int,
+              cfg: BenchConfig, eos, seed: int) -> dict:
+    """One call of method ``m`` on the prompts ``idx``: at batch size ``b`` = 1 the classic one-prompt path,
+    else one batched call (also for a last, smaller group: its record has the batch layout)."""
+    if b == 1:
+        return run_method(m, model, rows_in[idx[0]]["ids"], max_new_tokens, cfg, eos, seed=seed)
+    return run_method_batch(m, model, [rows_in[i]["ids"] for i in idx], max_new_tokens, cfg, eos, seed=seed)
+
+
+def _timed_runs(plan: list[tuple[int, list[Method], list[list[int]]]], rows_in: list[dict], model, cfg: BenchConfig,
+                eos, progress: bool) -> list[dict]:
+    """Warm up every (batch size, method) once, then run the plan ``cfg.repeats`` times: one record per call."""
+    if cfg.warmup:
+        for b, ms, batches in plan:
+            for m in ms:
+                _run_once(m, model, rows_in, b, batches[0], min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
+    runs: list[dict] = []
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+    total = cfg.repeats * sum(len(ms) * len(batches) for _, ms, batches in plan)
+    with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar:
+        for rep in range(cfg.repeats):
+            for b, ms, batches in plan:
+                for idx in batches:
+                    # A fresh random order per prompt (batch): no method always runs first (cold) or last.
+                    for mi in torch.randperm(len(ms), generator=order_rng).tolist():
+                        m = ms[mi]
+                        rec = _run_once(m, model, rows_in, b, idx, cfg.max_new_tokens, cfg, eos,
+                                        seed=cfg.seed + 1000 * rep + idx[0])
+                        sets = {rows_in[i]["set"] for i in idx}
+                        runs.append({**m.key(), "batch_size": b, "prompt_set": sets.pop() if len(sets) == 1
+                                     else "mixed", "prompt_index": idx[0], "prompt_indices": idx, "repeat": rep,
+                                     **rec})
+                        bar.update(1)
+                        bar.set_postfix(method=m.label, batch=b, refresh=False)
+    return runs
+
+
 def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
               prompts: Optional[list[dict]] = None, progress: bool = True,
               threads_reason: Optional[str] = None, **overrides) -> dict:
@@ -449,39 +486,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         skipped.append({"drafter": "hf_prompt_lookup", "reason": "batch sizes > 1: Hugging Face assisted "
                         "generation decodes one prompt at a time (measured at batch size 1 only)"})
     plan = [(b, methods if b == 1 else batched, batches_of(len(rows_in), b)) for b in cfg.batch_sizes]
-    if cfg.warmup:
-        warm = rows_in[0]["ids"]
-        for b, ms, batches in plan:
-            for m in ms:
-                if b == 1:
-                    run_method(m, model, warm, min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
-                else:
-                    run_method_batch(m, model, [rows_in[i]["ids"] for i in batches[0]],
-                                     min(8, cfg.max_new_tokens), cfg, eos, seed=cfg.seed)
-
-    runs: list[dict] = []
-    order_rng = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.repeats * sum(len(ms) * len(batches) for _, ms, batches in plan)
-    with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar:
-        for rep in range(cfg.repeats):
-            for b, ms, batches in plan:
-                for idx in batches:
-                    # A fresh random order per prompt (batch): no method always runs first (cold) or last.
-                    for mi in torch.randperm(len(ms), generator=order_rng).tolist():
-                        m = ms[mi]
-                        seed = cfg.seed + 1000 * rep + idx[0]
-                        if b == 1:
-                            row = rows_in[idx[0]]
-                            rec = run_method(m, model, row["ids"], cfg.max_new_tokens, cfg, eos, seed=seed)
-                        else:
-                            rec = run_method_batch(m, model, [rows_in[i]["ids"] for i in idx], cfg.max_new_tokens,
-                                                   cfg, eos, seed=seed)
-                        sets = {rows_in[i]["set"] for i in idx}
-                        runs.append({**m.key(), "batch_size": b, "prompt_set": sets.pop() if len(sets) == 1
-                                     else "mixed", "prompt_index": idx[0], "prompt_indices": idx, "repeat": rep,
-                                     **rec})
-                        bar.update(1)
-                        bar.set_postfix(method=m.label, batch=b, refresh=False)
+    runs = _timed_runs(plan, rows_in, model, cfg, eos, progress)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
