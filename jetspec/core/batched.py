@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jetspec.core.batched_target import BatchedTarget
-from jetspec.core.checks import check_token_ids, run_drafter_batch
+from jetspec.core.checks import check_prompt_ids, run_drafter_batch
 from jetspec.core.decoding import GenerationResult, _eos_set, _Timer, _truncate
 from jetspec.core.sampling import Rng, SamplingConfig, process_logits
 from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
@@ -46,17 +46,7 @@ def check_batch_args(input_ids, attention_mask, max_new_tokens, vocab_size: int,
                      pad_token_id) -> tuple[Tensor, Tensor]:
     """``(input_ids [B, T], mask [B, T] bool)`` after checking them, with errors naming the argument
     and the row. Hugging Face conventions: 1 = real token, prompts padded on the left only."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
-        raise ValueError("input_ids must be a LongTensor of shape [B, T]")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
-        raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] < 1:
-        raise ValueError("input_ids is empty: the prompt needs at least one token")
-    check_token_ids(input_ids, vocab_size, "input_ids")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    input_ids = check_prompt_ids(input_ids, max_new_tokens, vocab_size, "[B, T]")
     mask = _check_mask(input_ids, attention_mask)
     if pad_token_id is not None and (not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool)
                                      or pad_token_id < 0):

@@ -14,6 +14,7 @@ import numbers
 from dataclasses import replace
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from jetspec.core.types import DraftInput, DraftOutput, MalformedDraft
@@ -34,6 +35,23 @@ def check_token_ids(ids: Tensor, vocab_size: int, what: str) -> None:
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"{what} holds token id {int(flat[i])} (flat position {i}), outside the target's "
                          f"vocabulary [0, {vocab_size})")
+
+
+def check_prompt_ids(input_ids, max_new_tokens, vocab_size: int, shape: str) -> Tensor:
+    """``input_ids`` as a 2-D ``shape`` ("[1, T]" or "[B, T]") tensor after checking it (integer ids
+    inside the target's vocabulary, at least one token) and ``max_new_tokens`` (an integer >= 1)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"input_ids must be a LongTensor of shape {shape}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
+        raise ValueError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[1] < 1:
+        raise ValueError("input_ids is empty: the prompt needs at least one token")
+    check_token_ids(input_ids, vocab_size, "input_ids")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    return input_ids
 
 
 def run_drafter(drafter, inp: DraftInput, vocab_size: Optional[int]) -> DraftOutput:

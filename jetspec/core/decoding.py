@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from jetspec.core.checks import check_drafter_target, check_token_ids, run_drafter
+from jetspec.core.checks import check_drafter_target, check_prompt_ids, run_drafter
 from jetspec.core.interfaces import Drafter, TreeBuilder, Verifier
 from jetspec.core.sampling import SamplingConfig, TorchRng, process_logits
 from jetspec.core.target import TargetModel, as_target
@@ -88,18 +88,7 @@ def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingCo
     """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens.
 
     Only one prompt comes here (``_is_batch`` sends the rest to jetspec.core.batched)."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
-        raise ValueError("input_ids must be a LongTensor of shape [1, T]")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [1, T], got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] < 1:
-        raise ValueError("input_ids is empty: the prompt needs at least one token")
-    check_token_ids(input_ids, vocab_size, "input_ids")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    return input_ids
+    return check_prompt_ids(input_ids, max_new_tokens, vocab_size, "[1, T]")
 
 
 class _Timer:
