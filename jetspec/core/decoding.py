@@ -314,22 +314,36 @@ def _truncate(new: list[int], room: int, eos: set[int]) -> list[int]:
     return new
 
 
+def _row_rngs(generator, input_ids) -> list[TorchRng]:
+    """One random source per row: ``generator`` for every row, or the list's ``generator[b]`` for row b."""
+    rows = input_ids.shape[0] if isinstance(input_ids, Tensor) and input_ids.dim() == 2 else 1
+    if not isinstance(generator, (list, tuple)):
+        return [TorchRng(generator)] * rows
+    if len(generator) != rows or not all(isinstance(g, torch.Generator) for g in generator):
+        raise ValueError(f"generator: a list of generators needs one torch.Generator per row ({rows}), "
+                         f"got {len(generator)} items")
+    return [TorchRng(g) for g in generator]
+
+
 @no_type_check  # validates its own arguments, like generate
 @torch.no_grad()
 def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
                             top_k: Optional[int] = None, top_p: Optional[float] = None,
                             eos_token_id: Optional[int | list[int]] = None,
-                            generator: Optional[torch.Generator] = None, attention_mask: Optional[Tensor] = None,
+                            generator: Optional[torch.Generator | Sequence[torch.Generator]] = None,
+                            attention_mask: Optional[Tensor] = None,
                             pad_token_id: Optional[int] = None) -> GenerationResult:
     """Plain decoding with a KV cache in the same harness: one target forward per token.
 
     The baseline every speedup is measured against (docs/design.md §7.2); tau is 1.0 by definition.
     Batches (``attention_mask``, ``pad_token_id``) as in ``SpeculativeDecoder.generate``: one forward
-    per step covers every running row.
+    per step covers every running row. ``generator`` is one ``torch.Generator`` that the rows draw
+    from in row order, or a list with one per row: then a row's text depends only on its own
+    generator, not on its batch neighbours (what resumable data writing needs).
     """
     tgt = as_target(target)
     cfg = SamplingConfig(temperature, top_k, top_p)
-    rng = TorchRng(generator)
+    rng = _row_rngs(generator, input_ids)
     if _is_batch(input_ids, attention_mask):
         from jetspec.core.batched import autoregressive_batch
 
@@ -348,7 +362,7 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
             with timer("verify"):
                 logits = tgt.step(tokens[-1])
             with timer("accept"):
-                nxt = int(logits.argmax()) if cfg.greedy else rng.categorical(process_logits(logits, cfg))
+                nxt = int(logits.argmax()) if cfg.greedy else rng[0].categorical(process_logits(logits, cfg))
             with timer("commit"):  # the step already cached the token; commit is only the bookkeeping
                 tokens.append(nxt)
                 res.accepted_lengths.append(1)

@@ -4,19 +4,20 @@ A draft head learns to predict what *the target* will write. Training it on a da
 answers teaches it somebody else's style; training on answers the target regenerated for the same
 prompts is what the JetSpec paper found to matter most (MATH-500: 9.64x with regenerated data vs
 3.66x with the raw corpus, docs/design.md §5.2). Regeneration is also the slow part of the
-pipeline on a CPU (measured on 2 cores: ~140 useful tokens/s at batch 32), so this module is built to
-run for hours unattended:
+pipeline on a CPU (BENCHMARKS.md has tokens/s against batch size), so this module is built to run
+for hours unattended:
 
-* batched Hugging Face ``generate`` with *left* padding (every row's last prompt token sits in the
-  last column, so all rows start generating at the same step);
+* batched plain decoding on jetspec's own engine (``autoregressive_generate`` over a
+  ``TargetModel``) with *left* padding: one forward per step covers every running row, and a row
+  that reached its EOS leaves the batch instead of riding along as padding;
 * resumable: every output row carries the ``id`` of its prompt (its position in the prompt list),
   rows whose id is already in the output file are skipped (repeated prompt texts each keep their
   row), and each finished batch is appended and flushed at once, so an interrupted job loses at
   most one batch;
-* reproducible when sampling: each row's seed is derived from ``seed`` and the row's id, so an
-  interrupted and resumed job writes the same rows as an uninterrupted one, however it is batched
-  (bit for bit when padding does not change a row's logits, as in float64; in lower precision a
-  row in another batch can round differently, like greedy decoding);
+* reproducible when sampling: each row draws from a generator of its own, seeded from ``seed``
+  and the row's id, so an interrupted and resumed job writes the same rows as an uninterrupted
+  one, however it is batched (bit for bit when padding does not change a row's logits, as in
+  float64; in lower precision a row in another batch can round differently, like greedy decoding);
 * a tqdm progress bar with the useful (non-padding) tokens per second.
 
 Each output row holds the token ids the head trains on, so nothing is re-tokenized later::
@@ -35,16 +36,17 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from jetspec.core.batched import left_pad
+from jetspec.core.decoding import autoregressive_generate
 from jetspec.core.jsonl import jsonl_line, read_jsonl, write_jsonl
 from jetspec.core.prompts import chat_ids, eos_ids
 from jetspec.core.sampling import SamplingConfig
+from jetspec.core.target import TargetModel
 
 
 def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
@@ -98,32 +100,6 @@ def row_seed(seed: int, row_id: int) -> int:
     """A row's sampling seed: a hash of (``seed``, id), independent of batching and of other rows."""
     digest = hashlib.sha256(f"{int(seed)}:{int(row_id)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
-
-
-class RowSampler(LogitsProcessor):
-    """A logits processor that samples every row's next token with that row's own generator.
-
-    Hugging Face ``generate`` samples a batch with one global generator, so a row's text would
-    depend on its batch neighbours and on the batch's position in the job. Here each row draws
-    from ``torch.Generator(seed)`` of its own; the processor returns 0 for the drawn token and
-    -inf elsewhere, and greedy decoding (``do_sample=False``) then emits exactly that token.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: Optional[float], device) -> None:
-        self.temperature, self.top_p = temperature, top_p
-        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-    def __call__(self, input_ids: Optional[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
-        if self.top_p is not None and self.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the most likely token always).
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-        out = torch.full_like(scores, float("-inf"))
-        for b, gen in enumerate(self.generators):
-            out[b, torch.multinomial(probs[b], 1, generator=gen)] = 0.0
-        return out
 
 
 def _trim_partial_line(out_path: Path) -> None:
@@ -197,13 +173,14 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     todo = pending_rows(rows, out_path)
     if model.training:  # the caller's module is not switched behind its back
         raise ValueError("the target is in training mode (dropout would change its answers): call model.eval()")
+    target = TargetModel(model)
     stats = {"rows_written": 0, "rows_skipped": len(rows) - len(todo), "new_tokens": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, unit="row", desc="regenerate", dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as f:
         for i in range(0, len(todo), batch_size):
             batch = todo[i: i + batch_size]
-            for row in _answer(model, tokenizer, batch, max_new_tokens, temperature, top_p, seed):
+            for row in _answer(target, tokenizer, batch, max_new_tokens, temperature, top_p, seed):
                 f.write(jsonl_line(row))
                 stats["new_tokens"] += len(row["input_ids"]) - row["response_start"]
             f.flush()
@@ -216,25 +193,20 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     return stats
 
 
-def _answer(model, tokenizer, batch: list[dict], max_new_tokens: int, temperature: float,
+def _answer(target: TargetModel, tokenizer, batch: list[dict], max_new_tokens: int, temperature: float,
             top_p: Optional[float], seed: int) -> list[dict]:
-    """One left-padded ``generate`` call for ``batch``; its output rows, in order."""
-    eos = set(eos_ids(tokenizer, model))
+    """One batched plain decoding of ``batch`` on the target's engine; its output rows, in order."""
+    eos = set(eos_ids(tokenizer, target.model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    device = next(model.parameters()).device
     prompt_ids = [chat_ids(tokenizer, r["prompt"]) for r in batch]
     ids, mask = left_pad(prompt_ids, pad_id)
-    # Greedy decoding in both cases: when sampling, RowSampler has already drawn each row's token.
-    extra = {}
-    if temperature > 0:
-        seeds = [row_seed(seed, r["id"]) for r in batch]
-        extra["logits_processor"] = LogitsProcessorList([RowSampler(seeds, temperature, top_p, device)])
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                         pad_token_id=pad_id, eos_token_id=sorted(eos) or None, do_sample=False,
-                         temperature=None, top_p=None, top_k=None, **extra)
+    generators = [torch.Generator().manual_seed(row_seed(seed, r["id"])) for r in batch]
+    out = autoregressive_generate(target, ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                                  eos_token_id=sorted(eos) or None, generator=generators, attention_mask=mask,
+                                  pad_token_id=pad_id)
     rows = []
-    for row, p_ids, gen in zip(batch, prompt_ids, out[:, ids.shape[1]:].cpu().tolist()):
-        resp, reason = cut_response(gen, eos)
+    for row, p_ids, res in zip(batch, prompt_ids, out.rows):
+        resp, reason = cut_response(res.sequences[0, len(p_ids):].tolist(), eos)
         rows.append({"id": row["id"], "prompt": row["prompt"],
                      "response": tokenizer.decode(resp, skip_special_tokens=True), "input_ids": p_ids + resp,
                      "response_start": len(p_ids), "set": row["set"], "finish_reason": reason})

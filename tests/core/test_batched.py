@@ -292,7 +292,7 @@ def test_each_row_samples_the_target_law_independently(case, setting):
 
 def test_plain_batch_samples_the_target_law_independently():
     cfg = SETTINGS["t1"]
-    run = lambda ids, mask, rng: autoregressive_batch(SMALL_TARGET, ids, mask, 2, cfg, rng, None, None)  # noqa: E731
+    run = lambda ids, mask, rng: autoregressive_batch(SMALL_TARGET, ids, mask, 2, cfg, [rng] * 2, None, None)  # noqa: E731
     assert law_gap(run, cfg) < 1e-9
 
 

@@ -1,4 +1,5 @@
-"""Regeneration: batched left-padded generation equals one-by-one greedy decoding; resume works.
+"""Regeneration: batched left-padded decoding equals one-by-one decoding (greedy, and sampled with a
+generator per row); resume works.
 
 Everything here runs on a tiny random Llama (float64, so argmax ties cannot flip between a padded
 batch and a single row) and a tiny word-level tokenizer built offline with ``tokenizers``.
@@ -13,6 +14,7 @@ import torch
 from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec import autoregressive_generate
+from jetspec.core.batched import left_pad
 from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.training.regenerate import (
     cut_response,
@@ -20,6 +22,7 @@ from jetspec.training.regenerate import (
     read_done,
     read_regenerated,
     regenerate,
+    row_seed,
     write_distillation,
 )
 
@@ -138,24 +141,34 @@ def test_sampled_rows_are_the_same_after_an_interruption(tiny, tmp_path):
     assert rows("other.jsonl") != rows("straight.jsonl")  # control: the seed does matter
 
 
-def test_row_sampler_draws_from_the_tempered_nucleus():
-    from jetspec.training.regenerate import RowSampler
+def test_a_sampled_row_is_the_row_alone_with_its_own_seed(tiny, tmp_path):
+    """Batched sampling gives each row its own generator: row ``id`` is what the target samples for
+    that prompt alone from ``row_seed(seed, id)``; with one shared generator (control) it is not."""
+    model, tok = tiny
+    out = tmp_path / "regen.jsonl"
+    regenerate(model, tok, PROMPTS[:4], out, max_new_tokens=6, batch_size=4, temperature=1.0, top_p=0.9, seed=7,
+               progress=False)
+    rows = sorted(read_regenerated(out), key=lambda r: r["id"])
+    alone = []
+    for row in rows:
+        p_ids = row["input_ids"][: row["response_start"]]
+        gen = torch.Generator().manual_seed(row_seed(7, row["id"]))
+        ref = autoregressive_generate(model, torch.tensor([p_ids]), 6, temperature=1.0, top_p=0.9, eos_token_id=EOS,
+                                      generator=gen)
+        alone.append(ref.sequences[0].tolist())
+    assert [r["input_ids"] for r in rows] == alone
+    ids, mask = left_pad([r["input_ids"][: r["response_start"]] for r in rows], 0)
+    shared = autoregressive_generate(model, ids, 6, temperature=1.0, top_p=0.9, eos_token_id=EOS, attention_mask=mask,
+                                     pad_token_id=0, generator=torch.Generator().manual_seed(row_seed(7, 0)))
+    assert [r.sequences[0].tolist() for r in shared.rows] != alone
 
-    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]] * 2))
 
-    def counts(n, **kw):
-        sampler = RowSampler([1, 2], **{"temperature": 1.0, "top_p": None, "device": "cpu", **kw})
-        drawn = torch.stack([sampler(None, scores).argmax(-1) for _ in range(n)])  # [n, 2]
-        return torch.bincount(drawn.flatten(), minlength=4) / drawn.numel()
-
-    assert counts(20, top_p=0.5).tolist() == [1.0, 0.0, 0.0, 0.0]  # 0.6 >= 0.5: the first token only
-    two = counts(400, top_p=0.8)
-    assert two[2:].sum() == 0 and abs(float(two[0]) - 2 / 3) < 0.07  # renormalised over {0, 1}
-    full = counts(2000)
-    assert full[3] == 0 and (full[:3] - torch.tensor([0.6, 0.3, 0.1])).abs().max() < 0.04
-    hot = counts(2000, temperature=2.0)  # p^(1/2), renormalised
-    want = torch.tensor([0.6, 0.3, 0.1]).sqrt()
-    assert (hot[:3] - want / want.sum()).abs().max() < 0.04
+def test_a_generator_list_needs_one_per_row(tiny):
+    model, _ = tiny
+    ids, mask = left_pad([[5, 6], [7]], 0)
+    with pytest.raises(ValueError, match=r"generator: .*one torch.Generator per row \(2\), got 1"):
+        autoregressive_generate(model, ids, 3, temperature=1.0, attention_mask=mask, pad_token_id=0,
+                                generator=[torch.Generator()])
 
 
 def test_prompt_formats_of_the_shared_data():
