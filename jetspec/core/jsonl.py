@@ -1,21 +1,34 @@
 """JSON-lines files, read and written in one place (prompts, references, training data, logs).
 
-One row per line, UTF-8, non-ASCII kept as is. Blank lines are skipped. A line that is not valid
+One row per line, UTF-8, non-ASCII kept as is; a path ending in ``.gz`` is gzip-compressed (read
+and written the same way). Blank lines are skipped. A line that is not valid
 JSON is an error naming ``path:line``, except where the caller says a cut-off line is expected
 (a file that an interrupted run was appending to): then it is skipped.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
 
+def _open(path: str | os.PathLike, mode: str):
+    """A text file, gzip-compressed when the name ends in ``.gz`` (written with a zero timestamp, so
+    the same rows give the same bytes and the same checksum)."""
+    if not str(path).endswith(".gz"):
+        return open(path, mode, encoding="utf-8")
+    if mode == "r":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return io.TextIOWrapper(gzip.GzipFile(path, mode + "b", mtime=0), encoding="utf-8")
+
+
 def numbered_rows(path: str | os.PathLike, skip_invalid: bool = False) -> Iterator[tuple[int, dict]]:
     """``(line number, row)`` for every non-blank line of ``path`` (numbers start at 1)."""
-    with open(path, encoding="utf-8") as f:
+    with _open(path, "r") as f:
         for i, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -44,7 +57,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write rows as JSON lines, replacing the file (parent folders are created); returns the count."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with _open(path, "w") as f:
         for row in rows:
             f.write(jsonl_line(row))
             n += 1

@@ -245,3 +245,77 @@ def read_regenerated(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}: row {i} has no '{key}' field; is it a regeneration output?")
         rows.append(row)
     return rows
+
+
+# -- archives: what took hours to write, kept small enough to commit ------------------------------------------------
+#
+# A regeneration file repeats every prompt and its chat template. An archive keeps only what the
+# target wrote: per row its id, a digest of its prompt, its set, the response token ids and why it
+# stopped, in gzip-compressed parts of a fixed number of rows. The prompts are rebuilt from the
+# prompt file the run used (``jetspec prepare-data``), which need not be redistributed.
+
+ARCHIVE_PART = "part-{:05d}.jsonl.gz"
+
+
+def prompt_digest(prompt: str) -> str:
+    """A short, stable digest of a prompt's text: an archive row must meet the same prompt again."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def archived_ids(archive: str | os.PathLike) -> set[int]:
+    """Ids of the rows already in an archive folder (none if it does not exist)."""
+    return {int(row["id"]) for part in sorted(Path(archive).glob("part-*.jsonl.gz")) for row in read_jsonl(part)}
+
+
+def archive_rows(regen_path: str | os.PathLike, archive: str | os.PathLike, part_rows: int = 2000,
+                 final: bool = False) -> list[Path]:
+    """Move the rows of ``regen_path`` that ``archive`` lacks into new parts of ``part_rows`` rows.
+
+    Rows are written in id order. A remainder smaller than ``part_rows`` waits for a later call
+    unless ``final``, so a growing run adds whole parts and never rewrites a committed one.
+    Returns the parts written.
+    """
+    if part_rows < 1:
+        raise ValueError(f"part_rows must be >= 1, got {part_rows}")
+    archive = Path(archive)
+    archive.mkdir(parents=True, exist_ok=True)
+    have = archived_ids(archive)
+    new = {}
+    for row in read_jsonl(regen_path, skip_invalid=True):  # a run may be appending right now
+        if "id" in row and int(row["id"]) not in have:
+            new[int(row["id"])] = row
+    rows = [new[i] for i in sorted(new)]
+    written, index = [], len(list(archive.glob("part-*.jsonl.gz")))
+    while len(rows) >= part_rows or (final and rows):
+        chunk, rows = rows[:part_rows], rows[part_rows:]
+        path = archive / ARCHIVE_PART.format(index)
+        write_jsonl(path, ({"id": r["id"], "prompt_digest": prompt_digest(r["prompt"]), "set": r.get("set"),
+                            "response_ids": r["input_ids"][r["response_start"]:],
+                            "finish_reason": r["finish_reason"]} for r in chunk))
+        written.append(path)
+        index += 1
+    return written
+
+
+def restore_rows(tokenizer, prompts: Iterable, archive: str | os.PathLike, out_path: str | os.PathLike) -> int:
+    """Rebuild full regeneration rows from an archive and the prompt list it was written for.
+
+    ``prompts`` is the same list ``regenerate`` was given (a row's id is its position). Rows go to
+    ``out_path`` (replaced) in id order, exactly as ``regenerate`` would have written them, so a
+    ``regenerate`` call on the same output resumes after them. ``ValueError`` names the part and id
+    of a row whose prompt digest does not match: the prompt list is not the one of the archive.
+    """
+    rows = {r["id"]: r for r in _as_rows(prompts)}
+    restored = []
+    for part in sorted(Path(archive).glob("part-*.jsonl.gz")):
+        for row in read_jsonl(part):
+            src = rows.get(int(row["id"]))
+            if src is None or prompt_digest(src["prompt"]) != row["prompt_digest"]:
+                raise ValueError(f"{part}: row id {row['id']} was written for another prompt than prompt "
+                                 f"{row['id']} of this list; restore with the prompt file of that run")
+            p_ids = chat_ids(tokenizer, src["prompt"])
+            resp = row["response_ids"]
+            restored.append({"id": src["id"], "prompt": src["prompt"],
+                             "response": tokenizer.decode(resp, skip_special_tokens=True), "input_ids": p_ids + resp,
+                             "response_start": len(p_ids), "set": row["set"], "finish_reason": row["finish_reason"]})
+    return write_jsonl(out_path, sorted(restored, key=lambda r: r["id"]))

@@ -15,6 +15,7 @@ from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec import autoregressive_generate
 from jetspec.core.batched import left_pad
+from jetspec.core.jsonl import read_jsonl
 from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.training.regenerate import (
     cut_response,
@@ -231,3 +232,28 @@ def test_cli_regenerate_refuses_a_bad_top_p_before_loading(tmp_path):
             "--out", str(tmp_path / "o.jsonl"), "--temperature", "0.8", "--top-p", "5"]
     with pytest.raises(SystemExit, match="top_p"):
         main(argv)
+
+
+def test_an_archive_restores_the_rows_it_was_made_from(tiny, tmp_path):
+    """Archive parts hold only what the target wrote; restoring them with the prompt list gives back the
+    regeneration file row for row, and a run resumed on the restored file writes only what is missing."""
+    from jetspec.training.regenerate import archive_rows, archived_ids, restore_rows
+
+    model, tok = tiny
+    out, arch = tmp_path / "regen.jsonl", tmp_path / "archive"
+    regenerate(model, tok, PROMPTS, out, max_new_tokens=5, batch_size=2, limit=5, progress=False)
+    assert [p.name for p in archive_rows(out, arch, part_rows=2)] == ["part-00000.jsonl.gz", "part-00001.jsonl.gz"]
+    assert archived_ids(arch) == {0, 1, 2, 3}  # the fifth row waits for a full part
+    assert archive_rows(out, arch, part_rows=2) == []
+    assert [p.name for p in archive_rows(out, arch, part_rows=2, final=True)] == ["part-00002.jsonl.gz"]
+    first = (arch / "part-00000.jsonl.gz").read_bytes()
+    archive_rows(out, tmp_path / "again", part_rows=2)
+    assert (tmp_path / "again" / "part-00000.jsonl.gz").read_bytes() == first  # same rows, same bytes
+    assert all("prompt" not in row for row in read_jsonl(arch / "part-00000.jsonl.gz"))
+    back = tmp_path / "restored.jsonl"
+    assert restore_rows(tok, PROMPTS, arch, back) == 5
+    assert read_regenerated(back) == sorted(read_regenerated(out), key=lambda r: r["id"])
+    stats = regenerate(model, tok, PROMPTS, back, max_new_tokens=5, batch_size=2, progress=False)
+    assert (stats["rows_written"], stats["rows_skipped"]) == (1, 5)
+    with pytest.raises(ValueError, match=r"part-00000.jsonl.gz: row id 0 was written for another prompt"):
+        restore_rows(tok, ["other"] + PROMPTS[1:], arch, tmp_path / "bad.jsonl")
