@@ -18,6 +18,29 @@ import sys
 from pathlib import Path
 
 
+def write_summary(archive: Path) -> dict:
+    """``stats.json`` (rows and response tokens per set, stop reasons) and ``SHA256SUMS`` of the parts."""
+    import hashlib
+    import json
+    from collections import Counter
+
+    from jetspec.core.jsonl import read_jsonl
+
+    rows, tokens, reasons = Counter(), Counter(), Counter()
+    sums = []
+    for part in sorted(archive.glob("part-*.jsonl.gz")):
+        sums.append(f"{hashlib.sha256(part.read_bytes()).hexdigest()}  {part.name}")
+        for row in read_jsonl(part):
+            rows[row["set"]] += 1
+            tokens[row["set"]] += len(row["response_ids"])
+            reasons[row["finish_reason"]] += 1
+    summary = {"rows": sum(rows.values()), "response_tokens": sum(tokens.values()), "rows_per_set": dict(rows),
+               "response_tokens_per_set": dict(tokens), "finish_reasons": dict(reasons)}
+    (archive / "stats.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (archive / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -33,13 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     rest.add_argument("--target", default="smollm2-135m-instruct", help="whose tokenizer (default: %(default)s)")
     args = ap.parse_args(argv)
 
-    from jetspec.training.regenerate import archive_rows, archived_ids, restore_rows
+    from jetspec.training.regenerate import archive_rows, restore_rows
 
     if args.cmd == "pack":
         if not Path(args.regen).is_file():
             sys.exit(f"regen_archive: --regen {args.regen}: no such file")
         parts = archive_rows(args.regen, args.archive, args.part_rows, args.final)
-        print(f"wrote {len(parts)} part(s); the archive holds {len(archived_ids(args.archive))} rows")
+        summary = write_summary(Path(args.archive))
+        print(f"wrote {len(parts)} part(s); the archive holds {summary['rows']} rows, "
+              f"{summary['response_tokens']} response tokens")
         return 0
     from jetspec.core.loading import load_tokenizer
     from jetspec.core.prompts import read_prompts

@@ -316,13 +316,16 @@ def test_triton_specific_limits():
 
 def test_clean_import_and_clear_error_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET: importing is side-effect free, and asking for the
-    Triton backend on CPU tensors says what to do. The top-level folder `kernels/` (importable when
-    the repo root is on sys.path, as transformers' hub-kernels probe does) must import neither
-    jetspec nor triton (jetspec itself may: lightning imports triton)."""
+    Triton backend on CPU tensors says what to do. The folder `kernels/`, loaded by itself under a
+    name of its own, must import neither jetspec nor triton (jetspec itself may: lightning imports
+    triton). (Under the bare name `kernels` it hands over to Hugging Face's package: test_bare_name.py.)"""
     script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
-        import kernels  # the folder itself, as transformers would import it
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("kernels_alone", {str(REPO / "kernels" / "__init__.py")!r},
+                                                      submodule_search_locations=[{str(REPO / "kernels")!r}])
+        kernels = importlib.util.module_from_spec(spec)
+        sys.modules["kernels_alone"] = kernels
+        spec.loader.exec_module(kernels)
         assert not any(m == "jetspec" or m.startswith("jetspec.") for m in sys.modules), "imported jetspec"
         assert "triton" not in sys.modules, "importing the kernels package imported triton"
         import torch
