@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.target_support import unsupported_reason
 from jetspec.kernels import additive_mask, tree_visibility
 from jetspec.kernels.packed_linear import PackedLinear
 
@@ -59,8 +60,9 @@ def fast_forward_support(model: torch.nn.Module) -> Optional[str]:
     if any(t != "full_attention" for t in layer_types) or (
             model_type == "mistral" and getattr(config, "sliding_window", None) is not None):
         return "sliding-window attention layers are not supported"
-    if getattr(config, "rope_parameters", None) and config.rope_parameters.get("rope_type") == "dynamic":
-        return "dynamic RoPE rescales with the sequence length"
+    reason = unsupported_reason(config)  # what neither engine verifies exactly (RoPE recomputed per forward)
+    if reason is not None:
+        return reason
     decoder = model.get_decoder()
     for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
         if not hasattr(decoder, name):
