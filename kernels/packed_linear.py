@@ -24,7 +24,8 @@ compile is reported once (``logging``) and skipped. All three compute the same p
 differ only in the order of the floating-point additions (the tests bound the difference).
 
 The packed weight is a *copy*, made once: later in-place edits of the model's weights are not
-seen. This is for frozen targets; build a new one after changing weights.
+seen. This is for frozen targets; build a new one after changing weights (``TargetModel`` does, at
+its next prefill: docs/design.md §6.3).
 
 Design: docs/design.md §6.3.
 """

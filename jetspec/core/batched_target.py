@@ -82,6 +82,7 @@ class BatchedTarget:
         left padding only. Returns each row's taps of its real cached tokens ``[T_b - 1, F]``."""
         b, n = ids.shape
         t = self.target
+        t.refresh_weights()  # a sequence starts with the model's current weights, as TargetModel.prefill
         self.cache = t._fast.new_rows_cache(b) if t._fast is not None else t.new_hf_cache()
         ctx, valid = ids[:, :-1], mask[:, :-1].clone()
         self.pos = mask.long().sum(1) - 1

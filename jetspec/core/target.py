@@ -92,6 +92,7 @@ class TargetModel:
         self.num_layers: int = self.config.num_hidden_layers
         self.attn_backend = attn_backend
         self.engine = self._choose_engine(engine)
+        self._linear_backend = linear_backend
         self._fast = compact_forward_for(model, linear_backend) if self.engine == "fast" else None
         # which product backend the fast engine runs (None on the "hf" engine)
         self.linear_backend: Optional[str] = self._fast.linear_backend if self._fast is not None else None
@@ -128,6 +129,15 @@ class TargetModel:
     def dtype(self) -> torch.dtype:
         """The dtype of the model's parameters."""
         return next(self.model.parameters()).dtype
+
+    def refresh_weights(self) -> None:
+        """Follow the model's current weights: on the fast engine, repack if any parameter or buffer
+        changed since the packed copy was made (a cheap identity check; ``compact_forward_for``).
+        Every prefill calls this, so a wrapper computes with the weights its model holds when a
+        sequence starts, on both engines (the ``"hf"`` engine runs the model itself). Changing the
+        weights in the middle of a sequence is not supported: the cache holds the old weights' K/V."""
+        if self._fast is not None:
+            self._fast = compact_forward_for(self.model, self._linear_backend)
 
     def new_hf_cache(self) -> DynamicCache:
         """An empty cache for the ``"hf"`` engine. With sliding-window layers every layer keeps all its
@@ -188,6 +198,7 @@ class TargetModel:
         """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")
+        self.refresh_weights()
         self.cache = self._fast.new_cache() if self._fast is not None else self.new_hf_cache()
         self._padded = 0
         ctx = tokens[:-1].to(self.device)
