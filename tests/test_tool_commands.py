@@ -9,6 +9,7 @@ the commands render. Timings of a random model mean nothing and are not looked a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -92,7 +93,11 @@ def test_references_then_replay_table(target_dir, tmp_path):
     assert again[:2] == rows and sorted(r["set"] for r in again) == ["a", "a", "b", "b"]
 
     md, js = tmp_path / "table.md", tmp_path / "table.json"
-    assert main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,typo=/nope",
+    with pytest.raises(SystemExit, match="cannot use drafter 'typo=/nope'"):  # refused, not left out
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,typo=/nope",
+              "--budgets", "2,4", "--md", str(md), "--out", str(js)])
+    assert not md.exists() and not js.exists()
+    assert main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram",
                  "--budgets", "2,4", "--node-costs", "0,0.05", "--md", str(md), "--out", str(js)]) == 0
     table = json.loads(js.read_text())
     assert [(r["drafter"], r["budget"]) for r in table] == [("ngram", 2), ("ngram(c=0.05)", 2), ("ngram", 4),
@@ -125,3 +130,30 @@ def test_benchmarks_writes_the_markdown(target_dir, tmp_path):
     per_set = text.split("Per prompt set:")[1]
     assert "| ngram | 4 |" in per_set and "math tau" in per_set
     assert (tmp_path / "raw" / "t0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "no references"),
+    ("\n\n", "no references"),
+    ('"just a string"\n', ":1: a reference must be a JSON object, got str"),
+    ('[1, 2]\n', ":1: a reference must be a JSON object, got list"),
+    ('{"input_ids": [5, 6, 7], "response_start": 1}\n{"response_start": 1}\n', ":2: input_ids must be a list"),
+    ('{"input_ids": "5 6 7", "response_start": 1}\n', ":1: input_ids must be a list"),
+    ('{"input_ids": [5, 6, 7]}\n', ":1: response_start must be an integer in 1..2"),
+    ('{"input_ids": [5, 6, 7], "response_start": 3}\n', ":1: response_start must be an integer in 1..2"),
+    ('{"input_ids": [5, 6, 700], "response_start": 1}\n', ":1: input_ids hold ids outside"),
+    ('{"input_ids": [5, 6, 7], "response_start": 1, "set": 3}\n', ":1: set must be a string"),
+])
+def test_replay_table_refuses_empty_or_malformed_references(target_dir, tmp_path, text, error):
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(text)
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram"])
+
+
+def test_replay_table_refuses_a_head_for_another_target(target_dir, tmp_path):
+    """The shipped heads belong to SmolLM2: on the tiny target they cannot run, and the command says so."""
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [{"input_ids": [5, 6, 7, 8], "response_start": 2}])
+    with pytest.raises(SystemExit, match="cannot use drafter 'jetspec'"):
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,jetspec"])
