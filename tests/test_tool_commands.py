@@ -157,3 +157,25 @@ def test_replay_table_refuses_a_head_for_another_target(target_dir, tmp_path):
     write_jsonl(refs, [{"input_ids": [5, 6, 7, 8], "response_start": 2}])
     with pytest.raises(SystemExit, match="cannot use drafter 'jetspec'"):
         main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,jetspec"])
+
+
+@pytest.mark.parametrize("command", ["regenerate", "references"])
+def test_out_may_not_be_the_prompts_file(target_dir, tmp_path, command):
+    """Resuming into the prompts file took its rows for finished ones: nothing written, exit 0."""
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"prompt": _sentence(i)} for i in range(3)])
+    before = prompts.read_text()
+    alias = tmp_path / "sub" / ".." / "p.jsonl"  # the same file by another spelling
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SystemExit, match="--out .* is the --prompts file"):
+        main([command, "--target", str(target_dir), "--prompts", str(prompts), "--out", str(alias),
+              "--max-new-tokens", "3"])
+    assert prompts.read_text() == before
+
+
+def test_regenerate_names_the_line_of_a_bad_prompt_row(target_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "w1 w2"}\n"w3"\n')
+    with pytest.raises(SystemExit, match=re.escape(f"{prompts}:2: a prompt row must be a JSON object")):
+        main(["regenerate", "--target", str(target_dir), "--prompts", str(prompts), "--out",
+              str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"])

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from jetspec.core.jsonl import check_not_input
 from jetspec.core.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ReferencesConfig:
         for name in ("per_set", "max_new_tokens", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_not_input(self.out, self.prompts, "--out", "--prompts")
 
 
 def pick_prompts(rows: list[dict], per_set: int) -> list[dict]:
