@@ -179,3 +179,52 @@ def test_regenerate_names_the_line_of_a_bad_prompt_row(target_dir, tmp_path):
     with pytest.raises(SystemExit, match=re.escape(f"{prompts}:2: a prompt row must be a JSON object")):
         main(["regenerate", "--target", str(target_dir), "--prompts", str(prompts), "--out",
               str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"])
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["regenerate", "--prompts", "{prompts}", "--out", "{tmp}/o.jsonl", "--threads", "0"], "--threads must be >= 1"),
+    (["replay-table", "--refs", "{prompts}", "--drafters", "ngram", "--threads", "0"], "--threads must be >= 1"),
+    (["demo", "--prompts-per-set", "0", "--out", "{tmp}/demo"], "--prompts-per-set must be >= 1"),
+    (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "0"], "--max-steps must be >= 1"),
+    (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "-1"], "--max-steps must be >= 1"),
+])
+def test_nonsense_counts_are_refused_by_name(target_dir, tmp_path, argv, error):
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"prompt": _sentence(1)}])
+    argv = [a.format(prompts=prompts, tmp=tmp_path) for a in argv] + ["--target", str(target_dir)]
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        main(argv)
+    assert not (tmp_path / "head").exists() and not (tmp_path / "o.jsonl").exists()
+
+
+def test_benchmarks_without_dev_splits_names_its_own_flags(target_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data source folder here
+    with pytest.raises(SystemExit) as err:
+        main(["benchmarks", "--target", str(target_dir), "--data", str(tmp_path / "empty"), "--out",
+              str(tmp_path / "raw"), "--write", str(tmp_path / "B.md")])
+    text = str(err.value)
+    assert "jetspec prepare-data --data-dir" in text and "pass --data with a folder" in text
+    assert "pass --data-dir" not in text  # benchmarks has no such flag
+
+
+def _cli(*argv, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jetspec", *argv], capture_output=True, text=True, cwd=cwd,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_log_lines_are_shown_once_and_refusals_without_a_traceback(target_dir, tmp_path):
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [{"input_ids": [5, 6, 7, 8, 9, 10], "response_start": 2}])
+    run = _cli("replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram",
+               "--budgets", "2")
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "b=  2 tau" in line]
+    assert len(lines) == 1, lines
+    # a library refusal (ValueError) that no command catches: its message, no traceback, exit 2
+    bad = ["regenerate", "--target", str(target_dir), "--prompts", str(refs.with_name("p.jsonl")), "--out",
+           str(tmp_path / "o.jsonl"), "--batch-size", "0"]
+    write_jsonl(refs.with_name("p.jsonl"), [{"prompt": _sentence(1)}])
+    run = _cli(*bad)
+    assert run.returncode == 2 and "batch_size must be >= 1" in run.stderr and "Traceback" not in run.stderr
+    run = _cli("--debug", *bad)
+    assert run.returncode != 0 and "Traceback" in run.stderr and "batch_size must be >= 1" in run.stderr

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # before the target is loaded: the same rules as `jetspec generate`
         SamplingConfig(args.temperature, top_p=args.top_p)
         check_not_input(args.out, args.prompts, "--out", "--prompts")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         prompts = read_prompts(args.prompts, limit=args.limit)
     except ValueError as err:
         raise SystemExit(f"jetspec regenerate: {err}") from None

@@ -136,6 +136,8 @@ class ReplayTableConfig:
             raise ValueError(f"--node-costs must be numbers >= 0, got '{self.node_costs}'")
         if not self.specs():
             raise ValueError(f"--drafters names no drafter, got '{self.drafters}'")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
 
     def specs(self) -> list[str]:
         return [s.strip() for s in self.drafters.split(",") if s.strip()]
