@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
-from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
+from jetspec.core.target_support import attention_windows, hf_cache, hf_masks
+from jetspec.kernels import chain_ancestor, padded_visibility, stack_kv, tree_visibility
 
 
 class CachedLM:
@@ -50,7 +51,7 @@ class CachedLM:
             common += 1
         common = min(common, len(tokens) - 1)  # always feed at least one token to get logits
         if self.cache is None or common == 0:
-            self.cache, self.tokens = DynamicCache(config=self.model.config), []
+            self.cache, self.tokens = hf_cache(self.model.config), []
             return list(tokens)
         if len(self.tokens) > common:
             self.cache.crop(-(len(self.tokens) - common))
@@ -102,7 +103,7 @@ class RowLMs:
         lens, sizes = [len(lm.tokens) for lm in lms], [len(n) for n in new]
         p, dev = max(lens), lms[0].device
         layers = self.model.config.num_hidden_layers
-        batch = DynamicCache(config=self.model.config)
+        batch = hf_cache(self.model.config)
         if p:
             shape = next(lm.cache.layers[0].keys for lm in lms if lm.tokens).shape
             empty = [(torch.zeros(1, shape[1], 0, shape[3], dtype=self.model.dtype, device=dev),) * 2] * layers
@@ -114,8 +115,10 @@ class RowLMs:
                                     lens)
         ids = pad_sequence([torch.tensor(n, device=dev) for n in new], batch_first=True)
         positions = torch.stack([torch.arange(c, c + ids.shape[1], device=dev) for c in lens])
-        out = self.model(input_ids=ids, position_ids=positions, cache=batch, use_cache=True,
-                         attention_mask=additive_mask(visible[:, None], self.model.dtype))
+        # key positions: row b's cached prefix at 0..lens[b]-1, its new tokens where `positions` puts them
+        k_pos = torch.cat([torch.arange(p, device=dev).expand(len(lms), p), positions], dim=1)
+        mask = hf_masks(visible, positions, k_pos, attention_windows(self.model.config), self.model.dtype)
+        out = self.model(input_ids=ids, position_ids=positions, cache=batch, use_cache=True, attention_mask=mask)
         for b, lm in enumerate(lms):
             for i in range(layers):
                 lay = out.cache.layers[i]

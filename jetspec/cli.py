@@ -38,6 +38,8 @@ def command_modules() -> dict:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command``, the other sub-commands are listed by name and help only."""
     parser = argparse.ArgumentParser(prog="jetspec", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (default: its message only)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in command_modules().items():
         if command is None or name == command:
@@ -55,6 +57,8 @@ def _show_library_logs() -> None:
         handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    # Shown once, here: not again by a root handler a command or library set up (logging.basicConfig).
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     # (docs/design.md §5.9); flushing them to zero changes no result that matters here. A process
     # setting, so the entry point makes it, not the library.
     torch.set_flush_denormal(True)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except (ValueError, OSError) as err:  # a refusal with its reason: the message is the answer
+        if args.debug:
+            raise
+        print(f"jetspec {args.command}: error: {err}\n(run `jetspec --debug {args.command} ...` for the traceback)",
+              file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -24,7 +24,8 @@ compile is reported once (``logging``) and skipped. All three compute the same p
 differ only in the order of the floating-point additions (the tests bound the difference).
 
 The packed weight is a *copy*, made once: later in-place edits of the model's weights are not
-seen. This is for frozen targets; build a new one after changing weights.
+seen. This is for frozen targets; build a new one after changing weights (``TargetModel`` does, at
+its next prefill: docs/design.md §6.3).
 
 Design: docs/design.md §6.3.
 """
@@ -32,7 +33,10 @@ Design: docs/design.md §6.3.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -44,6 +48,8 @@ from torch import Tensor
 BACKENDS = ("auto", "skinny", "onednn", "torch")
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SKINNY_EVENT = "jetspec::skinny_matmul"  # profiler event name, followed by "[O,I]"
+EXTENSION = "jetspec_skinny_gemm"  # the compiled module's name (and its build folder's)
+COMPILE_WAIT_S = 600.0  # how long to wait for another live process's compile before falling back
 _log = logging.getLogger(__name__)
 _skinny = {}  # the compiled extension module (or the reason it is unavailable), built once per process
 
@@ -58,17 +64,77 @@ def skinny_kernel():
             _skinny["reason"] = "no C++ compiler on PATH"
         else:
             try:
-                from torch.utils.cpp_extension import load
+                from torch.utils import cpp_extension
 
-                _log.info("compiling jetspec's skinny GEMM kernel (once per machine, ~30-60 s)")
-                _skinny["module"] = load("jetspec_skinny_gemm", [str(Path(__file__).with_name("skinny_gemm.cpp"))],
-                                         extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],
-                                         extra_ldflags=["-fopenmp"], verbose=False)
-            except Exception as err:  # a missing ninja, headers or a compiler error: fall back
+                build = Path(cpp_extension._get_build_directory(EXTENSION, verbose=False))
+                with _compile_lock(build):
+                    if not (build / f"{EXTENSION}.so").is_file():
+                        _log.warning("compiling jetspec's skinny GEMM kernel (once per machine, ~50 s)")
+                    _skinny["module"] = cpp_extension.load(
+                        EXTENSION, [str(Path(__file__).with_name("skinny_gemm.cpp"))], build_directory=str(build),
+                        extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                        verbose=False)
+            except Exception as err:  # a missing ninja, headers, a compiler error, a compile elsewhere: fall back
                 _skinny["reason"] = f"compiling skinny_gemm.cpp failed: {str(err).splitlines()[0][:200]}"
         if _skinny["reason"]:
             _log.warning("jetspec skinny GEMM kernel unavailable (%s); using oneDNN or torch", _skinny["reason"])
     return _skinny["module"]
+
+
+@contextmanager
+def _compile_lock(build: Path):
+    """Hold ``build/jetspec-compile.pid`` (our process id) while the extension is built or loaded.
+
+    PyTorch's own ``build/lock`` is an empty file that a later process waits on forever if the
+    compiling process was killed (SIGKILL, or SIGTERM from ``timeout``). Every jetspec compile runs
+    under this lock, which names its owner: an owner that no longer runs left a stale lock, so its
+    file and PyTorch's are removed; a live owner is waited for up to ``COMPILE_WAIT_S``, then this
+    process falls back to another backend (``TimeoutError``, reported once as the reason).
+    """
+    build.mkdir(parents=True, exist_ok=True)
+    mine, torch_lock = build / "jetspec-compile.pid", build / "lock"
+    deadline = time.monotonic() + COMPILE_WAIT_S
+    while True:
+        try:
+            fd = os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            owner = _lock_owner(mine)
+            if owner is None:  # its process is gone: the lock is stale
+                _log.warning("removing a stale compile lock in %s (its process no longer runs)", build)
+                mine.unlink(missing_ok=True)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {owner} has been compiling it for over {COMPILE_WAIT_S:.0f} s") from None
+            time.sleep(0.5)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        break
+    try:
+        if torch_lock.exists():  # no jetspec process is compiling (we hold the lock): a killed compile left it
+            _log.warning("removing a stale PyTorch build lock %s (left by a compile that was killed)", torch_lock)
+            torch_lock.unlink(missing_ok=True)
+        yield
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> Optional[int]:
+    """The process id in a lock file if that process still runs, else None. A file still being
+    written (empty, under 10 s old) counts as held by a running process (-1)."""
+    try:
+        text, age = path.read_text().strip(), time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return -1  # released meanwhile: try again
+    if not text.isdigit():
+        return -1 if age < 10 else None
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return int(text)
 
 
 def skinny_available(dtype: torch.dtype, device: torch.device | str) -> bool:

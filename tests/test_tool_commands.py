@@ -9,6 +9,7 @@ the commands render. Timings of a random model mean nothing and are not looked a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -92,7 +93,11 @@ def test_references_then_replay_table(target_dir, tmp_path):
     assert again[:2] == rows and sorted(r["set"] for r in again) == ["a", "a", "b", "b"]
 
     md, js = tmp_path / "table.md", tmp_path / "table.json"
-    assert main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,typo=/nope",
+    with pytest.raises(SystemExit, match="cannot use drafter 'typo=/nope'"):  # refused, not left out
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,typo=/nope",
+              "--budgets", "2,4", "--md", str(md), "--out", str(js)])
+    assert not md.exists() and not js.exists()
+    assert main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram",
                  "--budgets", "2,4", "--node-costs", "0,0.05", "--md", str(md), "--out", str(js)]) == 0
     table = json.loads(js.read_text())
     assert [(r["drafter"], r["budget"]) for r in table] == [("ngram", 2), ("ngram(c=0.05)", 2), ("ngram", 4),
@@ -125,3 +130,101 @@ def test_benchmarks_writes_the_markdown(target_dir, tmp_path):
     per_set = text.split("Per prompt set:")[1]
     assert "| ngram | 4 |" in per_set and "math tau" in per_set
     assert (tmp_path / "raw" / "t0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "no references"),
+    ("\n\n", "no references"),
+    ('"just a string"\n', ":1: a reference must be a JSON object, got str"),
+    ('[1, 2]\n', ":1: a reference must be a JSON object, got list"),
+    ('{"input_ids": [5, 6, 7], "response_start": 1}\n{"response_start": 1}\n', ":2: input_ids must be a list"),
+    ('{"input_ids": "5 6 7", "response_start": 1}\n', ":1: input_ids must be a list"),
+    ('{"input_ids": [5, 6, 7]}\n', ":1: response_start must be an integer in 1..2"),
+    ('{"input_ids": [5, 6, 7], "response_start": 3}\n', ":1: response_start must be an integer in 1..2"),
+    ('{"input_ids": [5, 6, 700], "response_start": 1}\n', ":1: input_ids hold ids outside"),
+    ('{"input_ids": [5, 6, 7], "response_start": 1, "set": 3}\n', ":1: set must be a string"),
+])
+def test_replay_table_refuses_empty_or_malformed_references(target_dir, tmp_path, text, error):
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(text)
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram"])
+
+
+def test_replay_table_refuses_a_head_for_another_target(target_dir, tmp_path):
+    """The shipped heads belong to SmolLM2: on the tiny target they cannot run, and the command says so."""
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [{"input_ids": [5, 6, 7, 8], "response_start": 2}])
+    with pytest.raises(SystemExit, match="cannot use drafter 'jetspec'"):
+        main(["replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram,jetspec"])
+
+
+@pytest.mark.parametrize("command", ["regenerate", "references"])
+def test_out_may_not_be_the_prompts_file(target_dir, tmp_path, command):
+    """Resuming into the prompts file took its rows for finished ones: nothing written, exit 0."""
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"prompt": _sentence(i)} for i in range(3)])
+    before = prompts.read_text()
+    alias = tmp_path / "sub" / ".." / "p.jsonl"  # the same file by another spelling
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SystemExit, match="--out .* is the --prompts file"):
+        main([command, "--target", str(target_dir), "--prompts", str(prompts), "--out", str(alias),
+              "--max-new-tokens", "3"])
+    assert prompts.read_text() == before
+
+
+def test_regenerate_names_the_line_of_a_bad_prompt_row(target_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "w1 w2"}\n"w3"\n')
+    with pytest.raises(SystemExit, match=re.escape(f"{prompts}:2: a prompt row must be a JSON object")):
+        main(["regenerate", "--target", str(target_dir), "--prompts", str(prompts), "--out",
+              str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"])
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["regenerate", "--prompts", "{prompts}", "--out", "{tmp}/o.jsonl", "--threads", "0"], "--threads must be >= 1"),
+    (["replay-table", "--refs", "{prompts}", "--drafters", "ngram", "--threads", "0"], "--threads must be >= 1"),
+    (["demo", "--prompts-per-set", "0", "--out", "{tmp}/demo"], "--prompts-per-set must be >= 1"),
+    (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "0"], "--max-steps must be >= 1"),
+    (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "-1"], "--max-steps must be >= 1"),
+])
+def test_nonsense_counts_are_refused_by_name(target_dir, tmp_path, argv, error):
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"prompt": _sentence(1)}])
+    argv = [a.format(prompts=prompts, tmp=tmp_path) for a in argv] + ["--target", str(target_dir)]
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        main(argv)
+    assert not (tmp_path / "head").exists() and not (tmp_path / "o.jsonl").exists()
+
+
+def test_benchmarks_without_dev_splits_names_its_own_flags(target_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data source folder here
+    with pytest.raises(SystemExit) as err:
+        main(["benchmarks", "--target", str(target_dir), "--data", str(tmp_path / "empty"), "--out",
+              str(tmp_path / "raw"), "--write", str(tmp_path / "B.md")])
+    text = str(err.value)
+    assert "jetspec prepare-data --data-dir" in text and "pass --data with a folder" in text
+    assert "pass --data-dir" not in text  # benchmarks has no such flag
+
+
+def _cli(*argv, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jetspec", *argv], capture_output=True, text=True, cwd=cwd,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_log_lines_are_shown_once_and_refusals_without_a_traceback(target_dir, tmp_path):
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [{"input_ids": [5, 6, 7, 8, 9, 10], "response_start": 2}])
+    run = _cli("replay-table", "--target", str(target_dir), "--refs", str(refs), "--drafters", "ngram",
+               "--budgets", "2")
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "b=  2 tau" in line]
+    assert len(lines) == 1, lines
+    # a library refusal (ValueError) that no command catches: its message, no traceback, exit 2
+    bad = ["regenerate", "--target", str(target_dir), "--prompts", str(refs.with_name("p.jsonl")), "--out",
+           str(tmp_path / "o.jsonl"), "--batch-size", "0"]
+    write_jsonl(refs.with_name("p.jsonl"), [{"prompt": _sentence(1)}])
+    run = _cli(*bad)
+    assert run.returncode == 2 and "batch_size must be >= 1" in run.stderr and "Traceback" not in run.stderr
+    run = _cli("--debug", *bad)
+    assert run.returncode != 0 and "Traceback" in run.stderr and "batch_size must be >= 1" in run.stderr

@@ -89,7 +89,7 @@ def test_rerun_into_a_used_out_needs_resume_or_overwrite(argv, tmp_path, capsys)
     assert "starting from scratch" in capsys.readouterr().out
     weights = out / "head" / "model.safetensors"
     before = digest(weights)
-    for steps in ("0", "2"):
+    for steps in ("3", "2"):
         with pytest.raises(SystemExit, match=r"out is not empty.*--resume last.*--overwrite"):
             main(argv + ["--max-steps", steps, "--seed", "1"])
     assert digest(weights) == before

@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"jetspec bench: {err}") from err
     if threads is not None:  # a process setting: the command makes it, run_bench records it
         torch.set_num_threads(threads.count)
-    result = run_bench(cfg, threads_reason=threads.reason if threads else "torch's default")
+    try:
+        result = run_bench(cfg, threads_reason=threads.reason if threads else "torch's default")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every run measured so far is in {cfg.out}/runs.jsonl")
+        return 130
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]
     print(markdown_table(rows, columns_for(rows)))
     print(f"\nwrote {cfg.out}/results.json, results.md, runs.jsonl" + (" and plots" if cfg.plots else ""))

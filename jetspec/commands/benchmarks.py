@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.evaluation.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
     from jetspec.evaluation.threads import choose_threads
 
-    if args.include is not None:  # argparse collects the repeated flag in a list
-        args.include = tuple(args.include)
+    args.include = tuple(args.include or ())  # argparse collects the repeated flag in a list (None: not given)
     try:
         cfg = config_from_args(BenchmarksConfig, args)
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast

@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.trees import BestFirstBuilder
 
     t0 = time.perf_counter()
+    if args.prompts_per_set < 1:
+        raise SystemExit(f"jetspec demo: --prompts-per-set must be >= 1, got {args.prompts_per_set}")
     try:
         threads = choose_threads(args.threads)
     except ValueError as err:

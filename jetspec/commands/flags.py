@@ -6,8 +6,11 @@ its parameters become flags, its defaults the flags' defaults, and the ``Args:``
 docstring the help. Defaults therefore exist once, where the code that uses them is.
 
 Types: ``bool`` flags take ``true/false`` (``--hf false``) and may be given bare (``--conditioned``);
-``tuple[X, ...]`` flags take a comma list (``--budgets 8,16``); ``Literal[...]`` gives choices;
-``Optional[X]`` is ``X`` with default None. A dataclass field without a default is a required flag.
+``tuple[X, ...]`` and ``Sequence[X]`` flags take a comma list (``--budgets 8,16``); ``Literal[...]`` gives choices;
+``Optional[X]`` is ``X`` with default None; ``str | tuple[X, ...]`` is the comma list; ``int | str``
+stays text for the code to read (``--threads auto``). Any other annotation is an error when the
+flag is built, never a flag that silently parses as a string. A dataclass field without a default
+is a required flag.
 
     add_config_flags(parser, BenchConfig)          # every field
     cfg = config_from_args(BenchConfig, args)      # the dataclass back from the parsed flags
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections.abc
 import dataclasses
 import inspect
 import re
@@ -85,7 +89,9 @@ def flags_of(source) -> list[Flag]:
         hints, docs = typing.get_type_hints(source), field_docs(source)
         return [Flag(f.name, hints[f.name], _field_default(f), docs.get(f.name, ""))
                 for f in dataclasses.fields(source) if f.init]
-    hints = typing.get_type_hints(source)
+    # Not typing.get_type_hints: it returns {} for a @no_type_check function (SpeculativeDecoder.generate
+    # validates its own arguments), and every flag would then parse as a string.
+    hints = inspect.get_annotations(inspect.unwrap(source), eval_str=True)
     docs = arg_docs(source)
     flags = []
     for name, p in inspect.signature(source).parameters.items():
@@ -124,9 +130,18 @@ def _comma_list(kind):
 
 
 def _strip_optional(annotation):
+    """``X`` for ``Optional[X]``; the tuple for ``str | tuple[X, ...]`` (a config field that also takes
+    a comma string, as the command line gives it)."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+    if len(args) == 1:
         return args[0]
+    tuples = [a for a in args if typing.get_origin(a) is tuple]
+    if len(tuples) == 1 and set(args) - set(tuples) == {str}:
+        return tuples[0]
+    if str in args and set(args) <= {str, int, float}:
+        return str  # a number or a word (``--threads 2`` or ``auto``): the field's code reads it
     return annotation
 
 
@@ -138,12 +153,14 @@ def _argparse_options(flag: Flag, choices: Optional[tuple] = None) -> dict:
         opts["choices"] = choices
     elif typing.get_origin(base) is typing.Literal:
         opts["choices"] = typing.get_args(base)
-    elif typing.get_origin(base) is tuple:
+    elif typing.get_origin(base) in (tuple, collections.abc.Sequence):
         opts["type"] = _comma_list(typing.get_args(base)[0] if typing.get_args(base) else str)
     elif base is bool:
         opts.update(type=parse_bool, nargs="?", const=True, metavar="{true,false}")
-    else:
-        opts["type"] = base if base in (int, float, str) else str
+    elif base in (int, float, str):
+        opts["type"] = base
+    else:  # a flag must never parse as a string where the code expects something else
+        raise TypeError(f"flag --{flag.name.replace('_', '-')}: no command-line type for {flag.annotation!r}")
     if flag.default is _MISSING:
         opts["required"] = True
         opts["help"] = flag.doc or None

@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(PrepareDataConfig, args)
         counts = prepare_data(cfg)
     except ValueError as err:
-        raise SystemExit(f"jetspec prepare-data: {err}") from err
+        raise SystemExit(f"jetspec prepare-data: {err} (--data-dir is the folder with the source files)") from err
     print(f"wrote {cfg.out}: {json.dumps(counts)}")
     return 0

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jetspec.commands.flags import kwargs_from_args
+    from jetspec.core.jsonl import check_not_input
     from jetspec.core.loading import load_target
     from jetspec.core.prompts import read_prompts
     from jetspec.core.sampling import SamplingConfig
@@ -55,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # before the target is loaded: the same rules as `jetspec generate`
         SamplingConfig(args.temperature, top_p=args.top_p)
+        check_not_input(args.out, args.prompts, "--out", "--prompts")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        prompts = read_prompts(args.prompts, limit=args.limit)
     except ValueError as err:
         raise SystemExit(f"jetspec regenerate: {err}") from None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    prompts = read_prompts(args.prompts, limit=args.limit)
     model, tok = load_target(args.target)
     kwargs = kwargs_from_args(regenerate, args, skip=("model", "tokenizer", "prompts", "limit"))
     stats = regenerate(model, tok, prompts, args.out, **kwargs)

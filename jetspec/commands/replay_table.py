@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.core.loading import load_target
-    from jetspec.core.prompts import read_jsonl
-    from jetspec.core.replay import as_references
+    from jetspec.core.replay import read_references
     from jetspec.evaluation.plots import replay_plots
     from jetspec.evaluation.replay_tools import ReplayTableConfig, replay_markdown, replay_rows, scaling_markdown
 
@@ -55,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per (drafter, budget)
     torch.set_num_threads(cfg.threads)
     model, _ = load_target(cfg.target)
-    refs = as_references(read_jsonl(cfg.refs))
-    rows, _skipped = replay_rows(cfg, model, refs)
+    try:
+        refs = read_references(cfg.refs, model.get_output_embeddings().weight.shape[0])
+        rows = replay_rows(cfg, model, refs)
+    except (OSError, ValueError) as err:  # DrafterUnavailable is a ValueError
+        raise SystemExit(f"jetspec replay-table: {err}") from None
     md = replay_markdown(rows, cfg, len(refs), sorted({r.set for r in refs}))
     if cfg.scaling:
         md += "\n\n" + scaling_markdown(rows)

@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.core.loading import load_target
     from jetspec.training.data import TokenDataModule
 
+    if args.max_steps < 1:  # 0 saved an untrained head; Lightning reads -1 as "no limit"
+        raise SystemExit(f"jetspec train: --max-steps must be >= 1, got {args.max_steps}")
     # Denormal floats make the frozen lm_head's backward ~30x slower on CPU (docs/design.md §5.9).
     torch.set_flush_denormal(True)
     L.seed_everything(args.seed, workers=True)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from jetspec.core.fast_forward import LayerKV, RowsKVBuffer
 from jetspec.core.target import TargetModel, capture_taps
+from jetspec.core.target_support import hf_masks
 from jetspec.core.types import DraftTree
 from jetspec.kernels import additive_mask
 
@@ -64,7 +65,11 @@ class BatchedTarget:
         dev = t.device
         if t._fast is not None:
             return t._fast.forward_rows(self.cache, ids.to(dev), positions.to(dev), visible, t.tap_layers)
-        mask = additive_mask(visible.to(dev), t.dtype)[:, None]  # [B, 1, N, S + N]
+        if t.sliding:  # windows by position: a cached column's position is its rank among the row's valid ones
+            k_pos = torch.cat([self.valid.long().cumsum(1) - 1, positions], dim=1)
+            mask = hf_masks(visible.to(dev), positions, k_pos, t.windows, t.dtype)
+        else:
+            mask = additive_mask(visible.to(dev), t.dtype)[:, None]  # [B, 1, N, S + N]
         with capture_taps(t.model, t.tap_layers) as captured, t._attention():
             out = t.model(input_ids=ids.to(dev), position_ids=positions.to(dev), attention_mask=mask,
                           cache=self.cache, use_cache=True)
@@ -77,7 +82,8 @@ class BatchedTarget:
         left padding only. Returns each row's taps of its real cached tokens ``[T_b - 1, F]``."""
         b, n = ids.shape
         t = self.target
-        self.cache = t._fast.new_rows_cache(b) if t._fast is not None else DynamicCache(config=t.config)
+        t.refresh_weights()  # a sequence starts with the model's current weights, as TargetModel.prefill
+        self.cache = t._fast.new_rows_cache(b) if t._fast is not None else t.new_hf_cache()
         ctx, valid = ids[:, :-1], mask[:, :-1].clone()
         self.pos = mask.long().sum(1) - 1
         self.valid = torch.zeros(b, 0, dtype=torch.bool)

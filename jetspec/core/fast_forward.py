@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.target_support import unsupported_reason
 from jetspec.kernels import additive_mask, tree_visibility
 from jetspec.kernels.packed_linear import PackedLinear
 
@@ -59,8 +60,9 @@ def fast_forward_support(model: torch.nn.Module) -> Optional[str]:
     if any(t != "full_attention" for t in layer_types) or (
             model_type == "mistral" and getattr(config, "sliding_window", None) is not None):
         return "sliding-window attention layers are not supported"
-    if getattr(config, "rope_parameters", None) and config.rope_parameters.get("rope_type") == "dynamic":
-        return "dynamic RoPE rescales with the sequence length"
+    reason = unsupported_reason(config)  # what neither engine verifies exactly (RoPE recomputed per forward)
+    if reason is not None:
+        return reason
     decoder = model.get_decoder()
     for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
         if not hasattr(decoder, name):
@@ -353,37 +355,41 @@ def _rope(x: Float[Tensor, "B h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor
 
 
 # Packing a target's weights takes a second or two (SmolLM2-135M on the CPU of BENCHMARKS.md), and
-# tutorials and benchmarks wrap the same model many times. So the packed forward of a model is kept
-# while the model lives, and reused only while its weights are unchanged. The fingerprint reads every
-# weight once (~30 ms for 538 MB): per parameter its storage address, and the float64 sums of its
-# rows and of its columns, each weighted by position, so in-place updates (a training step) and
-# permutations (swapped rows, a transposed square matrix) change it. It is no cryptographic hash: a
-# deliberate edit that keeps all three sums would go unseen. A wrapper already built never re-checks:
-# each TargetModel is a snapshot of the weights it was built from.
-_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, CompactForward]]" = weakref.WeakKeyDictionary()
+# tutorials and benchmarks wrap the same model many times; TargetModel also asks again at every
+# prefill, because a wrapper computes with the weights its model holds when a sequence starts
+# (docs/design.md §6.3). So the packed forward of a model is kept while the model lives, and reused
+# only while every parameter and buffer is the same tensor, unchanged: the identity of each is its
+# storage address and PyTorch's version counter, which every in-place write through the tensor
+# bumps (an optimizer step, load_state_dict, a zero-sum edit). It reads no weight (microseconds for
+# SmolLM2, where the former position-weighted sums read every weight and cost ~0.35 s and missed
+# edits that keep those sums). The packed entry keeps an alias of each storage it was built from, so
+# a replaced tensor's address cannot be reused by a newer one while the entry lives. Writes through
+# ``.data``, which PyTorch does not count, are the one kind it cannot see (they bypass autograd's
+# checks too); build the wrapper with ``TargetModel(..., engine="hf")`` if you edit weights that way.
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[WeightsIdentity, CompactForward]]" = (
+    weakref.WeakKeyDictionary())
 
 
-def _param_fingerprint(p: Tensor) -> tuple:
-    m = p.reshape(p.shape[0], -1) if p.dim() > 1 else p.reshape(-1, 1)
-    rows = torch.sum(m, dim=1, dtype=torch.float64)
-    cols = torch.sum(m, dim=0, dtype=torch.float64)
-    rw = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=p.device)
-    cw = torch.arange(1, cols.numel() + 1, dtype=torch.float64, device=p.device)
-    return (p.data_ptr(), p.dtype, tuple(p.shape), float(rows.sum()), float((rows * rw).sum()),
-            float((cols * cw).sum()))
+class WeightsIdentity:
+    """Which tensors a model's parameters and buffers are, and how often each was written in place."""
 
+    def __init__(self, model: torch.nn.Module, linear_backend: str) -> None:
+        tensors = [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
+        self.linear_backend = linear_backend
+        self.aliases = [t.detach() for t in tensors]  # keeps the storages alive: addresses stay unique
+        self.key = [(t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors]
 
-def _fingerprint(model: torch.nn.Module, linear_backend: str) -> tuple:
-    with torch.no_grad():
-        return (linear_backend,) + tuple(_param_fingerprint(p) for p in model.parameters())
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, WeightsIdentity) and self.linear_backend == other.linear_backend
+                and self.key == other.key)
 
 
 def compact_forward_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactForward:
-    """The ``CompactForward`` of ``model``, packed once and reused while its weights are unchanged."""
-    key = _fingerprint(model, linear_backend)
+    """The ``CompactForward`` of ``model``'s current weights: packed once, reused while they are unchanged."""
+    identity = WeightsIdentity(model, linear_backend)
     cached = _PACKED.get(model)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == identity:
         return cached[1]
     fast = CompactForward(model, linear_backend)
-    _PACKED[model] = (key, fast)
+    _PACKED[model] = (identity, fast)
     return fast

@@ -62,3 +62,10 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
             f.write(jsonl_line(row))
             n += 1
     return n
+
+
+def check_not_input(out: str | os.PathLike, inp: str | os.PathLike, out_flag: str, in_flag: str) -> None:
+    """Refuse an output file that is the input file: appending to it would mix the two kinds of rows
+    (and a resumable writer would take the input's rows for finished ones and write nothing)."""
+    if Path(out).resolve() == Path(inp).resolve():
+        raise ValueError(f"{out_flag} {out} is the {in_flag} file: write to another file")

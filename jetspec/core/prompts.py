@@ -20,11 +20,12 @@ and the data-preparation script:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from jetspec.core.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported: prompts files are JSONL)
+from jetspec.core.jsonl import numbered_rows, read_jsonl, write_jsonl  # noqa: F401  (re-exported: JSONL files)
 
 BUILTIN_PROMPTS: dict[str, list[str]] = {
     "math": [
@@ -103,8 +104,14 @@ def read_prompts(path: str | os.PathLike, limit: Optional[int] = None, default_s
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (or None), got {limit}")
     rows = []
-    for row in read_jsonl(path):
-        prompt, set_name, reference = prompt_of(row)
+    for line, row in numbered_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line}: a prompt row must be a JSON object, got {type(row).__name__} "
+                             f"{json.dumps(row)[:60]}")
+        try:
+            prompt, set_name, reference = prompt_of(row)
+        except ValueError as err:
+            raise ValueError(f"{path}:{line}: {err}") from None
         rows.append({"prompt": prompt, "set": set_name or default_set or Path(path).stem,
                      "reference": reference})
         if limit is not None and len(rows) >= limit:

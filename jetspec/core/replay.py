@@ -177,6 +177,34 @@ def drafter_taps(drafter: Drafter, model, references: Sequence[Reference],
     return cache[key]
 
 
+def read_references(path, vocab_size: Optional[int] = None) -> list[Reference]:
+    """The references of a file written by ``jetspec references``, checked row by row: each a JSON
+    object with ``input_ids`` (token ids, below ``vocab_size`` if given), an integer ``response_start``
+    with at least one prompt and one response token, and an optional string ``set``. Errors name
+    ``path:line``; a file without references is an error too."""
+    from jetspec.core.jsonl import numbered_rows
+
+    refs = []
+    for line, row in numbered_rows(path):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a reference must be a JSON object, got {type(row).__name__}")
+        ids, start, name = row.get("input_ids"), row.get("response_start"), row.get("set", "default")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError(f"{where}: input_ids must be a list of token ids, got {ids!r:.80}")
+        if vocab_size is not None and any(not 0 <= t < vocab_size for t in ids):
+            raise ValueError(f"{where}: input_ids hold ids outside the target's vocabulary [0, {vocab_size})")
+        if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start < len(ids):
+            raise ValueError(f"{where}: response_start must be an integer in 1..{len(ids) - 1} (at least one prompt "
+                             f"and one response token), got {start!r}")
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: set must be a string, got {name!r}")
+        refs.append(Reference(ids, start, name))
+    if not refs:
+        raise ValueError(f"{path}: no references in the file")
+    return refs
+
+
 def as_references(rows: Iterable[Reference | dict]) -> list[Reference]:
     keys = ("input_ids", "response_start", "set")
     return [r if isinstance(r, Reference) else Reference(**{k: r[k] for k in keys if k in r}) for r in rows]

@@ -44,6 +44,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.core.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.target_support import attention_windows, hf_cache, hf_masks, unsupported_reason
 from jetspec.core.types import DraftTree
 from jetspec.kernels import additive_mask, tree_visibility
 
@@ -78,13 +79,20 @@ class TargetModel:
         elif model.training:
             raise ValueError("the target is in training mode (dropout would change its logits): call "
                              "model.eval() first, or pass freeze=True to let TargetModel do it")
+        reason = unsupported_reason(model.config)
+        if reason is not None:
+            raise ValueError(f"jetspec cannot verify this target exactly: {reason}")
         self.model = model
         self.config = model.config
+        # layer type -> sliding window (None: full attention); windows are applied in jetspec's masks
+        self.windows = attention_windows(self.config)
+        self.sliding = any(w is not None for w in self.windows.values())
         self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
         self.hidden_size: int = self.config.hidden_size
         self.num_layers: int = self.config.num_hidden_layers
         self.attn_backend = attn_backend
         self.engine = self._choose_engine(engine)
+        self._linear_backend = linear_backend
         self._fast = compact_forward_for(model, linear_backend) if self.engine == "fast" else None
         # which product backend the fast engine runs (None on the "hf" engine)
         self.linear_backend: Optional[str] = self._fast.linear_backend if self._fast is not None else None
@@ -122,6 +130,21 @@ class TargetModel:
         """The dtype of the model's parameters."""
         return next(self.model.parameters()).dtype
 
+    def refresh_weights(self) -> None:
+        """Follow the model's current weights: on the fast engine, repack if any parameter or buffer
+        changed since the packed copy was made (a cheap identity check; ``compact_forward_for``).
+        Every prefill calls this, so a wrapper computes with the weights its model holds when a
+        sequence starts, on both engines (the ``"hf"`` engine runs the model itself). Changing the
+        weights in the middle of a sequence is not supported: the cache holds the old weights' K/V."""
+        if self._fast is not None:
+            self._fast = compact_forward_for(self.model, self._linear_backend)
+
+    def new_hf_cache(self) -> DynamicCache:
+        """An empty cache for the ``"hf"`` engine. With sliding-window layers every layer keeps all its
+        keys (Hugging Face's sliding layers keep their own length, which commit cannot compact); the
+        window is applied by jetspec's masks instead (docs/design.md §6.10)."""
+        return hf_cache(self.config)
+
     @property
     def cache_length(self) -> int:
         """Tokens held by the KV cache (0 before the prefill)."""
@@ -153,7 +176,14 @@ class TargetModel:
             logits, taps = self._fast(self.cache, ids, positions, ancestor, self.tap_layers)
             return TargetOutput(logits=logits, taps=taps)
         p = self.cache_length
-        mask = None if ancestor is None else tree_attention_mask(ancestor, p, self.dtype, self.device)
+        if self.sliding:  # every forward gets its windows by position (docs/design.md §6.10)
+            n = ids.shape[0]
+            tree = ancestor if ancestor is not None else torch.ones(n, n, dtype=torch.bool).tril()
+            visible = tree_visibility(tree.to(self.device), p)[None]
+            k_pos = torch.cat([torch.arange(p, device=self.device), positions])[None]
+            mask = hf_masks(visible, positions[None], k_pos, self.windows, self.dtype)
+        else:
+            mask = None if ancestor is None else tree_attention_mask(ancestor, p, self.dtype, self.device)
         with capture_taps(self.model, self.tap_layers) as captured, self._attention():
             out = self.model(input_ids=ids[None], position_ids=positions[None], attention_mask=mask,
                              cache=self.cache, use_cache=True)
@@ -168,7 +198,8 @@ class TargetModel:
         """Start a sequence: cache every token but the last (the first anchor). Returns its taps."""
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError("prefill expects a non-empty 1-D token tensor")
-        self.cache = self._fast.new_cache() if self._fast is not None else DynamicCache(config=self.config)
+        self.refresh_weights()
+        self.cache = self._fast.new_cache() if self._fast is not None else self.new_hf_cache()
         self._padded = 0
         ctx = tokens[:-1].to(self.device)
         if ctx.numel() == 0:

@@ -60,7 +60,7 @@ from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompt
 from jetspec.core.target import TargetModel
 from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, ratio, summarize
 from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
-from jetspec.evaluation.report import write_outputs
+from jetspec.evaluation.report import run_line, start_outputs, write_outputs
 from jetspec.evaluation.threads import choose_threads
 
 __all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergence", "run_bench", "spec_label"]
@@ -418,8 +418,9 @@ def _run_once(m: Method, model, rows_in: list[dict], b: int, idx: list[int], max
 
 
 def _timed_runs(plan: list[tuple[int, list[Method], list[list[int]]]], rows_in: list[dict], model, cfg: BenchConfig,
-                eos, progress: bool) -> list[dict]:
-    """Warm up every (batch size, method) once, then run the plan ``cfg.repeats`` times: one record per call."""
+                eos, progress: bool, log_file: Path) -> list[dict]:
+    """Warm up every (batch size, method) once, then run the plan ``cfg.repeats`` times: one record per call,
+    appended to ``log_file`` as soon as it is measured (an interrupted run keeps what it finished)."""
     if cfg.warmup:
         for b, ms, batches in plan:
             for m in ms:
@@ -427,7 +428,8 @@ def _timed_runs(plan: list[tuple[int, list[Method], list[list[int]]]], rows_in: 
     runs: list[dict] = []
     order_rng = torch.Generator().manual_seed(cfg.seed)
     total = cfg.repeats * sum(len(ms) * len(batches) for _, ms, batches in plan)
-    with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar:
+    with tqdm(total=total, disable=not progress, desc="bench", unit="run", dynamic_ncols=True) as bar, \
+            open(log_file, "a") as runs_file:
         for rep in range(cfg.repeats):
             for b, ms, batches in plan:
                 for idx in batches:
@@ -440,6 +442,8 @@ def _timed_runs(plan: list[tuple[int, list[Method], list[list[int]]]], rows_in: 
                         runs.append({**m.key(), "batch_size": b, "prompt_set": sets.pop() if len(sets) == 1
                                      else "mixed", "prompt_index": idx[0], "prompt_indices": idx, "repeat": rep,
                                      **rec})
+                        runs_file.write(run_line(runs[-1]))
+                        runs_file.flush()
                         bar.update(1)
                         bar.set_postfix(method=m.label, batch=b, refresh=False)
     return runs
@@ -463,6 +467,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
     calling this; seeds come from ``config.seed``. A given ``model`` must be in eval mode.
     """
     cfg = dataclasses.replace(config or BenchConfig(), **overrides)
+    start_outputs(Path(cfg.out))  # before anything is loaded or measured: a bad --out fails now
     if model is None:
         from jetspec.core.loading import load_target
 
@@ -486,7 +491,7 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         skipped.append({"drafter": "hf_prompt_lookup", "reason": "batch sizes > 1: Hugging Face assisted "
                         "generation decodes one prompt at a time (measured at batch size 1 only)"})
     plan = [(b, methods if b == 1 else batched, batches_of(len(rows_in), b)) for b in cfg.batch_sizes]
-    runs = _timed_runs(plan, rows_in, model, cfg, eos, progress)
+    runs = _timed_runs(plan, rows_in, model, cfg, eos, progress, Path(cfg.out) / "runs.jsonl")
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []

@@ -129,8 +129,14 @@ def dev_prompts(data: Path, limit: Optional[int]) -> list[dict]:
     from jetspec.core.prompts import read_prompts
     from jetspec.evaluation.splits import PrepareDataConfig, prepare_data
 
-    if not all((data / f"dev_{s}.jsonl").is_file() for s in SETS):
-        prepare_data(PrepareDataConfig(out=str(data)))
+    missing = [f"dev_{s}.jsonl" for s in SETS if not (data / f"dev_{s}.jsonl").is_file()]
+    if missing:
+        try:
+            prepare_data(PrepareDataConfig(out=str(data)))
+        except ValueError as err:
+            raise ValueError(f"--data {data} lacks {', '.join(missing)} and they could not be built ({err}): "
+                             f"build them with `jetspec prepare-data --data-dir <source files> --out {data}`, or "
+                             "pass --data with a folder that holds them") from None
     rows = []
     for s in SETS:
         split = read_prompts(data / f"dev_{s}.jsonl", limit=limit)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from jetspec.core.jsonl import check_not_input
 from jetspec.core.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ReferencesConfig:
         for name in ("per_set", "max_new_tokens", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_not_input(self.out, self.prompts, "--out", "--prompts")
 
 
 def pick_prompts(rows: list[dict], per_set: int) -> list[dict]:
@@ -132,6 +134,10 @@ class ReplayTableConfig:
             raise ValueError(f"--budgets must be positive integers, got '{self.budgets}'")
         if not self.cost_list or min(self.cost_list) < 0:
             raise ValueError(f"--node-costs must be numbers >= 0, got '{self.node_costs}'")
+        if not self.specs():
+            raise ValueError(f"--drafters names no drafter, got '{self.drafters}'")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
 
     def specs(self) -> list[str]:
         return [s.strip() for s in self.drafters.split(",") if s.strip()]
@@ -151,10 +157,13 @@ def _row(rep, label: str, spec: str, budget: int, cost: float, sets: list[str], 
     return row
 
 
-def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[str]]:
-    """Replay every drafter of ``cfg`` at every budget and node cost; returns (rows, skipped specs).
+def replay_rows(cfg: ReplayTableConfig, model, refs) -> list[dict]:
+    """Replay every drafter of ``cfg`` at every budget and node cost; returns the rows.
 
-    Taps are captured once per set of tap layers and shared by the drafters that read them.
+    Every drafter is built before any replay runs: one that cannot run here (unknown name, a head
+    for another target, ...) raises ``DrafterUnavailable`` naming all such specs, rather than
+    leaving it out of the table. Taps are captured once per set of tap layers and shared by the
+    drafters that read them.
     """
     from jetspec.core.replay import drafter_taps, replay
     from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
@@ -163,14 +172,16 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
     sets = sorted({r.set for r in refs})
     head_dir = Path(cfg.head_dir) if cfg.head_dir else DEFAULT_HEAD_DIR
     taps_by_layers: dict = {}
-    rows, skipped = [], []
+    drafters, unavailable = {}, []
     for spec in cfg.specs():
         try:
-            drafter = make_drafter(spec, model, head_dir)
+            drafters[spec] = make_drafter(spec, model, head_dir)
         except DrafterUnavailable as err:
-            skipped.append(f"{spec}: {err}")
-            log.info("skip %s: %s", spec, err)
-            continue
+            unavailable.append(f"'{spec}': {err}")
+    if unavailable:
+        raise DrafterUnavailable("cannot use drafter " + "; ".join(unavailable))
+    rows = []
+    for spec, drafter in drafters.items():
         taps = drafter_taps(drafter, model, refs, taps_by_layers)
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
         for b, c in itertools.product(cfg.budget_list, cfg.cost_list):
@@ -182,7 +193,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> tuple[list[dict], list[s
             log.info("%-28s b=%3d tau %.3f %s  (%.1f ms/round incl. tree, %.1f nodes, modelled x%.2f)",
                      row["drafter"], b, row["tau"], " ".join(f"{s} {row[f'tau_{s}']:.3f}" for s in sets),
                      row["draft_ms_per_round"], row["nodes_per_round"], row["modelled_speedup"])
-    return rows, skipped
+    return rows
 
 
 def replay_markdown(rows: list[dict], cfg: ReplayTableConfig, n_refs: int, sets: list[str]) -> str:

@@ -4,12 +4,22 @@
     runs.jsonl     one line per single generate call, for noise analysis
     results.md     the rows as a Markdown table, with the machine and settings above it
     *.png          three pictures, drawn by ``jetspec.evaluation.plots``
+
+``start_outputs`` runs before anything is measured: it refuses an ``out`` that is a file, and moves
+an earlier run's files into ``out/earlier/<time>/`` (a second run never replaces the first one's
+results). ``runs.jsonl`` is then written line by line as the runs are measured, so an interrupted
+benchmark keeps every run it finished; ``write_outputs`` writes the rest at the end.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+OUTPUT_FILES = ("results.json", "results.md", "runs.jsonl")  # and the PNGs beside them
 
 COLUMNS = [("drafter", "drafter"), ("tree", "tree"), ("budget", "budget"), ("prompt_set", "set"),
            ("n_prompts", "prompts"), ("tau", "tau"), ("tokens_per_s", "tok/s"),
@@ -42,13 +52,34 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def start_outputs(out: Path) -> None:
+    """Before measuring: ``out`` must be a folder (created if missing); an earlier run's files in it
+    move to ``out/earlier/<time>/``. Raises ``ValueError`` naming ``--out`` for a file."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: pass a folder for the benchmark's files")
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = [f for f in out.iterdir() if f.is_file() and (f.name in OUTPUT_FILES or f.suffix == ".png")]
+    if earlier:
+        keep = out / "earlier" / time.strftime("%Y%m%d-%H%M%S", time.localtime(max(f.stat().st_mtime for f in earlier)))
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in earlier:
+            f.rename(keep / f.name)
+        log.warning("%s held an earlier run's results: moved them to %s", out, keep)
+    (out / "runs.jsonl").write_text("")
+
+
+def run_line(run: dict) -> str:
+    """One measured run as a line of runs.jsonl (the generated tokens left out)."""
+    return json.dumps({k: v for k, v in run.items() if k != "tokens"}) + "\n"
+
+
 def write_outputs(result: dict, runs: list[dict], out: Path, plots: bool = True) -> None:
-    """Write results.json, runs.jsonl, results.md and (if ``plots``) the PNGs into ``out``."""
+    """Write results.json, runs.jsonl (again, complete), results.md and (if ``plots``) the PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     with open(out / "runs.jsonl", "w") as f:
         for r in runs:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n")
+            f.write(run_line(r))
     m, c = result["machine"], result["config"]
     head = [f"# jetspec bench: {c['target']}", "",
             f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} torch threads, "

@@ -72,7 +72,7 @@ def split_sources(data_dir: Path, dev_size: int, seed: int) -> tuple[dict[str, l
     for set_name, file in SOURCES.items():
         path = Path(data_dir) / file
         if not path.is_file():
-            raise ValueError(f"missing {path}; pass --data-dir pointing at the folder with the source files")
+            raise ValueError(f"missing source file {path}")
         rows = read_prompts(path, default_set=set_name)
         for r in rows:
             r["set"] = set_name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_config, tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -227,3 +227,63 @@ def test_half_precision_targets_get_a_working_engine():
     target = TargetModel(model)
     target.prefill(torch.arange(1, 9))
     assert torch.isfinite(target.step(3).float()).all()
+
+
+def _greedy(model, ids, n=12):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)
+
+
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_a_wrapper_built_before_load_state_dict_gives_the_new_model(engine):
+    """A wrapper follows its model: after load_state_dict its next sequence is the new model's, on
+    both engines (docs/design.md §6.3), never a mix of the old packed products and the new
+    embedding and norms."""
+    model, other = tiny_model("llama", seed=8), tiny_model("llama", seed=9)
+    with torch.no_grad():
+        for m in (model, other):
+            m.lm_head.weight.mul_(30)
+    ids = torch.arange(3, 11)[None]
+    wrapper = TargetModel(model, engine=engine)
+    assert torch.equal(autoregressive_generate(wrapper, ids, 12).sequences, _greedy(model, ids))
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(autoregressive_generate(wrapper, ids, 12).sequences, _greedy(other, ids))
+
+
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_a_wrapper_follows_an_edit_of_a_tied_embedding(engine):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(10)
+    cfg = tiny_config("llama")
+    cfg.tie_word_embeddings = True
+    model = LlamaForCausalLM(cfg).double().eval()
+    ids = torch.arange(3, 11)[None]
+    wrapper = TargetModel(model, engine=engine)
+    autoregressive_generate(wrapper, ids, 4)
+    with torch.no_grad():
+        w = model.get_input_embeddings().weight  # the lm_head is the same tensor
+        w.copy_(w.roll(1, dims=0))
+    assert torch.equal(autoregressive_generate(wrapper, ids, 12).sequences, _greedy(model, ids))
+
+
+def test_zero_sum_edits_on_a_coarse_grid_are_seen():
+    """Weights on a coarse grid (as after dequantization) edited so that every row and column sum is
+    unchanged: the packed copy must not be reused (the former weighted-sum fingerprint reused it)."""
+    model = tiny_model("llama", seed=11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((p * 64).round() / 64)
+    first = TargetModel(model)
+    w = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():  # +d, -d in rows 0 and 1, columns 0 and 1: all sums stay the same
+        w[0, 0] += 0.5
+        w[0, 1] -= 0.5
+        w[1, 0] -= 0.5
+        w[1, 1] += 0.5
+    second = TargetModel(model)
+    assert second._fast is not first._fast
+    ids = torch.arange(3, 13)
+    second.prefill(ids)
+    torch.testing.assert_close(second.step(5), model(torch.cat([ids[:-1], torch.tensor([5])])[None]).logits[0, -1],
+                               atol=1e-10, rtol=0)

@@ -128,8 +128,9 @@ def test_bad_flags_stop_the_commands_before_loading_a_model(capsys):
                        (["batching", "--batch-sizes", "two"], "--batch-sizes"),
                        (["batching", "--tree-rows", "4,8"], "--tree-rows"),
                        (["batching", "--drafters", "nope"], "nope")):
-        with pytest.raises(SystemExit, match=flag):
+        with pytest.raises(SystemExit) as err:
             main(argv + ["--target", "/nonexistent"])
+        assert flag in str(err.value) + capsys.readouterr().err  # the command's refusal, or argparse's
 
 
 def test_cost_model_on_hand_made_numbers():

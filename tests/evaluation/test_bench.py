@@ -218,3 +218,48 @@ def test_cli_bench_with_an_unknown_drafter_fails_before_loading(tmp_path):
 
     with pytest.raises(SystemExit, match="typo"):
         main(["bench", "--target", str(tmp_path / "no-such-target"), "--drafters", "typo", "--out", str(tmp_path)])
+
+
+def _small_bench(tiny, out, **kw):
+    return run_bench(model=tiny, prompts=PROMPTS[:2], drafters="ar,ngram", budgets="4", max_new_tokens=4,
+                     out=str(out), hf=False, warmup=False, plots=False, progress=False, **kw)
+
+
+def test_an_out_that_is_a_file_is_refused_before_measuring(tiny, tmp_path, monkeypatch):
+    import jetspec.evaluation.bench as bench
+
+    out = tmp_path / "results.json"
+    out.write_text("mine")
+    monkeypatch.setattr(bench, "_timed_runs", lambda *a, **k: pytest.fail("measured before checking --out"))
+    with pytest.raises(ValueError, match="--out .* is a file"):
+        _small_bench(tiny, out)
+    assert out.read_text() == "mine"
+
+
+def test_a_second_run_keeps_the_first_runs_results(tiny, tmp_path):
+    out = tmp_path / "bench"
+    _small_bench(tiny, out)
+    first_json, first_runs = (out / "results.json").read_text(), (out / "runs.jsonl").read_text()
+    _small_bench(tiny, out, seed=1)
+    kept = list((out / "earlier").glob("*/results.json"))
+    assert len(kept) == 1 and kept[0].read_text() == first_json
+    assert (kept[0].parent / "runs.jsonl").read_text() == first_runs != ""
+    assert json.loads((out / "results.json").read_text())["config"]["seed"] == 1
+
+
+def test_an_interrupted_bench_keeps_the_runs_it_measured(tiny, tmp_path, monkeypatch):
+    import jetspec.evaluation.bench as bench
+
+    calls, real = [], bench._run_once
+
+    def interrupted(*a, **k):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "_run_once", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _small_bench(tiny, tmp_path / "bench", repeats=3)
+    lines = (tmp_path / "bench" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(x)["drafter"] in ("ar", "ngram") for x in lines)

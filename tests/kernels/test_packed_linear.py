@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,3 +120,60 @@ def test_bad_arguments_are_named():
         PackedLinear([])
     with pytest.raises(ValueError, match="2 biases for 1 weights"):
         PackedLinear([torch.randn(2, 3)], [torch.randn(2), torch.randn(2)])
+
+
+@pytest.fixture
+def fresh_compile(monkeypatch, tmp_path):
+    """skinny_kernel() as in a new process whose first compile finds ``build`` (a temporary folder); the
+    compiler is a stand-in that behaves as PyTorch's build lock does: it would wait forever on ``lock``."""
+    import subprocess
+    import sys
+
+    from torch.utils import cpp_extension
+
+    import jetspec.kernels.packed_linear as pl
+
+    build = tmp_path / "jetspec_skinny_gemm"
+    build.mkdir()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(pl, "_skinny", {})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(pl.shutil, "which", lambda name: f"/usr/bin/{name}")
+    built = object()
+
+    def load(name, sources, build_directory=None, **kw):
+        folder = Path(build_directory or cpp_extension._get_build_directory(name, False))
+        if (folder / "lock").exists():
+            raise AssertionError("would wait forever on the build lock")
+        return built
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return pl, build, built, int(dead.stdout)
+
+
+def test_a_killed_first_compile_does_not_hang_the_next_one(fresh_compile, caplog):
+    pl, build, built, dead_pid = fresh_compile
+    (build / "lock").write_text("")  # what a SIGKILLed compile leaves
+    (build / "jetspec-compile.pid").write_text(str(dead_pid))
+    with caplog.at_level("WARNING", logger="jetspec.kernels.packed_linear"):
+        assert pl.skinny_kernel() is built
+    text = caplog.text
+    assert "compiling jetspec's skinny GEMM kernel (once per machine, ~50 s)" in text
+    assert "stale" in text and not (build / "lock").exists() and not (build / "jetspec-compile.pid").exists()
+
+
+def test_a_bare_stale_build_lock_is_removed(fresh_compile):
+    pl, build, built, _ = fresh_compile
+    (build / "lock").write_text("")  # killed before jetspec named its compiles' owner
+    assert pl.skinny_kernel() is built
+
+
+def test_a_live_compile_elsewhere_is_waited_for_then_skipped(fresh_compile, monkeypatch, caplog):
+    pl, build, _, _ = fresh_compile
+    monkeypatch.setattr(pl, "COMPILE_WAIT_S", 0.3)
+    (build / "jetspec-compile.pid").write_text(str(os.getpid()))  # a running process holds it
+    with caplog.at_level("WARNING", logger="jetspec.kernels.packed_linear"):
+        assert pl.skinny_kernel() is None
+    assert "compiling it for over" in pl._skinny["reason"] and (build / "jetspec-compile.pid").exists()
+    assert caplog.text.count("skinny GEMM kernel unavailable") == 1
