@@ -9,6 +9,7 @@ Interpreter shapes are kept small: the whole file must run in well under 90 s on
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -336,6 +337,27 @@ def test_clean_import_and_clear_error_without_the_interpreter():
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_without_triton_every_triton_path_runs_the_twin_with_one_notice(monkeypatch, caplog):
+    """macOS and Windows have no Triton wheels (the kernels extra installs it on Linux only): asking for
+    the Triton backend there must run the PyTorch twin, with the same results and one notice per
+    process, not fail. Simulated here by reporting triton as not installed."""
+    ta = importlib.import_module("jetspec.kernels.tree_attention")  # the module, not the function it exports
+    from conftest import tiny_llama
+
+    from jetspec.core.attention import TREE_TORCH, attention_backend
+
+    monkeypatch.setattr(ta, "triton_installed", lambda: False)
+    monkeypatch.setattr(ta, "_notice_given", [], raising=False)  # a fresh process: no notice given yet
+    q, k, v, anc = _good()
+    with caplog.at_level("WARNING", logger=ta.__name__):
+        for _ in range(3):
+            assert torch.equal(tree_attention(q, k, v, anc, backend="triton"), tree_attention_reference(q, k, v, anc))
+        with attention_backend(tiny_llama(), "triton") as model:
+            assert model.config._attn_implementation == TREE_TORCH
+    notices = [r.getMessage() for r in caplog.records if r.name == ta.__name__]
+    assert notices == [ta.TWIN_NOTICE], notices
 
 
 def test_gpu_check_dry_run(tmp_path):
