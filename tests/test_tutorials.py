@@ -2,8 +2,10 @@
 
 This is the one execution of the notebooks: each test writes ``build/tutorials/NN_name.ipynb`` with
 its outputs, and ``make docs`` renders those copies instead of executing the notebooks again. A cell
-that raised fails its test with the cell's source and traceback. The executor itself is checked on
-a two-cell notebook written here (a negative control: a raising cell must be reported, by index).
+that raised fails its test with the cell's source and traceback, and so does an output a reader of
+the site should not see (a path of the machine that ran it, a warning, an object's default repr).
+The executor and that check are themselves checked on tiny notebooks written here (negative controls:
+a raising cell must be reported by index, each kind of stray output by cell).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import nbformat
 import pytest
 
-from jetspec.testing.notebooks import BUILD, execute_notebook, is_stale, tutorial_notebooks
+from jetspec.testing.notebooks import BUILD, execute_notebook, is_stale, stray_outputs, tutorial_notebooks
 
 NOTEBOOKS = tutorial_notebooks()
 
@@ -34,6 +36,8 @@ def test_tutorial_executes(notebook):
     code = [c for c in executed.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code), "a code cell did not run"
     assert not is_stale(notebook, BUILD)
+    stray = stray_outputs(executed)
+    assert not stray, f"{notebook.name} shows what a reader should not see:\n" + "\n".join(stray)
 
 
 def _tiny_notebook(path, second_cell: str):
@@ -73,3 +77,20 @@ def test_staleness_follows_the_notebook(tmp_path):
     later = (out / nb.name).stat().st_mtime + 10
     os.utime(nb, (later, later))  # the notebook changed after its execution
     assert is_stale(nb, out)
+
+
+def test_stray_outputs_are_reported(tmp_path):
+    """Negative control: a machine path, a warning on stderr and a stray object repr are each reported by
+    cell; a clean notebook of numbers and prose-like prints is not."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('tau = 2.31 tokens per round; see docs/design.md')"),
+                nbformat.v4.new_code_cell("import sys, tempfile\nprint(tempfile.mkdtemp())"),
+                nbformat.v4.new_code_cell("import warnings\nwarnings.warn('careful')"),
+                nbformat.v4.new_code_cell("import torch\ntorch.manual_seed(0)")]
+    path = tmp_path / "04_stray.ipynb"
+    nbformat.write(nb, path)
+    result = execute_notebook(path, tmp_path / "out", timeout_s=120)
+    assert result.error is None
+    found = stray_outputs(nbformat.read(result.executed, as_version=4))
+    assert [line.split(",")[0] for line in found] == ["cell 1 (stdout)", "cell 2 (stderr)", "cell 3 (execute_result)"]
+    assert "a machine path" in found[0] and "a warning" in found[1] and "an object repr" in found[2]
