@@ -40,6 +40,27 @@ def test_tutorial_executes(notebook):
     assert not stray, f"{notebook.name} shows what a reader should not see:\n" + "\n".join(stray)
 
 
+# Started before anything else in a kernel, this makes `import triton` fail and find_spec("triton")
+# return None: what a machine without Triton (macOS, Windows) looks like to jetspec.
+NO_TRITON = 'import sys\nsys.modules["triton"] = None\n'
+
+
+@pytest.mark.slow
+def test_the_kernel_tutorial_runs_where_triton_is_not_installed(tmp_path):
+    """Tutorial 8 on a laptop without Triton: it says once that the twin runs, and runs to the end."""
+    (tmp_path / "sitecustomize.py").write_text(NO_TRITON)
+    notebook = next(p for p in NOTEBOOKS if p.name.startswith("08_"))
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    result = execute_notebook(notebook, tmp_path / "out", env={"PYTHONPATH": path})
+    if result.error is not None:
+        pytest.fail(result.error.describe(notebook.name), pytrace=False)
+    executed = nbformat.read(result.executed, as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert printed.count("Triton is not installed here") == 1, printed[:2000]
+    assert "|triton - reference| = 0.0e+00" in printed  # the twin compared with itself
+    assert not stray_outputs(executed)
+
+
 def _tiny_notebook(path, second_cell: str):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)"),

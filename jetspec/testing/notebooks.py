@@ -121,10 +121,11 @@ def stray_outputs(nb) -> list[str]:
     return found
 
 
-def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TIMEOUT_S) -> ExecutionResult:
+def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TIMEOUT_S,
+                     env: dict[str, str] | None = None) -> ExecutionResult:
     """Execute ``notebook`` in a fresh kernel (working directory: its folder) and save the executed copy.
 
-    The kernel inherits this process's environment plus ``KERNEL_ENV`` (no progress bars).
+    The kernel inherits this process's environment plus ``KERNEL_ENV`` (no progress bars) and ``env``.
 
     A cell that raises stops the execution (later cells would only fail in its wake); the copy is saved
     all the same, with the error output in that cell, so that the tests and the site build both see it.
@@ -141,7 +142,7 @@ def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TI
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     try:
-        client.execute(env={**os.environ, **KERNEL_ENV})
+        client.execute(env={**os.environ, **KERNEL_ENV, **(env or {})})
     except CellExecutionError:
         pass  # recorded in the cell's outputs; first_error reads it from there
     seconds = time.perf_counter() - start
