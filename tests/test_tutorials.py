@@ -11,6 +11,7 @@ a raising cell must be reported by index, each kind of stray output by cell).
 from __future__ import annotations
 
 import os
+import re
 
 import nbformat
 import pytest
@@ -59,6 +60,38 @@ def test_the_kernel_tutorial_runs_where_triton_is_not_installed(tmp_path):
     assert printed.count("Triton is not installed here") == 1, printed[:2000]
     assert "|triton - reference| = 0.0e+00" in printed  # the twin compared with itself
     assert not stray_outputs(executed)
+
+
+def try_this_prompts(source: str) -> list[str]:
+    """The bullets of a tutorial's "## Try this" section (jupytext percent format: ``# * ...`` lines and
+    their ``#   ...`` continuations), one string each."""
+    section = source.split("# ## Try this\n", 1)[1] if "# ## Try this\n" in source else ""
+    section = section.split("\n# %%", 1)[0].split("\n# ## ", 1)[0]
+    bullets: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("# * "):
+            bullets.append(line[4:])
+        elif line.startswith("#   ") and bullets:
+            bullets[-1] += " " + line[4:]
+    return bullets
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_tutorial_reads_its_results_and_ends_with_try_this(notebook):
+    """Each tutorial says what its measurements mean ("Reading the result", computed cells) and ends with
+    two or three "Try this" prompts saying what to expect (tutorials/README.md promises both)."""
+    source = notebook.with_suffix(".py").read_text(encoding="utf-8")
+    assert "Reading the result" in source, notebook.name
+    prompts = try_this_prompts(source)
+    assert 2 <= len(prompts) <= 3, (notebook.name, prompts)
+    vague = [p for p in prompts if not re.search(r"\bexpect|\bmust\b", p, re.I)]
+    assert not vague, f"{notebook.name}: a prompt that does not say what to expect: {vague}"
+
+
+def test_try_this_needs_its_own_section():
+    """Negative control: bullets elsewhere do not count, and a section stops at the next heading."""
+    assert try_this_prompts("# ## Summary\n# * one\n# * two\n") == []
+    assert try_this_prompts("# ## Try this\n# * a\n#   more\n# * b\n# ## Next\n# * c\n") == ["a more", "b"]
 
 
 def _tiny_notebook(path, second_cell: str):

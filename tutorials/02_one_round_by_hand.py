@@ -142,6 +142,7 @@ print(f"by the model, speculation {verdict} here")
 assert c > 0 and n <= 6
 
 # %% [markdown]
+# ### Reading the result
 # The measured ratio includes what the model leaves out (the accept and commit stages, Python's
 # per-round work) and whatever else the machine was doing, so expect the two to differ by tens of
 # percent on a busy CPU; the model is for deciding *what* to try. A prompt-lookup chain on a
@@ -153,5 +154,5 @@ assert c > 0 and n <= 6
 #   verify of n rows costs more than a step, and commits little more).
 # * Set `ChainBuilder(depth=12)`: on this repetitive answer expect longer accepted chains in the
 #   middle of the list, and c n to double; whether the speedup rises is what the model predicts.
-# * Remove `eos_token_id=EOS` from both calls: the answer no longer stops at the end of its turn, and
-#   the model invents a new conversation; outputs still match, because losslessness does not care.
+# * Remove `eos_token_id=EOS` from both calls: expect the answer to run past the end of its turn into
+#   a conversation the model invents, and the outputs to still match (losslessness does not care).

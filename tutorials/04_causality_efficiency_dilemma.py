@@ -473,7 +473,7 @@ for name in heads:
 # * Train for `max_steps=300` instead of 150 (about twice this notebook's training time): expect
 #   every tau to rise and the conditioned head's lead over the one-pass head to widen, as in
 #   `experiments/tiny_comparison.py`.
-# * In section 2 use `BestFirstBuilder(budget=32, ...)`: the one-pass heads gain little (their extra
-#   nodes are the same per-depth candidates under more branches), the conditioned head more.
+# * In section 2 use `BestFirstBuilder(budget=32, ...)`: expect the one-pass heads to gain little (their
+#   extra nodes are the same per-depth candidates under more branches), the conditioned head more.
 # * In section 3 edit slot 2 instead of slot 4 (`slot_tokens={2: 17}`): expect the JetSpec head's
 #   slot 1 alone to stay exactly unchanged, and every DFlash slot to move.
