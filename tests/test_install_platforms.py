@@ -34,8 +34,8 @@ from packaging.utils import canonicalize_name
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+except ModuleNotFoundError:  # Python 3.10: pip carries the same parser
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = "3.11.7"  # the lock's interpreter (constraints.txt's header): some locked wheels need >= 3.11.5
