@@ -3,6 +3,7 @@
 #   make test   - creates .venv if missing, then runs the whole test suite (the tutorials executed once,
 #                 into build/tutorials/), builds the documentation site and checks it in a browser
 #   make docs   - builds the site into site/ (strict), reusing the executed tutorials (docs/README.md)
+#   make notebooks - opens the tutorials in JupyterLab (installs the notebooks extra on first use)
 #   make lock   - refreshes constraints.txt: a new .venv from the open ranges of pyproject.toml, its
 #                 exact versions written to constraints.txt, then the whole suite against them
 # Every install goes through constraints.txt, the exact versions the suite last passed with, so a new
@@ -20,7 +21,7 @@ TORCH  ?= torch==2.13.0
 # `make lock` empties this to resolve the open ranges
 CONSTRAINTS ?= -c constraints.txt
 
-.PHONY: demo test venv lock lint bench clean docs docs-check docs-browser
+.PHONY: demo test venv lock lint bench clean docs docs-check docs-browser notebooks
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ lock:
 
 demo: $(STAMP)
 	$(PY) -m jetspec demo
+
+# JupyterLab on tutorials/; it prints the address to open. Not part of the stamp: make test needs no front end.
+notebooks: $(STAMP)
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PIP) install -q $(CONSTRAINTS) -e ".[notebooks]"
+	$(PY) -m jupyterlab --notebook-dir=tutorials
 
 # tests/test_tutorials.py executes each tutorial once and keeps the executed copy in build/tutorials/;
 # the site build renders those copies. tests/test_site.py needs the built site: docs-check runs it.

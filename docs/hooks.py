@@ -3,7 +3,9 @@
 - Tutorials: the site shows the executed copies in ``build/tutorials/`` (written by the test suite, see
   ``jetspec/testing/notebooks.py``); missing or stale ones are executed here first. Their pages and
   the "Tutorials" section of the navigation come from a glob, so a new ``tutorials/NN_name.ipynb``
-  appears without editing this file or ``mkdocs.yml``. A copy with an error output fails the build.
+  appears without editing this file or ``mkdocs.yml``; its overview page opens with the syllabus of
+  ``tutorials/README.md``, which must hold a row for every tutorial. A copy with an error output
+  fails the build.
 - API reference: one page per public module, one entry per name of its ``__all__`` (the pinned API).
   A public name without its own docstring, or a public method of a public class without one (its own or
   that of the method it overrides), fails the build.
@@ -61,6 +63,24 @@ def _summary(notebook: Path) -> str:
     text = " ".join(re.sub(r"^\s*\* ", "", line) for line in text.splitlines())
     text = " ".join(text.split())
     return text if len(text) <= 320 else text[:320].rsplit(" ", 1)[0] + " ..."
+
+
+SYLLABUS = nbexec.TUTORIALS / "README.md"
+
+
+def tutorials_index(notebooks: list[Path], syllabus: Path = SYLLABUS) -> str:
+    """The tutorials' overview page: the hand-written syllabus (``tutorials/README.md``: paths,
+    prerequisites, minutes, here vs the paper, glossary), then every tutorial with its summary.
+    A tutorial without its row in the syllabus table (a link to ``NN_name.ipynb``) fails the build."""
+    text = syllabus.read_text(encoding="utf-8")
+    missing = [nb.name for nb in notebooks if not re.search(rf"^\|[^\n]*\]\({re.escape(nb.name)}\)", text, re.M)]
+    if missing:
+        raise PluginError(f"{syllabus.name} (tutorials/): no syllabus row for {', '.join(missing)}")
+    lines = [text.rstrip(), "", "## Every tutorial", "",
+             "Executed notebooks: prose, code, printed results and figures, as the test suite ran them "
+             "(on a 2-core CPU, no GPU).", ""]
+    lines += [f"- **[{_title(nb)}]({nb.name})**: {_summary(nb)}" for nb in notebooks]
+    return "\n".join(lines) + "\n"
 
 
 def ensure_executed(notebooks: list[Path], out: Path = nbexec.BUILD) -> None:
@@ -223,18 +243,13 @@ def on_config(config):
 
 @event_priority(50)  # before mkdocs-jupyter's on_files, which turns the .ipynb files into pages
 def on_files(files, config):
-    """Add the executed tutorials (from build/tutorials), the tutorials' overview and the API pages."""
+    """Add the executed tutorials (from build/tutorials), the tutorials' overview (``tutorials_index``) and the
+    API pages."""
     for nb in nbexec.tutorial_notebooks():
         copy = nbexec.executed_path(nb)
         files.append(File(f"tutorials/{nb.name}", src_dir=str(copy.parent.parent), dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
-    overview = ["# Tutorials", "",
-                "Executed notebooks: prose, code, printed results and figures, as the test suite ran them "
-                "(on a 2-core CPU, no GPU). Each is stored in `tutorials/` as a jupytext pair "
-                "(`NN_name.py` and `NN_name.ipynb`); open one in Jupyter to run it yourself.", ""]
-    for nb in nbexec.tutorial_notebooks():
-        overview += [f"- **[{_title(nb)}]({nb.name})**: {_summary(nb)}"]
-    files.append(File.generated(config, "tutorials/index.md", content="\n".join(overview) + "\n"))
+    files.append(File.generated(config, "tutorials/index.md", content=tutorials_index(nbexec.tutorial_notebooks())))
     # the shipped heads' model card and its figure live with the heads (jetspec/assets/heads/)
     for name in SHIPPED_HEADS_PAGES:
         files.append(File(f"heads/{name}", src_dir=str(ASSETS), dest_dir=config["site_dir"],

@@ -35,6 +35,7 @@ free of side effects, and ``triton`` is an optional dependency (``pip install je
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Optional, no_type_check
@@ -383,7 +384,8 @@ def tree_attention(
             ancestors. One tree for the whole batch. Any bool mask works (a chain, all-True, ...).
         scale: softmax scale; ``1 / sqrt(K)`` by default.
         backend: ``"torch"`` (the reference), ``"triton"`` (the kernel; CUDA tensors, or CPU
-            tensors under ``TRITON_INTERPRET=1``) or ``"auto"`` (triton for CUDA tensors when
+            tensors under ``TRITON_INTERPRET=1``; where triton is not installed, the reference,
+            with one notice: ``triton_or_twin``) or ``"auto"`` (triton for CUDA tensors when
             triton is installed and the dtype/head dim fit, torch otherwise).
         ancestor_bits: ``pack_ancestor_bits(ancestor)`` on q's device, when the caller packed it
             once for many calls over the same tree (the Triton backend only; else packed here).
@@ -402,6 +404,7 @@ def tree_attention(
     if backend == "auto":
         usable = q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] <= MAX_HEAD_DIM
         backend = "triton" if usable and triton_installed() else "torch"
+    backend = triton_or_twin(backend)
     if backend == "torch":
         return tree_attention_reference(q, k, v, ancestor, scale)
     if backend == "triton":
@@ -414,3 +417,21 @@ def triton_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None
+
+
+_log = logging.getLogger(__name__)
+TWIN_NOTICE = ("triton is not installed (it publishes wheels for Linux only), so the Triton tree-attention "
+               "kernel's PyTorch twin (tree_attention_reference) runs instead: same results, no custom kernel")
+_notice_given: list[bool] = []  # one notice per process, however many calls fall back
+
+
+def triton_or_twin(backend: str) -> str:
+    """``backend``, except ``"triton"`` where triton is not installed: ``"torch"`` (the twin) then, with
+    one logged notice (``TWIN_NOTICE``) per process. On macOS and Windows, where Triton has no wheels
+    (the ``kernels`` extra installs it on Linux only), every Triton path of jetspec runs its twin this way."""
+    if backend != "triton" or triton_installed():
+        return backend
+    if not _notice_given:
+        _notice_given.append(True)
+        _log.warning(TWIN_NOTICE)
+    return "torch"

@@ -101,3 +101,26 @@ def test_a_missing_report_or_figure_is_not_papered_over(tmp_path, monkeypatch):
     # left as a root link, which the strict build then reports as a warning (so the build fails)
     kept = hooks.inline_snippets('--8<-- "r.md"\n', "benchmarks.md")
     assert kept == "![gone](/docs/results/img/no_such_figure.png)\n\n"
+
+
+def test_the_tutorials_index_holds_the_syllabus_and_every_tutorial():
+    notebooks = hooks.nbexec.tutorial_notebooks()
+    index = hooks.tutorials_index(notebooks)
+    for heading in ("## Syllabus", "## What you will see here vs the paper, and why", "## Glossary",
+                    "## Every tutorial"):
+        assert heading in index, heading
+    for term in ("**tau**", "**acceptance per depth**", "*conditional*", "**budget**", "**node cost c**",
+                 "**replay**"):
+        assert term in index, term
+    for nb in notebooks:  # a syllabus row and a summary line each
+        assert index.count(f"]({nb.name})") == 2, nb.name
+
+
+def test_a_tutorial_missing_from_the_syllabus_fails_the_build(tmp_path):
+    """Negative control: a new tutorial without its row in tutorials/README.md is named by the build."""
+    syllabus = tmp_path / "README.md"
+    text = hooks.SYLLABUS.read_text(encoding="utf-8")
+    notebooks = hooks.nbexec.tutorial_notebooks()
+    syllabus.write_text("\n".join(line for line in text.splitlines() if f"]({notebooks[2].name})" not in line))
+    with pytest.raises(PluginError, match=f"no syllabus row for {notebooks[2].name}"):
+        hooks.tutorials_index(notebooks, syllabus)

@@ -97,3 +97,30 @@ print(f"16-token forward / 1-token forward = {ratio:.2f}  (16 single-token forwa
 # No assert on timings: a busy machine can distort any single measurement (benchmarks, not tests,
 # make speed claims in jetspec). What must hold regardless is that the numbers are real.
 assert all(t > 0 for t in times.values())
+
+# %% [markdown]
+# ## Reading the result
+# **The number** is how many one-token steps a 16-token forward costs on this CPU. **On a GPU**, the
+# setting of the JetSpec paper (an 8B target on an H100), a forward is so dominated by reading the
+# weights that a verify of hundreds of tree nodes costs little more than one step; that is what lets
+# the paper spend budgets of 256. **On a CPU** the arithmetic per row shows much earlier, so the
+# useful width is smaller. The cell below reads the ratio as the price of one drafted node, the
+# *node cost* c of tutorial 2's speed model (a verify of n drafted nodes costs about 1 + c n steps).
+
+# %%
+c16 = (ratio - 1) / 15  # 16 rows = the root and 15 drafted nodes
+widths_free = [m for m in widths if times[m] / times[1] < 2]
+print(f"node cost from M = 16: c = {c16:.3f} plain steps per extra row")
+print(f"widths that cost less than two steps here: {widths_free}")
+print(f"a round verifying 15 drafted nodes pays if it commits more than {ratio:.1f} tokens "
+      f"(plain decoding: 1 per step)")
+assert c16 == (times[16] / times[1] - 1) / 15
+
+# %% [markdown]
+# ## Try this
+# * Set `torch.set_num_threads(2)` (on an idle machine): expect every forward to get faster and the
+#   ratio to change, since the arithmetic per row is split while the weight read is not.
+# * Add `M = 4` and `M = 32` to `widths`: expect the cost per token to keep falling up to a width
+#   where the ms-per-forward curve bends upward (the machine's *ridge point*, tutorial 12).
+# * Time decoding 64 tokens with and without the cache: expect the no-cache version to slow down as
+#   the sequence grows, since each step re-reads it all.

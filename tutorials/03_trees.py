@@ -104,3 +104,29 @@ with torch.no_grad():
 for got, ref in zip(target.cache.layers, fresh.layers):
     assert torch.allclose(got.keys, ref.keys, atol=1e-4) and torch.allclose(got.values, ref.values, atol=1e-4)
 print("compacted cache == fresh prefill of the committed tokens:", target.cache_length, "rows")
+
+# %% [markdown]
+# ## Reading the result
+# The oracle is the target itself, so its greedy chain is in every tree and is accepted in full:
+# this tutorial measures the *mechanics* (one forward verifies every branch; the cache ends as if
+# only the accepted path had ever been fed), not a drafter. What the three builders differ in is
+# how they spend the budget, and that is what decides tau once the drafter can be wrong:
+
+# %%
+for name, tr in trees.items():
+    widths_at = [int((tr.depth == d).sum()) for d in range(1, int(tr.depth.max()) + 1)]
+    print(f"{name:12s} {tr.budget:2d} drafted nodes, nodes per depth {widths_at}")
+shallow = max(trees, key=lambda n: int((trees[n].depth == 1).sum()))
+print(f"the widest first level: {shallow} (it bets most on the depth-1 guess being wrong)")
+assert all(int((tr.depth == 1).sum()) <= 3 for tr in trees.values())  # width 3 at most per level
+
+# %% [markdown]
+# With a real drafter the first level matters most: depth 2 can only be accepted after depth 1.
+# Tutorial 9 compares a chain and a tree on the shipped head; tutorial 6 grows the budget.
+#
+# ## Try this
+# * Use `BestFirstBuilder(budget=20, width=3, depth=4)`: expect the tree to fill more of the levels
+#   and still contain the chain of the oracle, so the accepted path is unchanged.
+# * Replace `OracleDrafter(model)` with `NGramDrafter()` (from `jetspec.drafters`): on this prompt
+#   expect few or no candidates and a tree of the root alone; the assert on 4 accepted nodes fails.
+# * Draw `trees["fan-out cap"]` instead: expect fewer children under low-probability nodes.

@@ -49,6 +49,7 @@ from jetspec.kernels import (
     tree_attention,
     triton_installed,
 )
+from jetspec.kernels.tree_attention import triton_or_twin
 
 TREE_TORCH = "jetspec_tree_torch"  # attention implementation names as registered in transformers
 TREE_TRITON = "jetspec_tree_triton"
@@ -203,6 +204,7 @@ def resolve_backend(model: torch.nn.Module, backend: Optional[str]) -> Optional[
     if backend == "auto":
         on_cuda = any(p.is_cuda for p in model.parameters())
         backend = "triton" if on_cuda and triton_installed() else "torch"
+    backend = triton_or_twin(backend)  # where triton is not installed: its twin, with one notice
     if backend in _IMPLEMENTATIONS:
         return _IMPLEMENTATIONS[backend]
     if backend in _IMPLEMENTATIONS.values():
@@ -214,9 +216,10 @@ def resolve_backend(model: torch.nn.Module, backend: Optional[str]) -> Optional[
 def attention_backend(model: torch.nn.Module, backend: Optional[str]) -> Iterator[torch.nn.Module]:
     """Switch this one model's attention to jetspec tree attention, and restore it on exit.
 
-    ``backend``: ``"torch"`` (reference), ``"triton"`` (kernel), ``"auto"`` (triton when the model
-    is on CUDA and triton is installed), or None / ``"sdpa"`` to leave the model untouched. Other
-    models, and this model outside the ``with`` block, keep their own implementation.
+    ``backend``: ``"torch"`` (reference), ``"triton"`` (kernel; the reference, with one notice, where
+    triton is not installed), ``"auto"`` (triton when the model is on CUDA and triton is installed),
+    or None / ``"sdpa"`` to leave the model untouched. Other models, and this model outside the
+    ``with`` block, keep their own implementation.
     """
     name = resolve_backend(model, backend)
     if name is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -70,8 +71,6 @@ def is_stale(notebook: Path, out: Path = BUILD) -> bool:
 
 
 def _ansi_free(text: str) -> str:
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
@@ -87,10 +86,46 @@ def first_error(nb) -> CellError | None:
     return None
 
 
-def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TIMEOUT_S) -> ExecutionResult:
+# What a reader of the site must never see in an executed tutorial: a path of the machine that ran it
+# (a home, a temporary folder, a virtual environment), a warning (a library's or Python's), or the
+# default repr of an object (``<torch._C.Generator object at 0x7f...>``, the value of a stray last line).
+MACHINE_PATH = re.compile(r"/(home|root|tmp|work|opt|Users|private/var|var/folders)/|[A-Za-z]:\\Users\\|"
+                          r"site-packages|\.venv\b")
+WARNING = re.compile(r"\b\w*Warning\b|\bWARNING\b")
+OBJECT_REPR = re.compile(r"<[\w.]+( object)? at 0x[0-9a-fA-F]+>")  # Python's repr, or IPython's
+
+
+def _output_text(output) -> str:
+    """The text a reader sees of one output: a stream's text, or a result's text/plain (images are not text)."""
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") in ("execute_result", "display_data"):
+        return output.get("data", {}).get("text/plain", "")
+    return ""
+
+
+def stray_outputs(nb) -> list[str]:
+    """Outputs of an executed notebook (an ``nbformat`` node) that show a machine path, a warning or an
+    object's default repr, one line each: ``cell N (stream name): the offending line``."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            where = output.get("name") or output.get("output_type")
+            for line in _output_text(output).splitlines():
+                reasons = [what for what, pattern in (("a machine path", MACHINE_PATH), ("a warning", WARNING),
+                                                      ("an object repr", OBJECT_REPR)) if pattern.search(line)]
+                if reasons:
+                    found.append(f"cell {index} ({where}), {' and '.join(reasons)}: {line.strip()[:200]}")
+    return found
+
+
+def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TIMEOUT_S,
+                     env: dict[str, str] | None = None) -> ExecutionResult:
     """Execute ``notebook`` in a fresh kernel (working directory: its folder) and save the executed copy.
 
-    The kernel inherits this process's environment plus ``KERNEL_ENV`` (no progress bars).
+    The kernel inherits this process's environment plus ``KERNEL_ENV`` (no progress bars) and ``env``.
 
     A cell that raises stops the execution (later cells would only fail in its wake); the copy is saved
     all the same, with the error output in that cell, so that the tests and the site build both see it.
@@ -107,7 +142,7 @@ def execute_notebook(notebook: Path, out: Path = BUILD, timeout_s: int = CELL_TI
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     try:
-        client.execute(env={**os.environ, **KERNEL_ENV})
+        client.execute(env={**os.environ, **KERNEL_ENV, **(env or {})})
     except CellExecutionError:
         pass  # recorded in the cell's outputs; first_error reads it from there
     seconds = time.perf_counter() - start

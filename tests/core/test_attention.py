@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 import jetspec.core.attention as attn
 from jetspec.core.attention import TREE_TORCH, TREE_TRITON, attention_backend, tree_layout
-from jetspec.kernels import ancestor_from_parents, chain_ancestor
+from jetspec.kernels import ancestor_from_parents, chain_ancestor, triton_installed
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 6]  # 8 nodes, depth 4, branching at the root and at node 1
 DEPTH = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])
@@ -133,8 +133,8 @@ def test_backend_is_per_model_and_restored(llama64):
         assert other.config._attn_implementation == before  # no global switch
     assert llama64.config._attn_implementation == before
     with pytest.raises(RuntimeError, match="boom"):
-        with attention_backend(llama64, "triton"):
-            assert llama64.config._attn_implementation == TREE_TRITON
+        with attention_backend(llama64, "triton"):  # where triton is missing: its twin (with a notice)
+            assert llama64.config._attn_implementation == (TREE_TRITON if triton_installed() else TREE_TORCH)
             raise RuntimeError("boom")
     assert llama64.config._attn_implementation == before  # restored on error too
     for untouched in (None, "sdpa"):

@@ -22,7 +22,7 @@ needs_skinny = pytest.mark.skipif(not skinny_available(torch.float32, "cpu"),
                                   reason="no AVX-512 CPU or no C++ compiler: the skinny kernel cannot build")
 
 
-@pytest.mark.parametrize("backend", [pytest.param("onednn", marks=needs_onednn),
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onednn", marks=needs_onednn),
                                      pytest.param("skinny", marks=needs_skinny)])
 @given(rows=st.integers(1, 40), in_features=st.integers(1, 70), outs=st.lists(st.integers(1, 70), min_size=1,
        max_size=3), bias=st.booleans(), seed=st.integers(0, 1000))
@@ -84,6 +84,34 @@ def test_auto_prefers_the_skinny_kernel_where_it_builds():
         with pytest.raises(ValueError, match="'skinny' cannot run here"):
             PackedLinear([torch.randn(4, 4)], backend="skinny")
     assert PackedLinear([torch.randn(4, 4, dtype=torch.bfloat16)]).backend in ("onednn", "torch")
+
+
+def test_an_arm_laptop_gets_f_linear_in_the_fast_engine(monkeypatch, caplog):
+    """What a Mac on Apple silicon gets: no AVX-512 (the skinny kernel cannot build) and, on a PyTorch
+    built without a usable oneDNN, no prepacking either; auto must then pick ``F.linear`` (the twin the
+    fp64 equality tests run) and say once why, and the fast engine must decode as Hugging Face's forward.
+    Simulated by reporting a CPU without AVX-512 and a oneDNN that refuses fp32."""
+    from conftest import tiny_llama
+
+    import jetspec.kernels.packed_linear as pl
+    from jetspec import autoregressive_generate
+    from jetspec.core.target import TargetModel
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    monkeypatch.setattr(pl, "_skinny", {})  # the kernel's build is decided afresh, as in a new process
+    monkeypatch.setattr(pl, "_onednn_dtypes", {torch.float32: False})
+    with caplog.at_level("WARNING", logger=pl.__name__):
+        assert PackedLinear([torch.randn(4, 4)]).backend == "torch"
+        assert PackedLinear([torch.randn(3, 4)]).backend == "torch"
+    assert [r.getMessage() for r in caplog.records if r.name == pl.__name__] == [
+        "jetspec skinny GEMM kernel unavailable (the CPU lacks AVX-512 (capability DEFAULT)); using oneDNN or torch"]
+    model = tiny_llama(seed=7, dtype=torch.float32)  # new weights: no packed copy cached from another test
+    fast = TargetModel(model, engine="fast")
+    assert fast.linear_backend == "torch"
+    prompt = torch.tensor([[1, 5, 9, 14, 3, 22]])
+    got = autoregressive_generate(fast, prompt, 12).sequences
+    want = autoregressive_generate(TargetModel(model, engine="hf"), prompt, 12).sequences
+    assert torch.equal(got, want)
 
 
 def test_torch_backend_is_f_linear_on_the_fused_weight():
