@@ -33,7 +33,8 @@ errors users get; everything they call is checked.
 Notation: p is the target's distribution, q the draft's.
 """
 
-from jetspec.core.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
+from jetspec.core.decoding import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.generation import GenerationResult
 from jetspec.core.interfaces import (
     DRAFTERS,
     TREE_BUILDERS,

@@ -27,7 +27,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from jetspec.core.checks import run_drafter
-from jetspec.core.decoding import depth_acceptance
+from jetspec.core.decoding import autoregressive_generate
+from jetspec.core.generation import depth_acceptance
 from jetspec.core.interfaces import Drafter, TreeBuilder
 from jetspec.core.types import DraftInput, DraftTree
 from jetspec.verifiers.greedy import greedy_accept
@@ -49,8 +50,6 @@ def make_references(target, prompts: Sequence[Sequence[int]], max_new_tokens: in
                     sets: Optional[Sequence[str]] = None, eos_token_id=None,
                     progress: bool = True) -> list[Reference]:
     """Greedy continuations of ``prompts`` (token ids) by plain decoding in jetspec's harness."""
-    from jetspec.core.decoding import autoregressive_generate
-
     rows = []
     it = enumerate(prompts)
     if progress:

@@ -54,7 +54,8 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.core.batched import left_pad
-from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.core.decoding import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.generation import STAGES
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from jetspec.core.decoding import STAGES, depth_acceptance
+from jetspec.core.generation import STAGES, depth_acceptance
 
 
 def cut_at_eos(tokens: list[int], eos) -> list[int]:
