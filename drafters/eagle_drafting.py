@@ -25,8 +25,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from jetspec.core.masks import additive_mask, padded_visibility, stack_kv
 from jetspec.core.types import DraftOutput
-from jetspec.kernels import additive_mask, padded_visibility, stack_kv
 
 KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, N, K]
 

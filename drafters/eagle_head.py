@@ -56,6 +56,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.eagle_training as ttt
 from jetspec.core.interfaces import register_drafter
+from jetspec.core.masks import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import saved_vocabulary
 from jetspec.drafters.eagle_drafting import KV, DraftingTree, RowContext, expand_batch, row_of
@@ -70,7 +71,6 @@ from jetspec.drafters.head_layers import (
 )
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
-from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.training.recipe import TrainConfig
 
 

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from jetspec.kernels import additive_mask
+from jetspec.core.masks import additive_mask
 
 
 def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 N T"]:

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
-from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
+from jetspec.core.masks import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 
 
 class CachedLM:

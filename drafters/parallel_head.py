@@ -39,19 +39,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.conditioned as conditioned
 from jetspec.core.interfaces import register_drafter
+from jetspec.core.masks import chain_ancestor, full_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.drafters.learned_head import LearnedHead
-from jetspec.kernels import (
-    chain_ancestor,
-    full_ancestor,
-    masked_attention,
-    padded_visibility,
-    stack_kv,
-    tree_attention,
-    tree_visibility,
-)
+from jetspec.kernels import masked_attention, tree_attention
 from jetspec.training.recipe import TrainConfig, block_positions, packed_block_mask
 
 

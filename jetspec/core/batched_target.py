@@ -29,9 +29,9 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.core.fast_forward import LayerKV, RowsKVBuffer
+from jetspec.core.masks import additive_mask
 from jetspec.core.target import TargetModel, capture_taps
 from jetspec.core.types import DraftTree
-from jetspec.kernels import additive_mask
 
 
 class BatchedTarget:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from jetspec.kernels import additive_mask, tree_visibility
+from jetspec.core.masks import additive_mask, tree_visibility
 from jetspec.kernels.packed_linear import PackedLinear
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")

@@ -44,8 +44,8 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.core.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.masks import additive_mask, tree_visibility
 from jetspec.core.types import DraftTree
-from jetspec.kernels import additive_mask, tree_visibility
 
 ENGINES = ("auto", "fast", "hf")
 

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.masks import additive_mask
 from jetspec.core.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
-from jetspec.kernels import additive_mask
 
 LOSSES = ("kl", "reverse_kl", "ce")  # the objectives ``slot_losses`` knows
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
+from jetspec.core.masks import tree_visibility
 from jetspec.core.types import ancestor_mask
-from jetspec.kernels import tree_visibility
 
 
 def test_a_wrong_rank_is_refused_in_jetspec():

@@ -22,15 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetspec.kernels import (
-    ancestor_from_parents,
-    chain_ancestor,
-    full_ancestor,
-    pack_ancestor_bits,
-    tree_attention,
-    tree_attention_reference,
-    tree_attention_triton,
-)
+from jetspec.core.masks import ancestor_from_parents, chain_ancestor, full_ancestor
+from jetspec.kernels import pack_ancestor_bits, tree_attention, tree_attention_reference, tree_attention_triton
 from jetspec.kernels.tree_attention import merge_splits
 
 REPO = Path(__file__).resolve().parents[2]
