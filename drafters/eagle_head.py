@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.eagle_training as ttt
+from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.masks import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
@@ -99,7 +100,7 @@ class EagleConfig:
 
     num_layers: int = 1  # decoder layers; the first fuses token embedding and feature (EAGLE-3: 1)
     ttt_steps: int = 7  # depths unrolled in training-time test (EAGLE-3 unrolls 7)
-    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: eagle_tap_layers)
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: eagle_tap_layers)
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
     head_dim: Optional[int] = None
@@ -113,8 +114,7 @@ class EagleConfig:
     target_num_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.tap_layers is not None:
-            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        read_tuple_fields(self)
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.ttt_steps < 1:

@@ -34,6 +34,8 @@ from typing import Optional, TypeVar
 import torch
 from torch import Tensor
 
+from jetspec.core.config import from_json
+
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 T = TypeVar("T")
 CHECKPOINT_KEY = "jetspec_head"  # where a Lightning checkpoint keeps the head's identity
@@ -96,7 +98,7 @@ def config_from(cls: type[T], values: dict, path: str | Path, section: str) -> T
         raise ValueError(f"{path}: unknown {section} key(s) {unknown} for {cls.__name__} (written by another "
                          f"jetspec version, or edited?); known keys: {sorted(known)}")
     try:
-        return cls(**values)
+        return cls(**from_json(cls, values))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: invalid {section}: {err}") from err
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.conditioned as conditioned
+from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.masks import chain_ancestor, full_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
@@ -68,7 +69,7 @@ class HeadConfig:
 
     num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
     block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
-    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: default_tap_layers)
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
     hidden_size: Optional[int] = None  # H_d, default the target's H
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
@@ -88,8 +89,7 @@ class HeadConfig:
     target_num_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.tap_layers is not None:
-            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        read_tuple_fields(self)
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2 (anchor + at least one MASK), got {self.block_size}")
         if self.num_layers < 1:

@@ -37,7 +37,7 @@ CORE = {
     "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.generation",
     "jetspec.core.checks",
     "jetspec.core.batched", "jetspec.core.batched_target",
-    "jetspec.core.loading", "jetspec.core.attention", "jetspec.core.masks",
+    "jetspec.core.loading", "jetspec.core.attention", "jetspec.core.masks", "jetspec.core.config",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
     "jetspec.core.replay", "jetspec.core.prompts", "jetspec.core.jsonl",

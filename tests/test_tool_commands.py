@@ -42,10 +42,15 @@ def test_flags_come_from_the_configs():
     args = parser.parse_args(["references", "--prompts", "p.jsonl", "--out", "r.jsonl"])
     assert args.per_set == 8 and args.max_new_tokens == 128 and args.threads == 1
     args = parser.parse_args(["replay-table", "--refs", "r.jsonl", "--drafters", "ngram"])
-    assert args.budgets == "8,16,32" and args.verify_slope == 0.035 and args.head_dir is None
+    assert args.budgets == (8, 16, 32) and args.verify_slope == 0.035 and args.head_dir is None
     args = parser.parse_args(["benchmarks", "--quick", "--include", "a.md", "--include", "b.md"])
-    assert args.quick is True and args.include == ["a.md", "b.md"] and args.temperatures == "0,1"
-    assert args.drafters == "ngram,jetspec,dflash,eagle" and args.budgets == "8,16,32,64"
+    assert args.quick is True and args.include == ["a.md", "b.md"] and args.temperatures == (0.0, 1.0)
+    assert args.drafters == ("ngram", "jetspec", "dflash", "eagle") and args.budgets == (8, 16, 32, 64)
+    from jetspec.evaluation.bench_report import BenchmarksConfig
+
+    # command() writes a comma list back as one flag and the repeatable --include once per file
+    cfg = BenchmarksConfig(temperatures=(0.0, 0.5), budgets=(16,), include=("a.md", "b.md"))
+    assert cfg.command() == "jetspec benchmarks --temperatures 0,0.5 --budgets 16 --include a.md --include b.md"
     choices = parser._subparsers._group_actions[0].choices
     assert "Held-out prompts per set" in choices["prepare-data"].format_help()
     assert "repeatable" in choices["benchmarks"].format_help()
