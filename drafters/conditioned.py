@@ -32,8 +32,7 @@ the same targets, the same number of blocks and the same compute per step as a o
 the one-pass mode simply gets half of the anchors. (A block's real tokens are visible only to its
 own later slots, so teacher forcing leaks nothing.)
 
-Shapes (glossary in ``jetspec``): B batch, T tokens, A anchors, S block size, H hidden, F = k*H tap
-features, N tree nodes, R the rows of them that ran, V vocab, Vd draft vocab, W width.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ state lives here so that the head's file reads in one sitting:
   and trees padded to the longest under a mask that hides the padding, so each row gets what
   ``DraftingTree.expand`` gives it alone.
 
-Shapes (glossary in ``jetspec``): B batch, H hidden, V vocab (Vd a draft vocabulary), N the rows
-of one forward (a frontier), T keys, P cached context rows, h_kv key/value heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ class DraftingTree:
         self.depth: list[int] = []
         self.hidden: dict[int, Tensor] = {}  # expanded candidate -> output feature [H]
         self.row: dict[int, int] = {}  # expanded candidate -> its row in kv
-        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, E, K]
+        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, R, K]: the expanded tree rows
         self.forwards = 1  # the context forward that produced the root
 
     def add(self, parent: int, token: int, logprob: float) -> int:

@@ -40,8 +40,7 @@ Training (``jetspec.drafters.eagle_training``) uses the parallel heads' recipe, 
 teacher unchanged, with EAGLE-3's *training-time test*: ``ttt_steps`` depths are unrolled, each
 step feeding the head's own output hidden states back in.
 
-Shapes: B batch, T tokens, A anchors, H hidden, F = k*H, V vocab, D depth, W width, M rows,
-P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -164,9 +163,9 @@ class FusionLayer(nn.Module):
         self.post_attn_norm = RMSNorm(h, shape.eps)
         self.mlp = SwiGLU(h, shape.intermediate_size)
 
-    def forward(self, emb: Float[Tensor, "B M H"], feat: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor,
-                mask: Tensor, prefix_kv: Optional[KV], attention_fn) -> Float[Tensor, "B M H"]:
-        x = torch.cat([self.input_norm(emb), self.hidden_norm(feat)], dim=-1)  # [B, M, 2H]
+    def forward(self, emb: Float[Tensor, "B N H"], feat: Float[Tensor, "B N H"], cos: Tensor, sin: Tensor,
+                mask: Tensor, prefix_kv: Optional[KV], attention_fn) -> Float[Tensor, "B N H"]:
+        x = torch.cat([self.input_norm(emb), self.hidden_norm(feat)], dim=-1)  # [B, N, 2H]
         h = feat + self.attn(x, cos, sin, mask, prefix_kv, attention_fn)
         return h + self.mlp(self.post_attn_norm(h))
 
@@ -187,13 +186,13 @@ class EagleDraftNet(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
 
-    def forward(self, feat: Float[Tensor, "B M H"], emb: Float[Tensor, "B M H"],
-                positions: Int[Tensor, "B M"], mask: Float[Tensor, "#B 1 M T"],
-                prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B M H"], list[KV]]:
-        """Run M rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
+    def forward(self, feat: Float[Tensor, "B N H"], emb: Float[Tensor, "B N H"],
+                positions: Int[Tensor, "B N"], mask: Float[Tensor, "#B 1 N T"],
+                prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B N H"], list[KV]]:
+        """Run N rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
 
         Returns the rows' outputs *before* the final norm (the features their children read) and,
-        per layer, the K/V [B, h_kv, M, K] of these rows, for the caller to cache.
+        per layer, the K/V [B, h_kv, N, K] of these rows, for the caller to cache.
         """
         x = emb.to(self.fc.weight.dtype)
         feat = feat.to(x.dtype)
@@ -213,7 +212,7 @@ class _RecordingAttention:
     """The masked reference attention that also keeps the K/V of the query rows themselves.
 
     ``Attention`` projects and concatenates [prefix K/V, own K/V] before calling its attention
-    function; the own rows are the last M, and they are what a cache must append.
+    function; the own rows are the last N, and they are what a cache must append.
     """
 
     def __init__(self, mask: Tensor, store: list) -> None:

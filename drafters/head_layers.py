@@ -16,8 +16,7 @@ Attention is plain PyTorch (SDPA with an additive float mask). The mask is addit
 for the same reason as in the target wrapper: one convention everywhere, and it is the form a
 tree-attention kernel's reference uses. ``attend`` is the single function a kernel plugs into.
 
-Shapes (glossary in ``jetspec``): B batch, N new rows of this forward (the queries), T keys (P injected
-prefix rows, then the N rows), H hidden, h / h_kv heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

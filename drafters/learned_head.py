@@ -33,8 +33,7 @@ A subclass provides (the declared interface; everything else is inherited):
   thing trained and saved) and ``self.max_depth``;
 * ``for_saved_weights`` when its saved weights need more than its config to be rebuilt.
 
-Shapes: B batch, T tokens, A anchors, S block size, H target hidden, F = k*H fused taps,
-V vocab (V' for a reduced draft vocabulary), M supervised slots.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -92,10 +91,10 @@ def split_options(options: dict, config_class: type, kind: str = "head") -> tupl
 
 @dataclass
 class SlotBatch:
-    """One packed forward's supervised slots, flattened to M rows."""
+    """One packed forward's supervised slots, flattened to R rows."""
 
-    losses: Float[Tensor, " M"]
-    weights: Float[Tensor, " M"]
+    losses: Float[Tensor, " R"]
+    weights: Float[Tensor, " R"]
     draft_top1: Int[Tensor, "B A D"]  # -1 where unsupervised
     teacher_top1: Int[Tensor, "B A D"]
     ok: Bool[Tensor, "B A D"]
@@ -227,8 +226,8 @@ class LearnedHead(L.LightningModule, Drafter):
         if cfg.on_policy:
             ok = ok & on_policy_slots(ids, teacher.top1(), rows)
         bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
-        b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
-        logits = self.lm_head(hidden[:, :, 1:][ok])  # [M, V']: the lm_head only where there is a label
+        b_ok, r_ok = bidx[ok], rows[ok]  # [R]: batch row and teacher position of each supervised slot
+        logits = self.lm_head(hidden[:, :, 1:][ok])  # [R, Vd]: the lm_head only where there is a label
         data = ids[b_ok, r_ok + 1]
         t_logits = teacher.logits[b_ok, r_ok] if teacher.logits is not None else None
         t_values = teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None

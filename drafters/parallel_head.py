@@ -22,8 +22,7 @@ module only adds the network, its packed training forward and its drafting. The 
 embedding table and lm_head are *used*, never copied: the target is held through a plain Python
 object, so it is not a sub-module, not a parameter the optimizer sees, and not in any checkpoint.
 
-Shapes: B batch, T tokens, A anchors, S block size, H target hidden, H_d head hidden, F = k*H,
-V vocab, D depth, W width, M query rows.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -188,9 +187,9 @@ class ParallelDraftNet(nn.Module):
             return None
         return self.direct(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1))
 
-    def forward(self, block_emb: Float[Tensor, "B M H"], positions: Int[Tensor, "B M"],
+    def forward(self, block_emb: Float[Tensor, "B N H"], positions: Int[Tensor, "B N"],
                 context_kv: list[tuple[Tensor, Tensor]], mask: Optional[Tensor],
-                attention_fn=None, direct: Optional[Float[Tensor, "B M Hd"]] = None) -> Float[Tensor, "B M H"]:
+                attention_fn=None, direct: Optional[Float[Tensor, "B N Hd"]] = None) -> Float[Tensor, "B N H"]:
         """Final hidden states of the block rows, in the target's hidden size (ready for lm_head).
 
         ``direct``: the direct path's term of each row's block, repeated over its rows.
@@ -352,14 +351,14 @@ class ParallelHead(LearnedHead):
 
     @torch.no_grad()
     def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
-                     depth: Optional[int] = None, row: int = 0) -> Float[Tensor, "D V"]:
+                     depth: Optional[int] = None, row: int = 0) -> Float[Tensor, "D Vd"]:
         """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing batch row ``row``'s context cache."""
         depth, emb, positions = self._start_round(tokens, taps, round_index, depth, row)
         hidden = self.over_context(emb, positions, self.block_ancestor(emb.shape[1]), row)
         return self.lm_head(hidden[0, 1: depth + 1])  # [D, V']
 
     @torch.no_grad()
-    def draft_logits_batch(self, inputs: Sequence[DraftInput]) -> list[Float[Tensor, "D V"]]:
+    def draft_logits_batch(self, inputs: Sequence[DraftInput]) -> list[Float[Tensor, "D Vd"]]:
         """``draft_logits`` of every input's row, all blocks in ONE head forward (docs/design.md §4.9)."""
         rounds = [self._start_round(i.tokens, i.taps, i.round_index, i.depth, i.row) for i in inputs]
         hidden = self.over_contexts([emb[0] for _, emb, _ in rounds], [pos[0] for _, _, pos in rounds],

@@ -16,8 +16,7 @@ the ``P + N`` keys::
     keys:       0 .. P-1 (cached prefix)  |  P .. P+N-1 (the tree nodes)
     query i:    all visible               |  ancestor[i, :]
 
-Shapes (the glossary of ``jetspec``): B batch, h query heads, h_kv key/value heads, N tree nodes,
-P cached prefix length, T = P + N keys, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ roofline``) put the time in four places; this module removes each, and nothing e
 1. **Products.** 80% of the forward is ``x @ W^T``. The weights are packed once for oneDNN and
    q/k/v and gate/up are fused, so a layer runs 4 products instead of 7
    (``jetspec.kernels.PackedLinear``).
-2. **The KV cache.** One preallocated buffer ``[L, h_kv, C, K]`` per keys and values
+2. **The KV cache.** One preallocated buffer ``[L, h_kv, capacity, K]`` per keys and values
    (``KVBuffer``): a forward writes its rows in place instead of concatenating every layer's
    cache, and commit gathers the accepted rows for all layers in one indexing op.
 3. **Grouped-query attention.** Hugging Face expands the h_kv key/value heads to h heads (a copy
@@ -24,8 +24,7 @@ config asks for applies) and the MLP's activation. ``TargetModel(engine="fast")`
 ``fast_forward_support`` says which models qualify and why others do not. The result equals the
 Hugging Face forward up to the order of floating-point additions (tests: 1e-10 in fp64).
 
-Shapes: L layers, h / h_kv query / key-value heads, K head dim, N rows of this forward, P cached
-rows, C cache capacity, V vocabulary, H hidden size.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 
 Batches (``forward_rows`` over a ``RowsKVBuffer``): docs/design.md §6.9.
 
@@ -106,10 +105,10 @@ def _grown(buf: Tensor, length: int, need: int, dim: int) -> Tensor:
 
 
 class KVBuffer:
-    """The keys and values of every layer in two preallocated tensors ``[L, h_kv, C, K]``.
+    """The keys and values of every layer in two preallocated tensors ``[L, h_kv, capacity, K]``.
 
     ``length`` rows are valid. A forward writes its N rows at ``length .. length + N`` (``write``)
-    and then counts them (``advance``); ``keep`` compacts after a verify; the capacity C doubles
+    and then counts them (``advance``); ``keep`` compacts after a verify; the capacity doubles
     when a forward would not fit.
     """
 
@@ -161,7 +160,7 @@ class KVBuffer:
 
 
 class RowsKVBuffer:
-    """``KVBuffer`` for a batch: keys and values ``[L, B, h_kv, C, K]``, one common length S.
+    """``KVBuffer`` for a batch: keys and values ``[L, B, h_kv, capacity, K]``, one common length S.
 
     All rows share the columns ``0 .. S-1``; which of them hold a row's real tokens (left padding
     and commit's holes do not) is the batched target's business, not the buffer's

@@ -12,7 +12,7 @@ prompt (a test checks equality in float64), at the cost of the drafter's forward
 training curves and the seed-level causal-vs-bidirectional comparison measure tau on CPU. Its
 only assumption is the one greedy equality already needs: no exact ties in the target's argmax.
 
-Shapes: T tokens of a reference sequence, F = k*H tap features, N tree nodes.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

@@ -265,8 +265,8 @@ class TeacherOutput:
 
     taps: Float[Tensor, "B T F"]  # tapped layer outputs, concatenated per token
     logits: Optional[Float[Tensor, "B T V"]] = None  # full next-token logits
-    top_values: Optional[Float[Tensor, "B T k"]] = None  # or only the top-k of them
-    top_indices: Optional[Int[Tensor, "B T k"]] = None
+    top_values: Optional[Float[Tensor, "B T C"]] = None  # or only the top-C of them
+    top_indices: Optional[Int[Tensor, "B T C"]] = None
 
     def top1(self) -> Int[Tensor, "B T"]:
         return self.logits.argmax(-1) if self.logits is not None else self.top_indices[..., 0]
