@@ -58,8 +58,9 @@ from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.masks import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
+from jetspec.drafters.context_cache import KV, RowContext
 from jetspec.drafters.draft_vocab import saved_vocabulary
-from jetspec.drafters.eagle_drafting import KV, DraftingTree, RowContext, expand_batch, row_of
+from jetspec.drafters.eagle_drafting import DraftingTree, expand_batch, row_of
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -258,7 +259,6 @@ class EagleHead(LearnedHead):
                              "feeds its own drafts back and has no such slots")
         self.net = EagleDraftNet(self.config).to(self.target_model.get_output_embeddings().weight.dtype)
         self.max_depth = None  # unlimited: one forward per depth
-        self.reset_cache()
 
     @classmethod
     def for_saved_weights(cls, target, config: EagleConfig, training: TrainConfig,
@@ -283,16 +283,6 @@ class EagleHead(LearnedHead):
         return ttt.unrolled_hidden(self, input_ids, taps, anchors)
 
     # ------------------------------------------------------------------ the head's context caches
-    def reset_cache(self) -> None:
-        """Forget every batch row's context: per layer K/V of its committed rows, and their count."""
-        self._rows: dict[int, RowContext] = {}
-
-    def context_cache(self, row: int = 0) -> RowContext:
-        """Batch row ``row``'s context cache (created empty on first use)."""
-        if row not in self._rows:
-            self._rows[row] = RowContext()
-        return self._rows[row]
-
     def _new_context_rows(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int,
                           row: int) -> tuple[RowContext, Float[Tensor, "N H"], Float[Tensor, "N H"], Int[Tensor, " N"]]:
         """``row``'s cache (restarted on a new sequence) and the inputs of its context rows new this round.
@@ -307,9 +297,8 @@ class EagleHead(LearnedHead):
             raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
                              "the decoder provides them when it reads head.tap_layers")
         dev = self.net.fc.weight.device
-        cache = self.context_cache(row)
-        if round_index == 0 or cache.length >= t:  # a new sequence (or not a continuation): start over
-            cache = self._rows[row] = RowContext()
+        # at most t - 1 rows kept: the root row t - 1 runs every round
+        cache = self.start_context(row, round_index, at_most=t - 1)
         p = cache.length
         feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))  # [N, H]
         return cache, feat, self.embed(tokens[p + 1:].to(dev)), torch.arange(p, t, device=dev)

@@ -57,7 +57,7 @@ TRAINING = {
     "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
     "jetspec.drafters.eagle_training", "jetspec.drafters.eagle_drafting", "jetspec.drafters.conditioned",
-    "jetspec.drafters.head_layers",
+    "jetspec.drafters.head_layers", "jetspec.drafters.context_cache",
     "jetspec.drafters.head_files", "jetspec.drafters.checkpoints", "jetspec.drafters.layout_rules",
 }
 EVALUATION = {

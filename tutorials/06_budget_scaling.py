@@ -16,8 +16,7 @@ import torch
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.prompts import builtin_prompts, chat_ids
-from jetspec.drafters import CompositeDrafter, NGramDrafter
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
+from jetspec.drafters import DEFAULT_HEAD_DIR, CompositeDrafter, NGramDrafter
 from jetspec.trees import BestFirstBuilder
 
 torch.set_num_threads(1)  # notebooks run two at a time in CI; more threads would oversubscribe the cores

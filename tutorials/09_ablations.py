@@ -11,8 +11,7 @@ import torch
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.prompts import builtin_prompts, chat_ids
-from jetspec.drafters import NGramDrafter, OracleDrafter, RandomDrafter
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
+from jetspec.drafters import DEFAULT_HEAD_DIR, NGramDrafter, OracleDrafter, RandomDrafter
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.verifiers import GreedyVerifier, SamplingVerifier
 

@@ -27,13 +27,6 @@ from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, V
 __all__ = ["STAGES", "GenerationResult", "SpeculativeDecoder", "autoregressive_generate", "depth_acceptance"]
 
 
-def _check_generate_args(input_ids: Tensor, max_new_tokens: int, cfg: SamplingConfig, vocab_size: int) -> Tensor:
-    """input_ids as [1, T] after checking it (ids inside the target's vocabulary) and max_new_tokens.
-
-    Only one prompt comes here (``_is_batch`` sends the rest to jetspec.core.batched)."""
-    return check_prompt_ids(input_ids, max_new_tokens, vocab_size, "[1, T]")
-
-
 class SpeculativeDecoder:
     """Lossless tree speculative decoding with a swappable drafter, tree builder and verifier.
 
@@ -131,7 +124,7 @@ class SpeculativeDecoder:
         if _is_batch(input_ids, attention_mask):
             return generate_batch(self, input_ids, attention_mask, max_new_tokens, cfg, verifier, rng,
                                   eos_token_id, pad_token_id)
-        input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, self.target.vocab_size)
+        input_ids = check_prompt_ids(input_ids, max_new_tokens, self.target.vocab_size, "[1, T]")
         eos = eos_ids(eos_token_id)
         res = GenerationResult(sequences=input_ids)
         timer = StageTimer(res.timings)
@@ -233,7 +226,7 @@ def autoregressive_generate(target, input_ids: Tensor, max_new_tokens: int, temp
     if _is_batch(input_ids, attention_mask):
         return autoregressive_batch(tgt, input_ids, attention_mask, max_new_tokens, cfg, rng, eos_token_id,
                                     pad_token_id)
-    input_ids = _check_generate_args(input_ids, max_new_tokens, cfg, tgt.vocab_size)
+    input_ids = check_prompt_ids(input_ids, max_new_tokens, tgt.vocab_size, "[1, T]")
     eos = eos_ids(eos_token_id)
     res = GenerationResult(sequences=input_ids)
     timer = StageTimer(res.timings)

@@ -230,7 +230,7 @@ class CompactForward:
     Args:
         model: a Hugging Face causal LM for which ``fast_forward_support(model)`` is None. Its
             weights are read (and packed into copies) once; the model itself is not changed.
-        linear_backend: ``"auto"``, ``"onednn"`` or ``"torch"`` (``jetspec.kernels.PackedLinear``).
+        linear_backend: ``"auto"``, ``"skinny"``, ``"onednn"`` or ``"torch"`` (``jetspec.kernels.PackedLinear``).
     """
 
     def __init__(self, model: torch.nn.Module, linear_backend: str = "auto") -> None:
@@ -332,7 +332,7 @@ class CompactForward:
         q, k, v = q.view(b, n, self.heads, d), k.view(b, n, self.kv_heads, d), v.view(b, n, self.kv_heads, d)
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # (B, heads, N, K)
+        q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)  # (B, heads, N, K)
         keys, values = cache.write(i, k, v.transpose(1, 2))  # (B, h_kv, P + N, K)
         if mask is None and n > 1:  # causal prefill into an empty cache: no mask to build
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=True)
@@ -344,8 +344,10 @@ class CompactForward:
         return layer.o(out)
 
 
-def _rope(x: Float[Tensor, "B h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor, "B h N K"]:
-    """Rotary embedding in the half-split convention Llama and Qwen use (``rotate_half``)."""
+def apply_rope(x: Float[Tensor, "B h N K"], cos: Float[Tensor, "#B 1 N K"],
+               sin: Float[Tensor, "#B 1 N K"]) -> Float[Tensor, "B h N K"]:
+    """Rotary embedding in the half-split convention Llama and Qwen use (``rotate_half``): pairs
+    (x_i, x_{i+K/2}) rotated by the position's angle. The one RoPE of the package (the draft heads' too)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin

@@ -12,8 +12,8 @@ again. Plain decoding (``step``) is the same forward with one row.
 Two engines run that forward; both give the same logits up to floating-point rounding:
 
 * ``"fast"``: ``jetspec.core.fast_forward.CompactForward``, a compact forward for Llama-family models
-  with prepacked, fused products, a preallocated KV buffer and GQA-folded attention. On the CPU
-  of BENCHMARKS.md it halves the one-token step and more than halves a 17-row verify.
+  with prepacked, fused products, a preallocated KV buffer and GQA-folded attention (BENCHMARKS.md
+  has its measured speed against ``"hf"``).
 * ``"hf"``: the model's own Hugging Face forward with a ``DynamicCache`` and an additive float
   mask; it runs any causal LM and any ``attn_backend`` (the Triton tree kernel included).
 

@@ -59,15 +59,16 @@ from jetspec.core.config import ConfigError, check_at_least, check_distinct, che
 from jetspec.core.decoding import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.generation import STAGES
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
+from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
 from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, ratio, summarize
-from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
+from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import write_outputs
 from jetspec.evaluation.threads import choose_threads
 from jetspec.trees import make_tree_builder
 
-__all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergence", "run_bench", "spec_label"]
+__all__ = ["ANCHORS", "BenchConfig", "aggregate", "divergence", "run_bench", "spec_label"]
 log = logging.getLogger(__name__)
 
 

@@ -45,7 +45,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from jetspec.core.masks import additive_mask
-from jetspec.core.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
+from jetspec.core.target import Teacher, TeacherOutput
 
 LOSSES = ("kl", "reverse_kl", "ce")  # the objectives ``slot_losses`` knows
 
