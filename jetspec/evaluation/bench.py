@@ -62,7 +62,7 @@ from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
-from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, ratio, summarize
+from jetspec.evaluation.bench_stats import ANCHORS, aggregate, batches_of, check_greedy, cut_at_eos, divergence
 from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import write_outputs
 from jetspec.evaluation.threads import choose_threads
@@ -204,10 +204,6 @@ def _limit_per_set(rows: list[dict], limit: Optional[int]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- the methods
-# Baselines that are not drafters; every bench runs ar, and the HF ones unless hf=False.
-ANCHORS = ("ar", "hf_greedy", "hf_sample", "hf_prompt_lookup")
-
-
 @dataclass
 class Method:
     """One thing to time: a baseline, or a drafter with a tree builder at one budget."""
@@ -469,41 +465,9 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
 
-    rows = aggregate(runs, cfg)
+    rows = aggregate(runs, cfg.temperature)
     config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     result = {"machine": machine, "config": config_dict, "skipped": skipped, "rows": rows,
               "divergences": divergences}
     write_outputs(result, runs, Path(cfg.out), cfg.plots)
     return result
-
-
-# ---------------------------------------------------------------------------- aggregation
-def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
-    """One row per (drafter, tree, budget, batch size, prompt_set) plus prompt_set 'all', with
-    speedups and ``verify_ratio`` over ``ar`` at the same batch size. A batch that mixes prompt
-    sets counts towards 'all' only."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        key = (r["drafter"], r["tree"], r["budget"], r["batch_size"])
-        if r["prompt_set"] != "mixed":
-            groups[key + (r["prompt_set"],)].append(r)
-        groups[key + ("all",)].append(r)
-    rows = []
-    for (drafter, tree, budget, batch, pset), group in groups.items():
-        rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
-                     "depth": group[0]["depth"], "temperature": cfg.temperature, "batch_size": batch,
-                     "prompt_set": pset, **summarize(group)})
-    hf_name = "hf_greedy" if cfg.temperature == 0 else "hf_sample"
-    by_set = {(r["drafter"], r["batch_size"], r["prompt_set"]): r for r in rows}
-    for r in rows:
-        at = (r["batch_size"], r["prompt_set"])
-        ar, hf = by_set.get(("ar",) + at), by_set.get((hf_name,) + at)
-        r["speedup_vs_ar"] = ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
-        r["speedup_vs_ar_e2e"] = ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
-        r["speedup_vs_hf"] = ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
-        # the verify forward over B trees against a plain batched step over the same B rows
-        r["verify_ratio"] = ratio(r["verify_ms"], ar and ar["verify_ms"])
-    order = {name: i for i, name in enumerate(ANCHORS)}
-    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], r["batch_size"],
-                             order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0))
-    return rows

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from jetspec.core.config import check_at_least, read_tuple_fields
-from jetspec.evaluation.bench import ANCHORS, BenchConfig
+from jetspec.evaluation.bench import BenchConfig
+from jetspec.evaluation.bench_stats import ANCHORS
 from jetspec.evaluation.splits import SETS
 
 _BENCH = BenchConfig()  # the bench defaults this command shares (one source of defaults)
