@@ -3,11 +3,18 @@
 The training-free drafters import eagerly. The learned heads are LightningModules, and the decoding
 core must not pull in Lightning, so they are listed in the drafter registry lazily and imported the
 first time they are used (``DRAFTERS["jetspec"]`` or ``from jetspec.drafters import JetSpecHead``).
+
+The heads shipped with the package load by name, as on the Hugging Face Hub::
+
+    head = JetSpecHead.from_pretrained("smollm2-135m-instruct/jetspec", target=model)
+
+(``DEFAULT_HEAD_DIR`` is their folder: ``DEFAULT_HEAD_DIR / "jetspec"`` is the same head.)
 """
 
 import importlib
 
 from jetspec.core.interfaces import DRAFTERS
+from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.drafters.draft_model import DraftModelDrafter
 from jetspec.drafters.ngram import NGramDrafter
 from jetspec.drafters.simple import OracleDrafter, RandomDrafter, TargetScoredDrafter
@@ -32,4 +39,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jetspec.drafters' has no attribute '{name}'")
 
 
-__all__ = ["DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter", "TargetScoredDrafter", *_LAZY]
+__all__ = ["DEFAULT_HEAD_DIR", "DraftModelDrafter", "NGramDrafter", "OracleDrafter", "RandomDrafter",
+           "TargetScoredDrafter", *_LAZY]

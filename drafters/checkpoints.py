@@ -91,7 +91,7 @@ from jetspec.drafters.layout_rules import (
     load_mapped,
     lookup,
     permute_taps,
-    read_config,
+    read_checkpoint_config,
     read_weights,
     refuse_unsupported,
     resolve_folder,
@@ -191,7 +191,7 @@ def check_dflash_config(cfg: dict, dc: dict, what: str) -> None:
 def load_dflash_checkpoint(path_or_hub_id: str | os.PathLike, target) -> ParallelHead:
     """A ``DFlashDraftModel`` checkpoint as a ``JetSpecHead`` (causal block) or ``DFlashHead``."""
     folder = resolve_folder(path_or_hub_id)
-    cfg = read_config(folder)
+    cfg = read_checkpoint_config(folder)
     dc = cfg.get("dflash_config")
     if not isinstance(dc, dict):
         raise ValueError(f"{folder}/config.json has no dflash_config: not a DFlash-layout head")
@@ -341,7 +341,7 @@ def eagle3_vocabulary(cfg: dict, weights: dict, target, what: str) -> Optional[D
 def load_eagle3_checkpoint(path_or_hub_id: str | os.PathLike, target) -> EagleHead:
     """An EAGLE-3 checkpoint (full or reduced draft vocabulary) as an ``EagleHead``."""
     folder = resolve_folder(path_or_hub_id)
-    cfg = read_config(folder)
+    cfg = read_checkpoint_config(folder)
     what = f"the EAGLE-3 head in {folder}"
     if "LlamaForCausalLMEagle3" not in cfg.get("architectures", []):
         raise ValueError(f"{what}: config.json architectures {cfg.get('architectures')} is not "

@@ -32,8 +32,7 @@ the same targets, the same number of blocks and the same compute per step as a o
 the one-pass mode simply gets half of the anchors. (A block's real tokens are visible only to its
 own later slots, so teacher forcing leaks nothing.)
 
-Shapes (glossary in ``jetspec``): B batch, T tokens, A anchors, S block size, H hidden, F = k*H tap
-features, N tree nodes, R the rows of them that ran, V vocab, Vd draft vocab, W width.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -154,10 +153,8 @@ def rescored_candidates(tree: DraftTree, rows: list[int], logq: Float[Tensor, "R
 
 def first_tree(head, inp: DraftInput, logits: Float[Tensor, "D Vd"]) -> tuple[DraftOutput, DraftTree, int]:
     """Steps 1-2: the one-pass table (top-W per depth) and the best-first tree grown on it."""
-    logq = torch.log_softmax(logits.double(), -1)
-    w = min(inp.width, logq.shape[-1])
-    top = torch.topk(logq, w, dim=-1)  # [D, W]
-    table = DraftOutput(depth_tokens=head.to_target_ids(top.indices).cpu(), depth_logprobs=top.values.float().cpu())
+    table = head.depth_table(logits, inp.width)
+    w = table.depth_tokens.shape[1]  # the width, at most the draft vocabulary
     first = grow_tree(table, int(inp.tokens[-1]), inp.budget, inp.depth, fanout=lambda lps: min(w, len(lps)))
     return table, first, w
 

@@ -15,7 +15,7 @@ Training compares the head with the teacher on the draft vocabulary only: the te
 (or full) distribution is restricted to ``ids`` and renormalised there (``restrict_teacher``), and
 slots whose data token is outside it get no cross-entropy loss.
 
-Shapes (glossary in ``jetspec``): V target vocab, Vd draft vocab, R rows, C teacher top-C entries, H hidden.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

@@ -1,23 +1,19 @@
-"""An EAGLE head's drafting state: one row's context cache, one round's candidate tree, and batches of them.
+"""An EAGLE head's drafting state: one round's candidate tree, and batches of them.
 
 ``EagleHead`` (``drafters/eagle_head.py``) drafts one depth per forward (docs/design.md §4.5). Its
 state lives here so that the head's file reads in one sitting:
 
-* ``RowContext``: one batch row's cache of committed context rows (per layer K/V and their
-  count). The head keeps one per ``DraftInput.row`` (docs/design.md §4.9).
 * ``DraftingTree``: the candidate tree of one round of one row, with the head's K/V of the nodes
   it expanded (tree attention inside the head's own cache).
 * ``expand_batch``: one head forward over the frontiers of several rows' trees, their contexts
   and trees padded to the longest under a mask that hides the padding, so each row gets what
   ``DraftingTree.expand`` gives it alone.
 
-Shapes (glossary in ``jetspec``): B batch, H hidden, V vocab (Vd a draft vocabulary), N the rows
-of one forward (a frontier), T keys, P cached context rows, h_kv key/value heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -25,33 +21,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from jetspec.core.masks import additive_mask, padded_visibility, stack_kv
 from jetspec.core.types import DraftOutput
-from jetspec.kernels import additive_mask, padded_visibility, stack_kv
-
-KV = tuple[Tensor, Tensor]  # keys, values [B, h_kv, N, K]
-
-
-def concat_kv(first: list[KV], second: list[KV]) -> list[KV]:
-    """Per layer, the rows of ``second`` appended after those of ``first``."""
-    return [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2)) for (k0, v0), (k1, v1) in zip(first, second)]
+from jetspec.drafters.context_cache import KV, RowContext, concat_kv
 
 
 def row_of(kv: list[KV], b: int, n: int) -> list[KV]:
     """Batch row ``b``'s first ``n`` rows of a batched forward's K/V, as a one-row cache."""
     return [(k[b: b + 1, :, :n], v[b: b + 1, :, :n]) for k, v in kv]
-
-
-@dataclass
-class RowContext:
-    """One batch row's context cache: per layer the K/V [1, h_kv, P, K] of its committed rows, and P."""
-
-    kv: Optional[list[KV]] = None
-    length: int = 0
-
-    def append(self, kv: list[KV], length: int) -> None:
-        """Add the K/V of the rows that were new this round; the row now holds ``length`` rows."""
-        self.kv = kv if self.kv is None else concat_kv(self.kv, kv)
-        self.length = length
 
 
 class DraftingTree:
@@ -76,7 +53,7 @@ class DraftingTree:
         self.depth: list[int] = []
         self.hidden: dict[int, Tensor] = {}  # expanded candidate -> output feature [H]
         self.row: dict[int, int] = {}  # expanded candidate -> its row in kv
-        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, E, K]
+        self.kv: Optional[list[KV]] = None  # per layer [1, h_kv, R, K]: the expanded tree rows
         self.forwards = 1  # the context forward that produced the root
 
     def add(self, parent: int, token: int, logprob: float) -> int:

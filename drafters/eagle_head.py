@@ -40,8 +40,7 @@ Training (``jetspec.drafters.eagle_training``) uses the parallel heads' recipe, 
 teacher unchanged, with EAGLE-3's *training-time test*: ``ttt_steps`` depths are unrolled, each
 step feeding the head's own output hidden states back in.
 
-Shapes: B batch, T tokens, A anchors, H hidden, F = k*H, V vocab, D depth, W width, M rows,
-P cached context rows, E expanded tree rows, h_kv key/value heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -55,10 +54,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.eagle_training as ttt
+from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
+from jetspec.core.masks import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
+from jetspec.drafters.context_cache import KV, RowContext
 from jetspec.drafters.draft_vocab import saved_vocabulary
-from jetspec.drafters.eagle_drafting import KV, DraftingTree, RowContext, expand_batch, row_of
+from jetspec.drafters.eagle_drafting import DraftingTree, expand_batch, row_of
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -70,7 +72,6 @@ from jetspec.drafters.head_layers import (
 )
 from jetspec.drafters.learned_head import LearnedHead
 from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
-from jetspec.kernels import additive_mask, chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.training.recipe import TrainConfig
 
 
@@ -99,7 +100,7 @@ class EagleConfig:
 
     num_layers: int = 1  # decoder layers; the first fuses token embedding and feature (EAGLE-3: 1)
     ttt_steps: int = 7  # depths unrolled in training-time test (EAGLE-3 unrolls 7)
-    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: eagle_tap_layers)
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: eagle_tap_layers)
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
     head_dim: Optional[int] = None
@@ -113,8 +114,7 @@ class EagleConfig:
     target_num_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.tap_layers is not None:
-            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        read_tuple_fields(self)
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.ttt_steps < 1:
@@ -164,9 +164,9 @@ class FusionLayer(nn.Module):
         self.post_attn_norm = RMSNorm(h, shape.eps)
         self.mlp = SwiGLU(h, shape.intermediate_size)
 
-    def forward(self, emb: Float[Tensor, "B M H"], feat: Float[Tensor, "B M H"], cos: Tensor, sin: Tensor,
-                mask: Tensor, prefix_kv: Optional[KV], attention_fn) -> Float[Tensor, "B M H"]:
-        x = torch.cat([self.input_norm(emb), self.hidden_norm(feat)], dim=-1)  # [B, M, 2H]
+    def forward(self, emb: Float[Tensor, "B N H"], feat: Float[Tensor, "B N H"], cos: Tensor, sin: Tensor,
+                mask: Tensor, prefix_kv: Optional[KV], attention_fn) -> Float[Tensor, "B N H"]:
+        x = torch.cat([self.input_norm(emb), self.hidden_norm(feat)], dim=-1)  # [B, N, 2H]
         h = feat + self.attn(x, cos, sin, mask, prefix_kv, attention_fn)
         return h + self.mlp(self.post_attn_norm(h))
 
@@ -187,13 +187,13 @@ class EagleDraftNet(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
 
-    def forward(self, feat: Float[Tensor, "B M H"], emb: Float[Tensor, "B M H"],
-                positions: Int[Tensor, "B M"], mask: Float[Tensor, "#B 1 M T"],
-                prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B M H"], list[KV]]:
-        """Run M rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
+    def forward(self, feat: Float[Tensor, "B N H"], emb: Float[Tensor, "B N H"],
+                positions: Int[Tensor, "B N"], mask: Float[Tensor, "#B 1 N T"],
+                prefix_kv: Optional[list[KV]] = None) -> tuple[Float[Tensor, "B N H"], list[KV]]:
+        """Run N rows over ``prefix_kv`` (per layer, may be None) under the additive ``mask``.
 
         Returns the rows' outputs *before* the final norm (the features their children read) and,
-        per layer, the K/V [B, h_kv, M, K] of these rows, for the caller to cache.
+        per layer, the K/V [B, h_kv, N, K] of these rows, for the caller to cache.
         """
         x = emb.to(self.fc.weight.dtype)
         feat = feat.to(x.dtype)
@@ -213,7 +213,7 @@ class _RecordingAttention:
     """The masked reference attention that also keeps the K/V of the query rows themselves.
 
     ``Attention`` projects and concatenates [prefix K/V, own K/V] before calling its attention
-    function; the own rows are the last M, and they are what a cache must append.
+    function; the own rows are the last N, and they are what a cache must append.
     """
 
     def __init__(self, mask: Tensor, store: list) -> None:
@@ -259,7 +259,6 @@ class EagleHead(LearnedHead):
                              "feeds its own drafts back and has no such slots")
         self.net = EagleDraftNet(self.config).to(self.target_model.get_output_embeddings().weight.dtype)
         self.max_depth = None  # unlimited: one forward per depth
-        self.reset_cache()
 
     @classmethod
     def for_saved_weights(cls, target, config: EagleConfig, training: TrainConfig,
@@ -284,16 +283,6 @@ class EagleHead(LearnedHead):
         return ttt.unrolled_hidden(self, input_ids, taps, anchors)
 
     # ------------------------------------------------------------------ the head's context caches
-    def reset_cache(self) -> None:
-        """Forget every batch row's context: per layer K/V of its committed rows, and their count."""
-        self._rows: dict[int, RowContext] = {}
-
-    def context_cache(self, row: int = 0) -> RowContext:
-        """Batch row ``row``'s context cache (created empty on first use)."""
-        if row not in self._rows:
-            self._rows[row] = RowContext()
-        return self._rows[row]
-
     def _new_context_rows(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int,
                           row: int) -> tuple[RowContext, Float[Tensor, "N H"], Float[Tensor, "N H"], Int[Tensor, " N"]]:
         """``row``'s cache (restarted on a new sequence) and the inputs of its context rows new this round.
@@ -308,9 +297,8 @@ class EagleHead(LearnedHead):
             raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
                              "the decoder provides them when it reads head.tap_layers")
         dev = self.net.fc.weight.device
-        cache = self.context_cache(row)
-        if round_index == 0 or cache.length >= t:  # a new sequence (or not a continuation): start over
-            cache = self._rows[row] = RowContext()
+        # at most t - 1 rows kept: the root row t - 1 runs every round
+        cache = self.start_context(row, round_index, at_most=t - 1)
         p = cache.length
         feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))  # [N, H]
         return cache, feat, self.embed(tokens[p + 1:].to(dev)), torch.arange(p, t, device=dev)

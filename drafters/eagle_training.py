@@ -24,7 +24,7 @@ Gradients flow through the whole unroll. Anchors are sampled by the recipe
 (``jetspec.drafters.learned_head``); an EAGLE anchor needs a context row before it, so
 ``EagleHead.min_anchor`` is 1 and the supervised span starts no earlier than position 2.
 
-Shapes: B batch, T tokens, A anchors, S = ttt_steps + 1, H hidden, F = k*H.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from jetspec.kernels import additive_mask
+from jetspec.core.masks import additive_mask
 
 
 def causal_mask(rows: int, prefix: int, dtype: torch.dtype, device=None) -> Float[Tensor, "1 1 N T"]:

@@ -34,6 +34,10 @@ from typing import Optional, TypeVar
 import torch
 from torch import Tensor
 
+from jetspec.core.config import from_json
+from jetspec.core.jsonl import read_json_object
+from jetspec.core.loading import DEFAULT_HEAD_DIR, SHIPPED_HEADS_TARGET
+
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 T = TypeVar("T")
 CHECKPOINT_KEY = "jetspec_head"  # where a Lightning checkpoint keeps the head's identity
@@ -71,17 +75,25 @@ def _integrity(meta: dict, weights: bytes) -> dict:
     return {"weights_sha256": hashlib.sha256(weights).hexdigest(), "architecture_sha256": architecture_sha256(meta)}
 
 
+def head_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder of a saved head: a local folder as given, else a shipped head named ``<target>/<kind>``
+    ("smollm2-135m-instruct/jetspec", as on the Hugging Face Hub); a local folder of that name wins."""
+    path = Path(name_or_path)
+    target, _, kind = str(name_or_path).partition("/")
+    if path.is_dir() or target != SHIPPED_HEADS_TARGET:
+        return path
+    shipped = sorted(p.name for p in DEFAULT_HEAD_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+    if kind not in shipped:
+        raise FileNotFoundError(f"no shipped head '{name_or_path}'; shipped: "
+                                f"{', '.join(f'{target}/{k}' for k in shipped)}")
+    return DEFAULT_HEAD_DIR / kind
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     """``config.json`` of a head folder, parsed (errors name the file)."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a folder written by save_pretrained")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); is it empty or truncated? Save the head "
-                         "again with save_pretrained") from err
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+    meta = read_json_object(path, "expected a folder written by save_pretrained")
+    if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path} has no 'config' object: not a head written by save_pretrained")
     if not isinstance(meta.get("training", {}), dict):
         raise ValueError(f"{path}: 'training' must be an object, got {type(meta['training']).__name__}")
@@ -96,7 +108,7 @@ def config_from(cls: type[T], values: dict, path: str | Path, section: str) -> T
         raise ValueError(f"{path}: unknown {section} key(s) {unknown} for {cls.__name__} (written by another "
                          f"jetspec version, or edited?); known keys: {sorted(known)}")
     try:
-        return cls(**values)
+        return cls(**from_json(cls, values))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: invalid {section}: {err}") from err
 

@@ -16,8 +16,7 @@ Attention is plain PyTorch (SDPA with an additive float mask). The mask is addit
 for the same reason as in the target wrapper: one convention everywhere, and it is the form a
 tree-attention kernel's reference uses. ``attend`` is the single function a kernel plugs into.
 
-Shapes (glossary in ``jetspec``): B batch, N new rows of this forward (the queries), T keys (P injected
-prefix rows, then the N rows), H hidden, h / h_kv heads, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from jetspec.core.fast_forward import apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -67,14 +68,6 @@ class RotaryEmbedding(nn.Module):
         angles = positions.to(torch.float64)[..., None] * self.inv_freq  # [..., K/2]
         angles = torch.cat([angles, angles], dim=-1)  # [..., K]
         return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: Float[Tensor, "B h N K"], cos: Float[Tensor, "B N K"],
-               sin: Float[Tensor, "B N K"]) -> Float[Tensor, "B h N K"]:
-    """Rotate pairs (x_i, x_{i+K/2}) by the position's angle (the rotate-half convention)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 def attend(q: Float[Tensor, "B h N K"], k: Float[Tensor, "B h_kv T K"], v: Float[Tensor, "B h_kv T K"],
@@ -132,7 +125,7 @@ class Attention(nn.Module):
         v = rearrange(self.v_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
-        return apply_rope(k, cos, sin), v
+        return apply_rope(k, cos[:, None], sin[:, None]), v
 
     def forward(self, x: Float[Tensor, "B N I"], cos: Tensor, sin: Tensor, mask: Optional[Tensor],
                 prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
@@ -147,7 +140,7 @@ class Attention(nn.Module):
         q = rearrange(self.q_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        q = apply_rope(q, cos, sin)
+        q = apply_rope(q, cos[:, None], sin[:, None])  # cos, sin [B, N, K]: the same for every head
         k, v = self.project_kv(x, cos, sin)  # [B, h_kv, N, K]
         if prefix_kv is not None:
             k = torch.cat([prefix_kv[0], k], dim=2)  # [B, h_kv, P + N, K]

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from jetspec.core.jsonl import read_json_object
 from jetspec.core.target import TargetModel
 
 # jetspec name <-> published name, for the pieces of one decoder layer (HF Llama/Qwen3 names).
@@ -57,17 +58,9 @@ def resolve_folder(path_or_hub_id: str | os.PathLike) -> Path:
     return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
 
 
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a checkpoint folder needs config.json")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); is it empty or truncated?") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a {type(config).__name__}, not a config object")
-    return config
+def read_checkpoint_config(folder: Path) -> dict:
+    """An engine checkpoint folder's config.json (any object: the layouts check their own keys)."""
+    return read_json_object(folder / "config.json", "a checkpoint folder needs config.json")
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -28,13 +28,12 @@ A subclass provides (the declared interface; everything else is inherited):
 * ``config_class``: its architecture dataclass (with ``resolved(model)``, ``tap_layers`` and
   ``block_size``); ``min_anchor``: the first position its packed forward can serve;
 * ``packed_hidden``: the packed training forward (abstract, below);
-* ``draft`` and ``reset_cache``: drafting (abstract, below);
+* ``draft``: drafting (abstract, below), with the per-row context caches ``start_context`` hands out;
 * ``__init__``: calls ``LearnedHead.__init__`` and then sets ``self.net`` (its own weights, the only
   thing trained and saved) and ``self.max_depth``;
 * ``for_saved_weights`` when its saved weights need more than its config to be rebuilt.
 
-Shapes: B batch, T tokens, A anchors, S block size, H target hidden, F = k*H fused taps,
-V vocab (V' for a reduced draft vocabulary), M supervised slots.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -53,13 +52,12 @@ from torch import Tensor, nn
 
 import jetspec.drafters.head_files as head_files
 from jetspec.core.interfaces import DRAFTERS, Drafter
-from jetspec.core.target import TargetModel
+from jetspec.core.target import TargetModel, Teacher, TeacherOutput
+from jetspec.drafters.context_cache import RowContext
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.kernels import PackedLinear
 from jetspec.training.recipe import (
-    Teacher,
     TeacherCache,
-    TeacherOutput,
     TrainConfig,
     acceptance_estimate,
     anchor_seeds,
@@ -92,10 +90,10 @@ def split_options(options: dict, config_class: type, kind: str = "head") -> tupl
 
 @dataclass
 class SlotBatch:
-    """One packed forward's supervised slots, flattened to M rows."""
+    """One packed forward's supervised slots, flattened to R rows."""
 
-    losses: Float[Tensor, " M"]
-    weights: Float[Tensor, " M"]
+    losses: Float[Tensor, " R"]
+    weights: Float[Tensor, " R"]
     draft_top1: Int[Tensor, "B A D"]  # -1 where unsupervised
     teacher_top1: Int[Tensor, "B A D"]
     ok: Bool[Tensor, "B A D"]
@@ -134,6 +132,7 @@ class LearnedHead(L.LightningModule, Drafter):
         self._teacher: Optional[Teacher] = None  # built on the first step (the target has moved by then)
         self._teacher_cache: Optional[TeacherCache] = None
         self._val_stats: dict[str, Tensor] = {}
+        self.reset_cache()
 
     # ------------------------------------------------------------------ what a subclass declares
     @abstractmethod
@@ -147,9 +146,24 @@ class LearnedHead(L.LightningModule, Drafter):
         ``>= min_anchor``; padding anchors (0) have no supervised slots, so any value will do there.
         """
 
-    @abstractmethod
+    # ------------------------------------------------------------------ drafting state, one per batch row
     def reset_cache(self) -> None:
-        """Forget whatever the head cached while drafting, for every batch row (docs/design.md §4.9)."""
+        """Forget the context cache of every batch row (docs/design.md §4.9)."""
+        self._rows: dict[int, RowContext] = {}
+
+    def context_cache(self, row: int = 0) -> RowContext:
+        """Batch row ``row``'s context cache (created empty on first use)."""
+        if row not in self._rows:
+            self._rows[row] = RowContext()
+        return self._rows[row]
+
+    def start_context(self, row: int, round_index: int, at_most: int) -> RowContext:
+        """``row``'s cache for this round: a fresh one on a new sequence (``round_index == 0``) or when it
+        holds more than ``at_most`` rows (then it is no prefix of this round's text); else the cache as it is."""
+        cache = self.context_cache(row)
+        if round_index == 0 or cache.length > at_most:
+            cache = self._rows[row] = RowContext()
+        return cache
 
     # ------------------------------------------------------------------ the frozen target
     @property
@@ -227,8 +241,8 @@ class LearnedHead(L.LightningModule, Drafter):
         if cfg.on_policy:
             ok = ok & on_policy_slots(ids, teacher.top1(), rows)
         bidx = torch.arange(ids.shape[0], device=ids.device)[:, None, None].expand_as(rows)
-        b_ok, r_ok = bidx[ok], rows[ok]  # [M]: batch row and teacher position of each supervised slot
-        logits = self.lm_head(hidden[:, :, 1:][ok])  # [M, V']: the lm_head only where there is a label
+        b_ok, r_ok = bidx[ok], rows[ok]  # [R]: batch row and teacher position of each supervised slot
+        logits = self.lm_head(hidden[:, :, 1:][ok])  # [R, Vd]: the lm_head only where there is a label
         data = ids[b_ok, r_ok + 1]
         t_logits = teacher.logits[b_ok, r_ok] if teacher.logits is not None else None
         t_values = teacher.top_values[b_ok, r_ok] if teacher.top_values is not None else None
@@ -334,10 +348,11 @@ class LearnedHead(L.LightningModule, Drafter):
         """Load a head saved by ``save_pretrained`` onto ``target`` (checked to be the same shape).
 
         The weights and architecture are verified against the checksums in ``config.json`` first.
-        Called on a base class (``ParallelHead``) it builds whichever of its kinds the folder holds;
-        ``training_options`` override the saved ``TrainConfig`` fields.
+        ``folder`` is a local folder, or a shipped head's name: ``"smollm2-135m-instruct/jetspec"``
+        (``head_files.head_folder``). Called on a base class (``ParallelHead``) it builds whichever of
+        its kinds the folder holds; ``training_options`` override the saved ``TrainConfig`` fields.
         """
-        folder = Path(folder)
+        folder = head_files.head_folder(folder)
         meta, state = head_files.read_head_folder(folder)
         path = folder / head_files.CONFIG_FILE
         saved = DRAFTERS.get(meta.get("head"))

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
+from jetspec.core.masks import chain_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.target_support import attention_windows, hf_cache, hf_masks
-from jetspec.kernels import chain_ancestor, padded_visibility, stack_kv, tree_visibility
 
 
 class CachedLM:

@@ -12,7 +12,7 @@ The two heads differ in ONE switch, the class attribute ``causal``: slot i of a 
 slots <= i (so its depth-k distribution is conditioned like the target's), slot i of a DFlash
 block sees every slot (branch-agnostic marginals).
 
-Batch rows (docs/design.md §4.9): the head keeps one ``ContextCache`` per ``DraftInput.row``, and
+Batch rows (docs/design.md §4.9): the head keeps one ``RowContext`` per ``DraftInput.row``, and
 ``draft_batch`` runs the blocks of all rows in ONE forward, each row's context padded to the
 longest and masked (``jetspec.kernels.padded_visibility``). One row drafts through ``draft``.
 
@@ -22,8 +22,7 @@ module only adds the network, its packed training forward and its drafting. The 
 embedding table and lm_head are *used*, never copied: the target is held through a plain Python
 object, so it is not a sub-module, not a parameter the optimizer sees, and not in any checkpoint.
 
-Shapes: B batch, T tokens, A anchors, S block size, H target hidden, H_d head hidden, F = k*H,
-V vocab, D depth, W width, M query rows.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -38,20 +37,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.conditioned as conditioned
+from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
+from jetspec.core.masks import chain_ancestor, full_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
+from jetspec.drafters.context_cache import RowContext
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.drafters.learned_head import LearnedHead
-from jetspec.kernels import (
-    chain_ancestor,
-    full_ancestor,
-    masked_attention,
-    padded_visibility,
-    stack_kv,
-    tree_attention,
-    tree_visibility,
-)
+from jetspec.kernels import masked_attention, tree_attention
 from jetspec.training.recipe import TrainConfig, block_positions, packed_block_mask
 
 
@@ -75,7 +69,7 @@ class HeadConfig:
 
     num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
     block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
-    tap_layers: Optional[Sequence[int]] = None  # target layers read (None: default_tap_layers)
+    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
     hidden_size: Optional[int] = None  # H_d, default the target's H
     num_heads: Optional[int] = None
     num_kv_heads: Optional[int] = None
@@ -86,7 +80,7 @@ class HeadConfig:
     rms_norm_eps: Optional[float] = None
     rope_theta: Optional[float] = None
     conditioned: bool = False  # causal heads: re-score the tree in a 2nd forward (drafters/conditioned.py)
-    # Ablation switches (issue: stronger, cheaper heads); the defaults are the paper's design.
+    # Ablation switches (docs/design.md §4.3); the defaults are the paper's design.
     direct_path: bool = False  # add proj([embed(anchor), last context row]) to every block slot
     draft_vocab_size: Optional[int] = None  # V': score only these many target tokens (drafters/draft_vocab.py)
     # The target the head was built for; filled by ``resolved`` and checked on load.
@@ -95,8 +89,7 @@ class HeadConfig:
     target_num_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.tap_layers is not None:
-            self.tap_layers = tuple(int(i) for i in self.tap_layers)
+        read_tuple_fields(self)
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2 (anchor + at least one MASK), got {self.block_size}")
         if self.num_layers < 1:
@@ -195,9 +188,9 @@ class ParallelDraftNet(nn.Module):
             return None
         return self.direct(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1))
 
-    def forward(self, block_emb: Float[Tensor, "B M H"], positions: Int[Tensor, "B M"],
+    def forward(self, block_emb: Float[Tensor, "B N H"], positions: Int[Tensor, "B N"],
                 context_kv: list[tuple[Tensor, Tensor]], mask: Optional[Tensor],
-                attention_fn=None, direct: Optional[Float[Tensor, "B M Hd"]] = None) -> Float[Tensor, "B M H"]:
+                attention_fn=None, direct: Optional[Float[Tensor, "B N Hd"]] = None) -> Float[Tensor, "B N H"]:
         """Final hidden states of the block rows, in the target's hidden size (ready for lm_head).
 
         ``direct``: the direct path's term of each row's block, repeated over its rows.
@@ -251,7 +244,6 @@ class ParallelHead(LearnedHead):
         dtype = self.target_model.get_output_embeddings().weight.dtype
         self.net = ParallelDraftNet(self.config, draft_vocab).to(dtype)
         self.max_depth = self.config.block_size - 1
-        self.reset_cache()
 
     @classmethod
     def for_saved_weights(cls, target, config: HeadConfig, training: TrainConfig,
@@ -305,21 +297,9 @@ class ParallelHead(LearnedHead):
         return d[:, :, None].expand(*d.shape[:2], slots, d.shape[-1]).flatten(1, 2)
 
     # ------------------------------------------------------------------ inference (Drafter)
-    def reset_cache(self) -> None:
-        """Forget the context K/V of every batch row."""
-        self._rows: dict[int, ContextCache] = {}
-
-    def context_cache(self, row: int = 0) -> "ContextCache":
-        """Batch row ``row``'s context cache (created empty on first use)."""
-        if row not in self._rows:
-            self._rows[row] = ContextCache()
-        return self._rows[row]
-
-    def _sync_context(self, taps: Float[Tensor, "P F"], round_index: int, row: int) -> "ContextCache":
+    def _sync_context(self, taps: Float[Tensor, "P F"], round_index: int, row: int) -> RowContext:
         """Bring ``row``'s cache up to ``taps``: restart it on a new sequence, else project only new rows."""
-        cache = self.context_cache(row)
-        if round_index == 0 or cache.length > taps.shape[0]:  # a new sequence (or a shorter one): start over
-            cache = self._rows[row] = ContextCache()
+        cache = self.start_context(row, round_index, at_most=taps.shape[0])
         new = taps[cache.length:]
         if new.shape[0] == 0 and cache.kv is not None:
             return cache
@@ -327,10 +307,7 @@ class ParallelHead(LearnedHead):
         ctx = self.net.fuse_taps(new[None])  # [1, T_new, H_d]
         if ctx.shape[1]:
             cache.last = ctx[:, -1]
-        kv = self.net.project_context(ctx, pos)  # per layer [1, h_kv, T_new, K]
-        cache.kv = kv if cache.kv is None else [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
-                                                for (k0, v0), (k1, v1) in zip(cache.kv, kv)]
-        cache.length = taps.shape[0]
+        cache.append(self.net.project_context(ctx, pos), taps.shape[0])  # per layer [1, h_kv, T_new, K]
         return cache
 
     def _start_round(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int,
@@ -359,14 +336,14 @@ class ParallelHead(LearnedHead):
 
     @torch.no_grad()
     def draft_logits(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]], round_index: int = 0,
-                     depth: Optional[int] = None, row: int = 0) -> Float[Tensor, "D V"]:
+                     depth: Optional[int] = None, row: int = 0) -> Float[Tensor, "D Vd"]:
         """Logits of depths 1..D for the anchor ``tokens[-1]``, reusing batch row ``row``'s context cache."""
         depth, emb, positions = self._start_round(tokens, taps, round_index, depth, row)
         hidden = self.over_context(emb, positions, self.block_ancestor(emb.shape[1]), row)
         return self.lm_head(hidden[0, 1: depth + 1])  # [D, V']
 
     @torch.no_grad()
-    def draft_logits_batch(self, inputs: Sequence[DraftInput]) -> list[Float[Tensor, "D V"]]:
+    def draft_logits_batch(self, inputs: Sequence[DraftInput]) -> list[Float[Tensor, "D Vd"]]:
         """``draft_logits`` of every input's row, all blocks in ONE head forward (docs/design.md §4.9)."""
         rounds = [self._start_round(i.tokens, i.taps, i.round_index, i.depth, i.row) for i in inputs]
         hidden = self.over_contexts([emb[0] for _, emb, _ in rounds], [pos[0] for _, _, pos in rounds],
@@ -411,7 +388,7 @@ class ParallelHead(LearnedHead):
         return [hidden[b, : e.shape[0]] for b, e in enumerate(embs)]
 
     def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int,
-                     cache: "ContextCache") -> Optional[Float[Tensor, "1 N Hd"]]:
+                     cache: RowContext) -> Optional[Float[Tensor, "1 N Hd"]]:
         """This round's direct-path term (anchor + the row's newest context row), repeated over ``rows`` rows."""
         if self.net.direct is None:
             return None
@@ -422,7 +399,7 @@ class ParallelHead(LearnedHead):
     def draft(self, inp: DraftInput) -> DraftOutput:
         if self.config.conditioned:  # one-pass tree, then one branch-conditioned forward over it
             return conditioned.draft(self, inp)
-        return self._table(self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth, inp.row), inp.width)
+        return self.depth_table(self.draft_logits(inp.tokens, inp.taps, inp.round_index, inp.depth, inp.row), inp.width)
 
     def draft_batch(self, inputs: Sequence[DraftInput]) -> list[DraftOutput]:
         """Every row's proposal from ONE head forward (two for a conditioned head); one row drafts as ``draft``."""
@@ -430,27 +407,14 @@ class ParallelHead(LearnedHead):
             return [self.draft(inp) for inp in inputs]
         if self.config.conditioned:
             return conditioned.draft_batch(self, inputs)
-        return [self._table(logits, inp.width) for logits, inp in zip(self.draft_logits_batch(inputs), inputs)]
+        return [self.depth_table(logits, inp.width) for logits, inp in zip(self.draft_logits_batch(inputs), inputs)]
 
-    def _table(self, logits: Float[Tensor, "D Vd"], width: int) -> DraftOutput:
-        """The top-``width`` tokens of every depth, sorted: a per-depth table."""
+    def depth_table(self, logits: Float[Tensor, "D Vd"], width: int) -> DraftOutput:
+        """The top-``width`` tokens of every depth, sorted, as target ids: a per-depth table (one forward)."""
         logq = torch.log_softmax(logits.double(), -1)
         top = torch.topk(logq, min(width, logq.shape[-1]), dim=-1)  # sorted descending
         return DraftOutput(depth_tokens=self.to_target_ids(top.indices).cpu(),
                            depth_logprobs=top.values.float().cpu(), forwards=1)
-
-
-@dataclass
-class ContextCache:
-    """One batch row's head cache: per layer the context K/V [1, h_kv, P, K], P, and the newest context row.
-
-    A head keeps one per batch row (``DraftInput.row``), so interleaved rows never see each other's
-    context; ``round_index == 0`` restarts only its own row (docs/design.md §4.9).
-    """
-
-    kv: Optional[list[tuple[Tensor, Tensor]]] = None
-    length: int = 0  # P: context rows projected so far
-    last: Optional[Tensor] = None  # [1, H_d] the newest context row (direct path)
 
 
 @register_drafter("jetspec")

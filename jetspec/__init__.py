@@ -14,26 +14,32 @@ Entry points that validate their own arguments, with errors that name them (``Sa
 ``tree_attention`` and its two backends), are marked ``@no_type_check`` so that the tests see the
 errors users get; everything they call is checked.
 
-    B    batch                          T    tokens of a sequence; in attention, the keys (P + N)
-    P    cached prefix length           N    tree nodes, root included; in a forward, its new rows
-    D    tree depth                     W    tree width: candidates per depth (or per node)
-    M    candidate nodes of a DraftOutput (the anchor excluded; M+1 rows when the anchor has one)
-    V    target vocabulary              Vd   draft vocabulary (a head's reduced output layer)
-    H    hidden size                    I    a layer's input width when it differs from H
-    Hd   a draft head's hidden size, where it differs from the target's H
-    h    attention (query) heads        h_kv key/value heads (GQA: h is a multiple of h_kv)
-    K    head dim                       L    decoder layers
-    A    anchors per training sequence  S    slots per anchor: a parallel head's block size
-                                             (an EAGLE head's unrolled steps + 1)
-    k    tapped target layers           F    tap features, F = k*H
-    R    rows picked from a larger set (the tree nodes a head re-runs, the supervised positions)
-    C    teacher entries kept per row (a cached top-C distribution)
-    Z    slices of the keys that a split-K attention kernel merges
+    B     batch                          T     tokens of a sequence; in attention, the keys (P + N)
+    P     cached prefix length           N     tree nodes, root included; in a forward, its new rows
+    D     tree depth                     W     tree width: candidates per depth (or per node)
+    M     candidate nodes of a DraftOutput (the anchor excluded; M+1 rows when the anchor has one)
+    V     target vocabulary              Vd    draft vocabulary (a head's reduced output layer)
+    H     hidden size                    Hd    a draft head's hidden size, where it differs from H
+    I     a layer's input width          O     a layer's output width (where they differ from H)
+    h     attention (query) heads        h_kv  key/value heads (GQA: h is a multiple of h_kv)
+    K     head dim                       L     decoder layers
+    A     anchors per training sequence  S     slots per anchor: a parallel head's block size
+                                               (an EAGLE head's unrolled steps + 1)
+    k     tapped target layers (a count, never a top-k)   F     tap features, F = k*H
+    R     rows picked from a larger set (the tree nodes a head re-runs, the supervised positions)
+    C     teacher entries kept per row (a cached top-C distribution)
+    Z     slices of the keys that a split-K attention kernel merges
+
+Beside the letters, annotations use jaxtyping's marks: ``*B`` any number of batch dimensions,
+``*shape`` any shape (the same wherever it appears in one call), ``#`` a dimension that
+broadcasts, ``_`` one that is not checked, ``...`` any dimensions. tests/test_glossary.py reads
+every annotation of the package and refuses a name that is not in this list.
 
 Notation: p is the target's distribution, q the draft's.
 """
 
-from jetspec.core.decoding import GenerationResult, SpeculativeDecoder, autoregressive_generate
+from jetspec.core.decoding import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.generation import GenerationResult
 from jetspec.core.interfaces import (
     DRAFTERS,
     TREE_BUILDERS,

@@ -5,8 +5,10 @@ Importing it has no side effects and does not import triton; the kernel is compi
     tree_attention(q, k, v, ancestor, scale=None, backend="auto")
     PackedLinear(weights, biases=None, backend="auto")   # a frozen model's products, prepacked
 
-A drafting head's block attention is the same call with a chain (causal) or all-True
-(bidirectional) ancestor mask; see ``chain_ancestor`` and ``full_ancestor``.
+The ``ancestor`` argument is a mask of ``jetspec.core.masks``, the home of the mask vocabulary;
+its three ancestor builders are re-exported here because every call needs one. A drafting head's
+block attention is the same call with a chain (causal) or all-True (bidirectional) ancestor mask
+(``chain_ancestor``, ``full_ancestor``).
 
 Installed only as ``jetspec.kernels``. Run from the repository root, Python puts the root on
 ``sys.path`` (``python -m``, the test runner, notebooks), so this folder is also reachable under
@@ -32,34 +34,22 @@ if __name__ == "kernels":
     _sys.modules[__name__] = _module  # the import statement returns this entry, not this file's module
     _spec.loader.exec_module(_module)
 else:
+    from jetspec.core.masks import ancestor_from_parents, chain_ancestor, full_ancestor
+
     from .packed_linear import PackedLinear, onednn_available
-    from .reference import (
-        additive_mask,
-        ancestor_from_parents,
-        chain_ancestor,
-        full_ancestor,
-        masked_attention,
-        padded_visibility,
-        stack_kv,
-        tree_attention_reference,
-        tree_visibility,
-    )
+    from .reference import masked_attention, tree_attention_reference
     from .tree_attention import pack_ancestor_bits, tree_attention, tree_attention_triton, triton_installed
 
     __all__ = [
         "PackedLinear",
         "onednn_available",
-        "additive_mask",
         "ancestor_from_parents",
         "chain_ancestor",
         "full_ancestor",
         "masked_attention",
         "pack_ancestor_bits",
-        "padded_visibility",
-        "stack_kv",
         "tree_attention",
         "tree_attention_reference",
         "tree_attention_triton",
-        "tree_visibility",
         "triton_installed",
     ]

@@ -3,9 +3,8 @@
 On a CPU, a target forward over a few rows is almost all matrix products against the weights
 (``y = x @ W^T``). PyTorch's default CPU path hands each product to a BLAS ``sgemm`` that re-packs
 ``W`` into its blocked layout on every call and picks kernels tuned for large matrices. For the
-skinny shapes of decoding (M = 1 to 65 rows against 576 x 1536 weights) that wastes most of the
-machine: on the 2-core CPU of BENCHMARKS.md the 30 layers' products of SmolLM2-135M took 24 ms at
-M = 1 and 47 ms at M = 17 that way (the roofline table in BENCHMARKS.md has the current numbers).
+skinny shapes of decoding (1 to 65 rows against 576 x 1536 weights) that wastes most of the
+machine (the roofline table in BENCHMARKS.md has the measured times).
 
 ``PackedLinear`` packs one or more weights that read the same input (q/k/v, or gate/up) into one
 matrix, so a decoder layer runs 4 products instead of 7, each wider. Three backends compute it:
@@ -188,7 +187,7 @@ class PackedLinear:
     Args:
         weights: ``[O_i, I]`` matrices that read the same input (nn.Linear's ``weight`` layout).
         biases: one bias ``[O_i]`` or None per weight; None (the default) means no bias at all.
-        backend: ``"auto"``, ``"onednn"`` or ``"torch"`` (see the module docstring).
+        backend: one of ``BACKENDS``: ``"auto"``, ``"skinny"``, ``"onednn"`` or ``"torch"`` (module docstring).
 
     Calling it on ``x [..., I]`` returns ``[..., O]`` with ``O = sum(O_i)``; ``split(y)`` cuts that
     back into the ``[..., O_i]`` parts, in the order the weights were given.

@@ -26,8 +26,7 @@ N = S: a causal block is a chain tree (``ancestor = chain_ancestor(S)``, lower-t
 a bidirectional (DFlash-style) block is ``full_ancestor(S)`` (all True). There is therefore no
 separate block-attention kernel.
 
-Shapes (the glossary of ``jetspec``): B batch, h query heads, h_kv key/value heads, N tree nodes,
-P cached prefix length, T = P + N keys, K head dim.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 
 Triton is imported lazily inside functions: importing ``jetspec.kernels`` must stay cheap and
 free of side effects, and ``triton`` is an optional dependency (``pip install jetspec[kernels]``).
@@ -58,8 +57,8 @@ tl = None
 
 
 # ----------------------------------------------------------------------------- the bitmask
-def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
-    """Pack the ancestor mask into ``W = ceil(N / 32)`` int32 words per row.
+def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N (N+31)//32"]:  # noqa: F821 (jaxtyping)
+    """Pack the ancestor mask into ``ceil(N / 32)`` int32 words per row.
 
     Bit ``j % 32`` of word ``j // 32`` in row i is ``ancestor[i, j]``. A 256-node tree costs 8 KiB
     as bits instead of 64 KiB as bools, and one 32-bit load answers 32 (query, key) questions.
@@ -69,7 +68,7 @@ def pack_ancestor_bits(ancestor: Bool[Tensor, "N N"]) -> Int[Tensor, "N W"]:
     padded = torch.zeros(n, words * 32, dtype=torch.int64, device=ancestor.device)
     padded[:, :n] = ancestor.to(torch.int64)
     weights = 2 ** torch.arange(32, dtype=torch.int64, device=ancestor.device)  # bit b is worth 2^b
-    packed = (padded.view(n, words, 32) * weights).sum(-1)  # (N, W) values in [0, 2^32)
+    packed = (padded.view(n, words, 32) * weights).sum(-1)  # (N, words) values in [0, 2^32)
     # Reinterpret as signed int32 (two's complement): bit 31 set means a negative word. The kernel
     # shifts right arithmetically and keeps only the lowest bit, so the sign never matters.
     packed = torch.where(packed >= 2**31, packed - 2**32, packed)
@@ -169,7 +168,7 @@ def _tree_attention_fwd(
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        # A (BLOCK_M, BLOCK_N) gather of words; rows of one tile touch at most N * W words, which
+        # A (BLOCK_M, BLOCK_N) gather of words; rows of one tile touch at most N * ceil(N / 32) words, which
         # stay in L1, so this costs far less than the K and V tiles.
         words = tl.load(Bits + node[:, None] * WORDS + (nodes_j // 32)[None, :],
                         mask=row_ok[:, None] & j_ok[None, :], other=0)
@@ -255,7 +254,7 @@ def tree_attention_triton(
     block_m: Optional[int] = None,
     block_n: Optional[int] = None,
     num_splits: Optional[int] = None,
-    ancestor_bits: Optional[Int[Tensor, "N W"]] = None,
+    ancestor_bits: Optional[Int[Tensor, "N (N+31)//32"]] = None,  # noqa: F821 (a jaxtyping size)
 ) -> Float[Tensor, "B h N K"]:
     """Launch the Triton kernel (arguments as in ``tree_attention``).
 
@@ -371,7 +370,7 @@ def tree_attention(
     ancestor: Bool[Tensor, "N N"],
     scale: Optional[float] = None,
     backend: str = "auto",
-    ancestor_bits: Optional[Int[Tensor, "N W"]] = None,
+    ancestor_bits: Optional[Int[Tensor, "N (N+31)//32"]] = None,  # noqa: F821 (a jaxtyping size)
 ) -> Float[Tensor, "B h N K"]:
     """Attention of N tree nodes over a cached prefix and their own ancestors.
 

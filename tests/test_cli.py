@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -166,3 +168,31 @@ def test_train_tap_layers_is_a_comma_list():
     args = build_parser("train").parse_args(["train", "--target", "t", "--data", "d", "--out", "o",
                                              "--tap-layers", "1,4"])
     assert args.tap_layers == (1, 4)
+
+
+def _typed(a: Sequence[int] = (1,), b: str | tuple[float, ...] = "0.5", c: int | str = "auto",
+           d: Optional[tuple[int, ...]] = None) -> None:
+    """A signature's list flags (``Sequence`` and ``tuple``), a text-or-list flag and a number-or-word flag."""
+
+
+@typing.no_type_check
+def _unchecked(k: int = 3) -> None:
+    """A function under @no_type_check: its annotations still type its flags."""
+
+
+def _odd(x: dict | None = None) -> None:
+    """No command-line type exists for a dict."""
+
+
+def test_list_flags_of_both_forms_and_text_and_the_strict_refusal():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, _typed)
+    add_config_flags(p, _unchecked)
+    args = p.parse_args(["--a", "2, 3", "--b", "1,2.5", "--c", "4", "--d", "7", "--k", "5"])
+    assert (args.a, args.b, args.c, args.d, args.k) == ((2, 3), (1.0, 2.5), "4", (7,), 5)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--a", "x"])
+    with pytest.raises(TypeError, match="--x: no command-line type"):
+        add_config_flags(argparse.ArgumentParser(), _odd)

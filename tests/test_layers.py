@@ -13,6 +13,8 @@ kernels/, installed as jetspec.*) keep their place and list their modules' layer
 is assigned to one layer below, and its imports (also those inside functions, which the interpreter
 would only meet later) are read from its source. A module that is not in the map fails the test, so
 a new module has to choose its layer; a module of a layer sub-package must sit in its layer's folder.
+No two modules may import each other, directly or around a loop, not even inside a function (an
+import moved into a function to dodge a cycle is still a cycle for the reader).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ FOLDERS = {"jetspec": REPO / "jetspec", "jetspec.drafters": REPO / "drafters", "
 
 CORE = {
     "jetspec", "jetspec.core", "jetspec.core.types", "jetspec.core.interfaces", "jetspec.core.sampling",
-    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.checks",
+    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.generation",
+    "jetspec.core.checks",
     "jetspec.core.batched", "jetspec.core.batched_target",
-    "jetspec.core.loading", "jetspec.core.attention",
+    "jetspec.core.loading", "jetspec.core.attention", "jetspec.core.masks", "jetspec.core.config",
+    "jetspec.core.target_support",
     # replay is the decoding loop run against a reference answer (equal to generate round for round),
     # and prompts the JSONL / chat-template reading every layer uses
     "jetspec.core.replay", "jetspec.core.prompts", "jetspec.core.jsonl",
@@ -54,7 +58,7 @@ TRAINING = {
     "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
     "jetspec.drafters.eagle_training", "jetspec.drafters.eagle_drafting", "jetspec.drafters.conditioned",
-    "jetspec.drafters.head_layers",
+    "jetspec.drafters.head_layers", "jetspec.drafters.context_cache",
     "jetspec.drafters.head_files", "jetspec.drafters.checkpoints", "jetspec.drafters.layout_rules",
 }
 EVALUATION = {
@@ -139,6 +143,58 @@ def test_imports_point_down(module):
         if top == "jetspec" and (target := layer_of(name, LAYER)) is not None and target not in ALLOWED[layer]:
             bad.append(f"{name} ({target})")
     assert not bad, f"{module} ({layer}) imports {bad}"
+
+
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module of the graph ``edges`` (module ->
+    the modules it imports): each is a set of modules that import one another around a loop."""
+    order, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in order:
+            visit(v)
+    return cycles
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules its source imports (a name resolved to the module that holds it)."""
+    mods = package_modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {m: {r for n in imported_names(p, m) if (r := resolve(n)) is not None and r != m} for m, p in mods.items()}
+
+
+def test_no_import_cycle():
+    cycles = import_cycles(import_graph())
+    assert not cycles, f"these modules import each other (give the shared piece its own module): {cycles}"
+
+
+def test_import_cycles_finds_a_loop():
+    """Negative control for test_no_import_cycle: a loop of three is found, a chain is not."""
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_the_core_runs_without_lightning():

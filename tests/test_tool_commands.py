@@ -43,10 +43,15 @@ def test_flags_come_from_the_configs():
     args = parser.parse_args(["references", "--prompts", "p.jsonl", "--out", "r.jsonl"])
     assert args.per_set == 8 and args.max_new_tokens == 128 and args.threads == 1
     args = parser.parse_args(["replay-table", "--refs", "r.jsonl", "--drafters", "ngram"])
-    assert args.budgets == "8,16,32" and args.verify_slope == 0.035 and args.head_dir is None
+    assert args.budgets == (8, 16, 32) and args.verify_slope == 0.035 and args.head_dir is None
     args = parser.parse_args(["benchmarks", "--quick", "--include", "a.md", "--include", "b.md"])
-    assert args.quick is True and args.include == ["a.md", "b.md"] and args.temperatures == "0,1"
-    assert args.drafters == "ngram,jetspec,dflash,eagle" and args.budgets == "8,16,32,64"
+    assert args.quick is True and args.include == ["a.md", "b.md"] and args.temperatures == (0.0, 1.0)
+    assert args.drafters == ("ngram", "jetspec", "dflash", "eagle") and args.budgets == (8, 16, 32, 64)
+    from jetspec.evaluation.bench_report import BenchmarksConfig
+
+    # command() writes a comma list back as one flag and the repeatable --include once per file
+    cfg = BenchmarksConfig(temperatures=(0.0, 0.5), budgets=(16,), include=("a.md", "b.md"))
+    assert cfg.command() == "jetspec benchmarks --temperatures 0,0.5 --budgets 16 --include a.md --include b.md"
     choices = parser._subparsers._group_actions[0].choices
     assert "Held-out prompts per set" in choices["prepare-data"].format_help()
     assert "repeatable" in choices["benchmarks"].format_help()
@@ -183,7 +188,7 @@ def test_regenerate_names_the_line_of_a_bad_prompt_row(target_dir, tmp_path):
 
 @pytest.mark.parametrize("argv, error", [
     (["regenerate", "--prompts", "{prompts}", "--out", "{tmp}/o.jsonl", "--threads", "0"], "--threads must be >= 1"),
-    (["replay-table", "--refs", "{prompts}", "--drafters", "ngram", "--threads", "0"], "--threads must be >= 1"),
+    (["replay-table", "--refs", "{prompts}", "--drafters", "ngram", "--threads", "0"], "--threads: must be >= 1"),
     (["demo", "--prompts-per-set", "0", "--out", "{tmp}/demo"], "--prompts-per-set must be >= 1"),
     (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["train", "--data", "{prompts}", "--out", "{tmp}/head", "--max-steps", "-1"], "--max-steps must be >= 1"),
@@ -228,3 +233,12 @@ def test_log_lines_are_shown_once_and_refusals_without_a_traceback(target_dir, t
     assert run.returncode == 2 and "batch_size must be >= 1" in run.stderr and "Traceback" not in run.stderr
     run = _cli("--debug", *bad)
     assert run.returncode != 0 and "Traceback" in run.stderr and "batch_size must be >= 1" in run.stderr
+
+
+def test_replay_table_refuses_a_drafter_list_that_names_none():
+    from jetspec.core.config import ConfigError
+    from jetspec.evaluation.replay_tools import ReplayTableConfig
+
+    with pytest.raises(ConfigError, match="drafters: names no drafter"):
+        ReplayTableConfig(refs="r.jsonl", drafters=(" ", ""))
+    assert ReplayTableConfig(refs="r.jsonl", drafters=("ngram", " jetspec")).drafters == ("ngram", "jetspec")

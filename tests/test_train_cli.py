@@ -101,3 +101,48 @@ def test_rerun_into_a_used_out_needs_resume_or_overwrite(argv, tmp_path, capsys)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["epoch=0-step=1.ckpt", "last.ckpt"]  # no last-v1.ckpt from the first run
     assert [p.name for p in (out / "logs").iterdir()] == ["version_0"]
+
+
+def test_tap_layers_flag_is_a_list_of_layers():
+    """`--tap-layers 0,1` reached HeadConfig as the string '0,1' (its field was typed Sequence[int],
+    which the flag generator did not read as a list) and failed with int(',')."""
+    from jetspec.cli import build_parser
+    from jetspec.drafters.parallel_head import HeadConfig
+
+    args = build_parser("train").parse_args(["train", "--target", "t", "--data", "d", "--out", "o",
+                                             "--tap-layers", "0,1"])
+    assert args.tap_layers == (0, 1)
+    assert HeadConfig(tap_layers=args.tap_layers).tap_layers == (0, 1)
+
+
+# Every generated architecture and recipe flag of `jetspec train`, with a value that is not its default.
+GIVEN = {"num_layers": ("--num-layers", "2", 2), "block_size": ("--block-size", "5", 5),
+         "tap_layers": ("--tap-layers", "0,1", (0, 1)), "hidden_size": ("--hidden-size", "32", 32),
+         "mask_token_id": ("--mask-token-id", "3", 3), "conditioned": ("--conditioned", "true", True),
+         "direct_path": ("--direct-path", "true", True), "lr": ("--lr", "0.01", 0.01),
+         "weight_decay": ("--weight-decay", "0.5", 0.5), "warmup_steps": ("--warmup-steps", "3", 3),
+         "anchors_per_seq": ("--anchors", "5", 5), "loss": ("--loss", "reverse_kl", "reverse_kl"),
+         "kl_topk": ("--kl-topk", "4", 4), "decay_gamma": ("--decay-gamma", "2", 2.0),
+         "on_policy": ("--on-policy", "true", True), "teacher_cache": ("--teacher-cache", "c", "c"),
+         "seed": ("--seed", "9", 9)}
+
+
+def test_every_generated_head_and_recipe_flag_reaches_the_head():
+    """The head is built from the generated flags by name (no hand-copied list that can drop one)."""
+    from dataclasses import fields
+
+    from jetspec.cli import build_parser
+    from jetspec.commands.train import HEAD_FLAGS, RECIPE_FLAGS, build_head
+    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.training.recipe import TrainConfig
+
+    # draft_vocab_size is the one flag not passed through as it is: --draft-vocab N becomes N token ids.
+    assert set(GIVEN) | {"draft_vocab_size"} == set(HEAD_FLAGS) | set(RECIPE_FLAGS)
+    argv = ["train", "--target", "t", "--data", "d", "--out", "o"] + [x for f, v, _ in GIVEN.values() for x in (f, v)]
+    args = build_parser("train").parse_args(argv)
+    head = build_head(args, tiny_model("llama", seed=4), draft_vocab=None)
+    defaults = {f.name: f.default for c in (HeadConfig, TrainConfig) for f in fields(c)}
+    for name, (flag, _, want) in GIVEN.items():
+        assert want != defaults[name], name  # else the check below could not fail
+        got = getattr(head.config if name in HEAD_FLAGS else head.train_config, name)
+        assert got == want, f"{flag}: the head got {got!r}"

@@ -8,9 +8,10 @@ cap and lets each round's tree stop growing where more nodes would not pay for t
 
 from __future__ import annotations
 
+import inspect
 from typing import no_type_check
 
-from jetspec.core.interfaces import TreeBuilder, register_tree_builder
+from jetspec.core.interfaces import TREE_BUILDERS, TreeBuilder, register_tree_builder
 from jetspec.core.types import DraftOutput, DraftTree
 from jetspec.trees.best_first import capped_fanout, check_finite, check_node_cost, check_shape_args, grow_tree
 
@@ -82,3 +83,14 @@ class FanoutCapBuilder(TreeBuilder):
     def __repr__(self) -> str:
         return (f"FanoutCapBuilder(budget={self.budget}, width={self.width}, depth={self.depth}, "
                 f"beta={self.beta}, gap0={self.gap0}, node_cost={self.node_cost})")
+
+
+def make_tree_builder(name: str, budget: int, width: int, depth: int, node_cost: float = 0.0) -> TreeBuilder:
+    """The registered builder ``name`` with the shape arguments its constructor takes.
+
+    A builder without a ``budget`` (or ``width``) argument fixes it itself: a chain's budget is its depth.
+    """
+    cls = TREE_BUILDERS[name]
+    accepted = inspect.signature(cls).parameters
+    shape = dict(budget=budget, width=width, depth=depth, node_cost=node_cost)
+    return cls(**{k: v for k, v in shape.items() if k in accepted})

@@ -16,9 +16,8 @@ import torch
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.prompts import builtin_prompts, chat_ids
-from jetspec.drafters import CompositeDrafter, NGramDrafter
+from jetspec.drafters import DEFAULT_HEAD_DIR, CompositeDrafter, NGramDrafter
 from jetspec.evaluation.batching import verify_costs
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
 from jetspec.evaluation.bench_stats import divergence
 from jetspec.evaluation.roofline import node_cost
 from jetspec.trees import BestFirstBuilder

@@ -15,9 +15,8 @@ import torch
 import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.prompts import builtin_prompts, chat_ids
-from jetspec.drafters import NGramDrafter, OracleDrafter, RandomDrafter
+from jetspec.drafters import DEFAULT_HEAD_DIR, NGramDrafter, OracleDrafter, RandomDrafter
 from jetspec.evaluation.batching import verify_costs
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
 from jetspec.evaluation.roofline import node_cost
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 from jetspec.verifiers import GreedyVerifier, SamplingVerifier

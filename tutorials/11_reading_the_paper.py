@@ -32,8 +32,7 @@ from jetspec.core.checks import run_drafter
 from jetspec.core.prompts import builtin_prompts, chat_ids
 from jetspec.core.replay import make_references, reference_taps, replay
 from jetspec.core.types import DraftInput
-from jetspec.drafters import TargetScoredDrafter
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
+from jetspec.drafters import DEFAULT_HEAD_DIR, TargetScoredDrafter
 from jetspec.evaluation.faithfulness import measure_faithfulness, path_logprobs, summarize, top_branches
 from jetspec.trees import BestFirstBuilder
 

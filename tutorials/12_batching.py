@@ -22,8 +22,8 @@ import jetspec
 from jetspec import SpeculativeDecoder, autoregressive_generate
 from jetspec.core.batched import left_pad
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids
+from jetspec.drafters import DEFAULT_HEAD_DIR
 from jetspec.evaluation.batching import interleaved_prompts, verify_costs
-from jetspec.evaluation.bench import DEFAULT_HEAD_DIR
 from jetspec.evaluation.roofline import node_cost
 from jetspec.trees import BestFirstBuilder
 

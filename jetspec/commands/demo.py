@@ -23,11 +23,11 @@ class DemoConfig:
     """Target model: built-in name, local folder or Hub id."""
     head_dir: Optional[str] = None
     """Folder with trained heads in <dir>/<drafter name>; default: the heads shipped inside the package."""
-    drafters: str = "ngram:smoothing=1,jetspec,dflash,eagle,jetspec+ngram:smoothing=1"
+    drafters: tuple[str, ...] = ("ngram:smoothing=1", "jetspec", "dflash", "eagle", "jetspec+ngram:smoothing=1")
     """Drafter specs to benchmark (comma list)."""
-    budgets: str = "16"
+    budgets: tuple[int, ...] = (16,)
     """Drafted nodes per round (comma list)."""
-    node_costs: str = "0,0.055"
+    node_costs: tuple[float, ...] = (0.0, 0.055)
     """Whole-budget trees and cost-aware ones, side by side (c measured by `jetspec roofline`)."""
     prompts_per_set: int = 1
     """Built-in prompts taken from each of the math, code and chat sets."""

@@ -29,6 +29,8 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Optional
 
+from jetspec.core.config import ConfigError, parse_tuple, tuple_item_type
+
 _MISSING = object()
 
 
@@ -120,13 +122,22 @@ def parse_bool(text: str) -> bool:
 
 
 def _comma_list(kind):
+    """A comma-list flag, read exactly as a config reads the same value from Python (``parse_tuple``)."""
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, "
-                                             f"got {text!r}") from err
+            return parse_tuple(text, kind, "")
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(err.message) from err
     return parse
+
+
+def _list_item_type(annotation) -> Optional[type]:
+    """X for a list flag: ``tuple[X, ...]`` (the typed form of a config field, ``jetspec.core.config``) or
+    a signature's ``Sequence[X]``; None for any other annotation."""
+    if typing.get_origin(annotation) is collections.abc.Sequence:
+        items = typing.get_args(annotation)
+        return items[0] if items else str
+    return tuple_item_type(annotation)
 
 
 def _strip_optional(annotation):
@@ -153,8 +164,8 @@ def _argparse_options(flag: Flag, choices: Optional[tuple] = None) -> dict:
         opts["choices"] = choices
     elif typing.get_origin(base) is typing.Literal:
         opts["choices"] = typing.get_args(base)
-    elif typing.get_origin(base) in (tuple, collections.abc.Sequence):
-        opts["type"] = _comma_list(typing.get_args(base)[0] if typing.get_args(base) else str)
+    elif _list_item_type(base) is not None:
+        opts["type"] = _comma_list(_list_item_type(base))
     elif base is bool:
         opts.update(type=parse_bool, nargs="?", const=True, metavar="{true,false}")
     elif base in (int, float, str):
@@ -195,10 +206,23 @@ def add_config_flags(parser: argparse.ArgumentParser, source, only: Optional[Ite
 
 
 def config_from_args(cls, args: argparse.Namespace, **extra):
-    """``cls(**matching parsed flags, **extra)``: the config back from the command line."""
+    """``cls(**matching parsed flags, **extra)``: the config back from the command line.
+
+    A ``ConfigError`` (a bad value of one field) comes back as a ``ValueError`` naming the field's flag.
+    """
     names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) \
         else set(inspect.signature(cls).parameters)
-    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+    try:
+        return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+    except ConfigError as err:
+        raise ValueError(f"--{err.field.replace('_', '-')}: {err.message}") from err
+
+
+def options_from_args(args: argparse.Namespace, names: Iterable[str], rename: Optional[dict[str, str]] = None) -> dict:
+    """Field name -> parsed value of the flags ``add_config_flags(..., only=names, rename=rename)`` added:
+    the generated flags handed back, by name, to the code that takes the fields."""
+    rename = rename or {}
+    return {name: getattr(args, rename.get(name, name)) for name in names}
 
 
 def kwargs_from_args(fn: Callable, args: argparse.Namespace, skip: Iterable[str] = ()) -> dict:

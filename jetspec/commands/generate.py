@@ -30,7 +30,7 @@ class GenerateConfig:
     head_dir: Optional[str] = None
     """Folder with trained heads in <dir>/<name>; default: the shipped heads."""
     tree: str = "bestfirst"
-    """Tree builder: chain, bestfirst or fanout."""
+    """Tree builder: a registered name (jetspec.TREE_BUILDERS: bestfirst, chain, fanout, entropy, hybrid)."""
     seed: int = 0
     """Seed of the sampling generator (temperature > 0)."""
     threads: str = "auto"
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from jetspec.core.loading import load_target
     from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter
     from jetspec.evaluation.threads import choose_threads
+    from jetspec.trees import make_tree_builder
 
     try:
         threads = choose_threads(args.threads)
@@ -71,11 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except DrafterUnavailable as err:
         raise SystemExit(f"cannot use drafter '{args.drafter}': {err}") from None
     depth = min(args.depth, drafter.max_depth or args.depth)  # a parallel head drafts block_size - 1
-    shape = dict(depth=depth, node_cost=args.node_cost)
-    if args.tree != "chain":
-        shape.update(budget=args.budget, width=args.width)
     try:
-        dec = SpeculativeDecoder(model, drafter, TREE_BUILDERS[args.tree](**shape))
+        dec = SpeculativeDecoder(model, drafter, make_tree_builder(args.tree, args.budget, args.width, depth,
+                                                                   args.node_cost))
     except ValueError as err:
         raise SystemExit(str(err)) from None
     msgs = [{"role": "user", "content": args.prompt}]

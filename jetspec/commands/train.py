@@ -27,12 +27,18 @@ from typing import Literal, Optional
 HELP = "train a parallel draft head (jetspec or dflash) on a frozen target"
 DTYPES = ("float32", "float16", "bfloat16")
 
-# Flags whose defaults live elsewhere: (source, its fields, field -> historic flag name).
+# Flags whose defaults live elsewhere: the fields of TokenDataModule, HeadConfig and TrainConfig that
+# `jetspec train` offers, and the flag names that differ from the field names.
 DATA_FLAGS = ("batch_size", "max_length", "val_fraction", "seed")
+DATA_RENAME = {"seed": "data_seed"}
 HEAD_FLAGS = ("num_layers", "block_size", "tap_layers", "hidden_size", "mask_token_id", "draft_vocab_size",
               "conditioned", "direct_path")
+HEAD_RENAME = {"draft_vocab_size": "draft_vocab"}
 RECIPE_FLAGS = ("lr", "weight_decay", "warmup_steps", "anchors_per_seq", "loss", "kl_topk", "decay_gamma",
                 "on_policy", "teacher_cache", "seed")
+RECIPE_RENAME = {"anchors_per_seq": "anchors"}
+# HeadConfig fields an EAGLE head does not have (its block is its unrolled steps + 1, its width the target's).
+PARALLEL_ONLY = ("hidden_size", "mask_token_id", "draft_vocab_size", "conditioned", "direct_path")
 
 
 @dataclass
@@ -103,11 +109,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, TrainCommand)
-    add_config_flags(p, TokenDataModule.__init__, only=DATA_FLAGS, rename={"seed": "data_seed"})
-    add_config_flags(p, HeadConfig, only=HEAD_FLAGS, rename={"draft_vocab_size": "draft_vocab"})
-    add_config_flags(p, TrainConfig, only=RECIPE_FLAGS, rename={"anchors_per_seq": "anchors"},
-                     choices={"loss": LOSSES})
+    add_config_flags(p, TokenDataModule.__init__, only=DATA_FLAGS, rename=DATA_RENAME)
+    add_config_flags(p, HeadConfig, only=HEAD_FLAGS, rename=HEAD_RENAME)
+    add_config_flags(p, TrainConfig, only=RECIPE_FLAGS, rename=RECIPE_RENAME, choices={"loss": LOSSES})
     p.set_defaults(func=run)
+
+
+def build_head(args: argparse.Namespace, model, draft_vocab):
+    """The ``--head`` drafter on ``model``, from the generated architecture and recipe flags, by field name."""
+    from jetspec.commands.flags import options_from_args
+    from jetspec.core.interfaces import DRAFTERS
+
+    options = {**options_from_args(args, HEAD_FLAGS, HEAD_RENAME), **options_from_args(args, RECIPE_FLAGS,
+                                                                                         RECIPE_RENAME)}
+    options.pop("draft_vocab_size")  # --draft-vocab N: the head takes the N token ids (draft_vocab)
+    if args.head == "eagle":
+        given = [f"--{name.replace('_', '-')}" for name in (HEAD_RENAME.get(n, n) for n in PARALLEL_ONLY)
+                 if getattr(args, name) is not None and getattr(args, name) is not False]
+        if given:
+            raise SystemExit(f"{', '.join(given)}: parallel-head options (not for --head eagle)")
+        # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
+        # and always works at the target's width.
+        options = {k: v for k, v in options.items() if k not in PARALLEL_ONLY}
+        options["ttt_steps"] = options.pop("block_size") - 1
+        return DRAFTERS[args.head](model, **options)
+    return DRAFTERS[args.head](model, draft_vocab=draft_vocab, **options)
 
 
 def _devices(text: str):
@@ -121,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from jetspec.core.interfaces import DRAFTERS
     from jetspec.core.loading import load_target
     from jetspec.training.data import TokenDataModule
 
@@ -139,22 +164,8 @@ def run(args: argparse.Namespace) -> int:
                                    vocab_size=model.get_output_embeddings().weight.shape[0])
     if args.cache_only:
         return _fill_cache(args, model, dm, pad)
-    if args.head == "eagle" and (args.draft_vocab or args.direct_path or args.conditioned):
-        raise SystemExit("--draft-vocab, --direct-path and --conditioned are parallel-head options")
-    if args.head == "eagle":
-        # An EAGLE head unrolls block_size - 1 depths in training-time test; it has no MASK slots
-        # and always works at the target's width.
-        arch = dict(ttt_steps=args.block_size - 1)
-    else:
-        arch = dict(block_size=args.block_size, hidden_size=args.hidden_size, mask_token_id=args.mask_token_id,
-                    direct_path=args.direct_path, conditioned=args.conditioned,
-                    draft_vocab=_draft_vocab(args, model, tok, dm))
-    head = DRAFTERS[args.head](
-        model, num_layers=args.num_layers, tap_layers=args.tap_layers, **arch, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, anchors_per_seq=args.anchors,
-        loss=args.loss, kl_topk=args.kl_topk, decay_gamma=args.decay_gamma, on_policy=args.on_policy,
-        teacher_cache=args.teacher_cache,
-        seed=args.seed)
+    draft_vocab = None if args.head == "eagle" else _draft_vocab(args, model, tok, dm)
+    head = build_head(args, model, draft_vocab)
     if resume is not None:
         _check_checkpoint(head, resume)
     elif args.overwrite:

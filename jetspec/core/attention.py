@@ -41,14 +41,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from jetspec.kernels import (
-    chain_ancestor,
-    full_ancestor,
-    masked_attention,
-    pack_ancestor_bits,
-    tree_attention,
-    triton_installed,
-)
+from jetspec.core.masks import chain_ancestor, full_ancestor
+from jetspec.kernels import masked_attention, pack_ancestor_bits, tree_attention, triton_installed
 from jetspec.kernels.tree_attention import triton_or_twin
 
 TREE_TORCH = "jetspec_tree_torch"  # attention implementation names as registered in transformers

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from jetspec.core.batched_target import BatchedTarget
 from jetspec.core.checks import check_prompt_ids, run_drafter_batch
-from jetspec.core.decoding import GenerationResult, _eos_set, _Timer, _truncate
+from jetspec.core.generation import GenerationResult, StageTimer, cut_round, eos_ids
 from jetspec.core.sampling import Rng, SamplingConfig, process_logits
 from jetspec.core.types import Acceptance, DraftInput, DraftOutput, DraftTree, VerifyInput
 
@@ -117,7 +117,7 @@ def _finish(ids: Tensor, mask: Tensor, rows: list[_Row], pad_token_id, res: Gene
 
 def _commit_tokens(row: _Row, tokens: list[int], max_new_tokens: int, eos: set[int]) -> bool:
     """Append a round's tokens (cut at max_new_tokens and after EOS); True if the row is done."""
-    new = _truncate(tokens, max_new_tokens - len(row.new), eos)
+    new = cut_round(tokens, max_new_tokens - len(row.new), eos)
     row.new.extend(new)
     row.tokens = torch.cat([row.tokens, torch.tensor(new, dtype=torch.long)])
     row.result.accepted_lengths.append(len(new))
@@ -172,7 +172,7 @@ class BatchedRounds:
 
     # ------------------------------------------------------------------ the loop
     def run(self, ids: Tensor, mask: Tensor, max_new_tokens: int, eos: set[int], res: GenerationResult) -> list[_Row]:
-        timer = _Timer(res.timings)
+        timer = StageTimer(res.timings)
         with timer("prefill"):
             taps = self.target.prefill(ids, mask)
         rows = _start_rows(ids, mask, taps)
@@ -203,7 +203,7 @@ def generate_batch(decoder, input_ids: Tensor, attention_mask: Optional[Tensor],
     """``SpeculativeDecoder.generate`` for a batch (its docstring has the arguments); ``rng`` is any
     ``jetspec.core.sampling.Rng`` (tests pass a scripted one to enumerate the law exactly), and
     ``rounds`` the loop class (a subclass may check or alter a stage, as the tests' do)."""
-    eos = _eos_set(eos_token_id)
+    eos = eos_ids(eos_token_id)
     ids, mask = check_batch_args(input_ids, attention_mask, max_new_tokens, decoder.target.vocab_size, eos,
                                  pad_token_id)
     res = GenerationResult(sequences=ids)
@@ -220,10 +220,10 @@ def autoregressive_batch(target, input_ids: Tensor, attention_mask: Optional[Ten
                          cfg: SamplingConfig, rngs: Sequence[Rng], eos_token_id, pad_token_id) -> GenerationResult:
     """``autoregressive_generate`` for a batch: one target forward per step covers every running row;
     row b draws from ``rngs[b]`` (the same object for every row when the caller gave one generator)."""
-    eos = _eos_set(eos_token_id)
+    eos = eos_ids(eos_token_id)
     ids, mask = check_batch_args(input_ids, attention_mask, max_new_tokens, target.vocab_size, eos, pad_token_id)
     res = GenerationResult(sequences=ids)
-    timer = _Timer(res.timings)
+    timer = StageTimer(res.timings)
     bt = BatchedTarget(target)
     target.set_taps(())
     try:

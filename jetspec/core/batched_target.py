@@ -29,10 +29,10 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.core.fast_forward import LayerKV, RowsKVBuffer
+from jetspec.core.masks import additive_mask
 from jetspec.core.target import TargetModel, capture_taps
 from jetspec.core.target_support import hf_masks
 from jetspec.core.types import DraftTree
-from jetspec.kernels import additive_mask
 
 
 class BatchedTarget:

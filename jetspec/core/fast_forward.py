@@ -8,7 +8,7 @@ roofline``) put the time in four places; this module removes each, and nothing e
 1. **Products.** 80% of the forward is ``x @ W^T``. The weights are packed once for oneDNN and
    q/k/v and gate/up are fused, so a layer runs 4 products instead of 7
    (``jetspec.kernels.PackedLinear``).
-2. **The KV cache.** One preallocated buffer ``[L, h_kv, C, K]`` per keys and values
+2. **The KV cache.** One preallocated buffer ``[L, h_kv, capacity, K]`` per keys and values
    (``KVBuffer``): a forward writes its rows in place instead of concatenating every layer's
    cache, and commit gathers the accepted rows for all layers in one indexing op.
 3. **Grouped-query attention.** Hugging Face expands the h_kv key/value heads to h heads (a copy
@@ -24,8 +24,7 @@ config asks for applies) and the MLP's activation. ``TargetModel(engine="fast")`
 ``fast_forward_support`` says which models qualify and why others do not. The result equals the
 Hugging Face forward up to the order of floating-point additions (tests: 1e-10 in fp64).
 
-Shapes: L layers, h / h_kv query / key-value heads, K head dim, N rows of this forward, P cached
-rows, C cache capacity, V vocabulary, H hidden size.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 
 Batches (``forward_rows`` over a ``RowsKVBuffer``): docs/design.md §6.9.
 
@@ -43,8 +42,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.masks import additive_mask, tree_visibility
 from jetspec.core.target_support import unsupported_reason
-from jetspec.kernels import additive_mask, tree_visibility
 from jetspec.kernels.packed_linear import PackedLinear
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -108,10 +107,10 @@ def _grown(buf: Tensor, length: int, need: int, dim: int) -> Tensor:
 
 
 class KVBuffer:
-    """The keys and values of every layer in two preallocated tensors ``[L, h_kv, C, K]``.
+    """The keys and values of every layer in two preallocated tensors ``[L, h_kv, capacity, K]``.
 
     ``length`` rows are valid. A forward writes its N rows at ``length .. length + N`` (``write``)
-    and then counts them (``advance``); ``keep`` compacts after a verify; the capacity C doubles
+    and then counts them (``advance``); ``keep`` compacts after a verify; the capacity doubles
     when a forward would not fit.
     """
 
@@ -163,7 +162,7 @@ class KVBuffer:
 
 
 class RowsKVBuffer:
-    """``KVBuffer`` for a batch: keys and values ``[L, B, h_kv, C, K]``, one common length S.
+    """``KVBuffer`` for a batch: keys and values ``[L, B, h_kv, capacity, K]``, one common length S.
 
     All rows share the columns ``0 .. S-1``; which of them hold a row's real tokens (left padding
     and commit's holes do not) is the batched target's business, not the buffer's
@@ -233,7 +232,7 @@ class CompactForward:
     Args:
         model: a Hugging Face causal LM for which ``fast_forward_support(model)`` is None. Its
             weights are read (and packed into copies) once; the model itself is not changed.
-        linear_backend: ``"auto"``, ``"onednn"`` or ``"torch"`` (``jetspec.kernels.PackedLinear``).
+        linear_backend: ``"auto"``, ``"skinny"``, ``"onednn"`` or ``"torch"`` (``jetspec.kernels.PackedLinear``).
     """
 
     def __init__(self, model: torch.nn.Module, linear_backend: str = "auto") -> None:
@@ -335,7 +334,7 @@ class CompactForward:
         q, k, v = q.view(b, n, self.heads, d), k.view(b, n, self.kv_heads, d), v.view(b, n, self.kv_heads, d)
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # (B, heads, N, K)
+        q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)  # (B, heads, N, K)
         keys, values = cache.write(i, k, v.transpose(1, 2))  # (B, h_kv, P + N, K)
         if mask is None and n > 1:  # causal prefill into an empty cache: no mask to build
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=True)
@@ -347,8 +346,10 @@ class CompactForward:
         return layer.o(out)
 
 
-def _rope(x: Float[Tensor, "B h N K"], cos: Tensor, sin: Tensor) -> Float[Tensor, "B h N K"]:
-    """Rotary embedding in the half-split convention Llama and Qwen use (``rotate_half``)."""
+def apply_rope(x: Float[Tensor, "B h N K"], cos: Float[Tensor, "#B 1 N K"],
+               sin: Float[Tensor, "#B 1 N K"]) -> Float[Tensor, "B h N K"]:
+    """Rotary embedding in the half-split convention Llama and Qwen use (``rotate_half``): pairs
+    (x_i, x_{i+K/2}) rotated by the position's angle. The one RoPE of the package (the draft heads' too)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin

@@ -1,4 +1,5 @@
-"""JSON-lines files, read and written in one place (prompts, references, training data, logs).
+"""JSON-lines files, read and written in one place (prompts, references, training data, logs),
+and the one reader of a JSON file that holds an object (a head's or a checkpoint's config.json).
 
 One row per line, UTF-8, non-ASCII kept as is; a path ending in ``.gz`` is gzip-compressed (read
 and written the same way). Blank lines are skipped. A line that is not valid
@@ -40,6 +41,20 @@ def numbered_rows(path: str | os.PathLike, skip_invalid: bool = False) -> Iterat
                     continue
                 raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from err
             yield i, row
+
+
+def read_json_object(path: str | os.PathLike, missing_hint: str) -> dict:
+    """The object in the JSON file ``path``; errors name the file (``missing_hint`` says what it should be)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {missing_hint}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); is it empty or truncated?") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a config object")
+    return value
 
 
 def read_jsonl(path: str | os.PathLike, skip_invalid: bool = False) -> Iterator[dict]:

@@ -61,6 +61,12 @@ BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
     ),
 }
 
+# The draft heads shipped inside the package, one folder per kind (jetspec, dflash, eagle), all trained
+# for this built-in target (jetspec/assets/heads/MODEL_CARD.md). A head loads by the name
+# "<target>/<kind>", as on the Hugging Face Hub: JetSpecHead.from_pretrained("smollm2-135m-instruct/jetspec", target).
+DEFAULT_HEAD_DIR = Path(__file__).resolve().parents[1] / "assets" / "heads"
+SHIPPED_HEADS_TARGET = "smollm2-135m-instruct"
+
 # Files that make a finished cache folder; a folder missing any of them is rebuilt.
 _CACHE_MARKERS = ("config.json", "model.safetensors", "tokenizer_config.json")
 

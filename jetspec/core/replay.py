@@ -12,7 +12,7 @@ prompt (a test checks equality in float64), at the cost of the drafter's forward
 training curves and the seed-level causal-vs-bidirectional comparison measure tau on CPU. Its
 only assumption is the one greedy equality already needs: no exact ties in the target's argmax.
 
-Shapes: T tokens of a reference sequence, F = k*H tap features, N tree nodes.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from jetspec.core.checks import run_drafter
-from jetspec.core.decoding import depth_acceptance
+from jetspec.core.decoding import autoregressive_generate
+from jetspec.core.generation import depth_acceptance
 from jetspec.core.interfaces import Drafter, TreeBuilder
 from jetspec.core.types import DraftInput, DraftTree
 from jetspec.verifiers.greedy import greedy_accept
@@ -49,8 +50,6 @@ def make_references(target, prompts: Sequence[Sequence[int]], max_new_tokens: in
                     sets: Optional[Sequence[str]] = None, eos_token_id=None,
                     progress: bool = True) -> list[Reference]:
     """Greedy continuations of ``prompts`` (token ids) by plain decoding in jetspec's harness."""
-    from jetspec.core.decoding import autoregressive_generate
-
     rows = []
     it = enumerate(prompts)
     if progress:

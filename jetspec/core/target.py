@@ -12,8 +12,8 @@ again. Plain decoding (``step``) is the same forward with one row.
 Two engines run that forward; both give the same logits up to floating-point rounding:
 
 * ``"fast"``: ``jetspec.core.fast_forward.CompactForward``, a compact forward for Llama-family models
-  with prepacked, fused products, a preallocated KV buffer and GQA-folded attention. On the CPU
-  of BENCHMARKS.md it halves the one-token step and more than halves a 17-row verify.
+  with prepacked, fused products, a preallocated KV buffer and GQA-folded attention (BENCHMARKS.md
+  has its measured speed against ``"hf"``).
 * ``"hf"``: the model's own Hugging Face forward with a ``DynamicCache`` and an additive float
   mask; it runs any causal LM and any ``attn_backend`` (the Triton tree kernel included).
 
@@ -44,9 +44,9 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from jetspec.core.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.masks import additive_mask, tree_visibility
 from jetspec.core.target_support import attention_windows, hf_cache, hf_masks, unsupported_reason
 from jetspec.core.types import DraftTree
-from jetspec.kernels import additive_mask, tree_visibility
 
 ENGINES = ("auto", "fast", "hf")
 
@@ -296,8 +296,8 @@ class TeacherOutput:
 
     taps: Float[Tensor, "B T F"]  # tapped layer outputs, concatenated per token
     logits: Optional[Float[Tensor, "B T V"]] = None  # full next-token logits
-    top_values: Optional[Float[Tensor, "B T k"]] = None  # or only the top-k of them
-    top_indices: Optional[Int[Tensor, "B T k"]] = None
+    top_values: Optional[Float[Tensor, "B T C"]] = None  # or only the top-C of them
+    top_indices: Optional[Int[Tensor, "B T C"]] = None
 
     def top1(self) -> Int[Tensor, "B T"]:
         return self.logits.argmax(-1) if self.logits is not None else self.top_indices[..., 0]
@@ -332,7 +332,7 @@ def tree_attention_mask(ancestor: Bool[Tensor, "N N"], prefix: int, dtype: torch
     """Additive float mask ``[1, 1, N, P + N]``: prefix visible, tree part = ancestor mask.
 
     Built from the kernels' one visibility rule and one additive mask (float, not boolean: see
-    ``jetspec.kernels.additive_mask``).
+    ``jetspec.core.masks.additive_mask``).
     """
     return additive_mask(tree_visibility(ancestor.to(device), prefix), dtype)[None, None]
 

@@ -34,7 +34,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from jetspec.kernels import additive_mask
+from jetspec.core.masks import additive_mask
 
 # rope types whose frequencies Hugging Face recomputes from the largest position of each forward
 FORWARD_DEPENDENT_ROPE = ("dynamic", "longrope")

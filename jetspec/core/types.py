@@ -18,8 +18,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from jetspec.core.masks import ancestor_from_parents
 from jetspec.core.sampling import Rng, SamplingConfig, check_child_laws
-from jetspec.kernels import ancestor_from_parents
 
 
 class MalformedDraft(ValueError):

@@ -37,9 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.core.batched_target import BatchedTarget
+from jetspec.core.config import ConfigError, check_at_least, check_distinct, read_tuple_fields
 from jetspec.core.prompts import builtin_prompts, read_prompts
 from jetspec.core.target import TargetModel
-from jetspec.evaluation.bench import BenchConfig, comma_tuple, parse_batch_sizes, run_bench
+from jetspec.evaluation.bench import BenchConfig, run_bench
 from jetspec.evaluation.roofline import median_ms, node_cost, verify_tree
 from jetspec.evaluation.threads import choose_threads
 
@@ -59,13 +60,13 @@ class BatchingConfig:
     """Prompts to decode (the same prompts at every batch size)."""
     max_new_tokens: int = 48
     """New tokens per prompt (fewer if the target ends its answer)."""
-    drafters: str | tuple[str, ...] = ("ngram", "jetspec")
+    drafters: tuple[str, ...] = ("ngram", "jetspec")
     """Drafter specs (comma list), as in `jetspec bench`; ar and HF generate always run."""
-    budgets: str | tuple[int, ...] = (4, 8, 16, 32)
+    budgets: tuple[int, ...] = (4, 8, 16, 32)
     """Drafted nodes per round, root excluded (comma list)."""
-    batch_sizes: str | tuple[int, ...] = (1, 2, 4, 8)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     """Batch sizes (comma list); 1 is the classic one-prompt-at-a-time bench."""
-    tree_rows: str | tuple[int, ...] = (1, 4, 8, 16, 32)
+    tree_rows: tuple[int, ...] = (1, 4, 8, 16, 32)
     """Tree rows k per batch row whose verify forward is timed (comma list; must start with 1, the plain step)."""
     prefix: int = 200
     """Cached tokens per row before each timed verify forward."""
@@ -83,18 +84,11 @@ class BatchingConfig:
     """The cost-model plot to write (the report links it)."""
 
     def __post_init__(self) -> None:
-        self.drafters = comma_tuple(str)(self.drafters)
-        self.budgets = comma_tuple(int)(self.budgets)
-        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
-        try:
-            self.tree_rows = comma_tuple(int)(self.tree_rows)
-        except ValueError as err:
-            raise ValueError(f"--tree-rows must be whole numbers like 1,4,8, got {self.tree_rows!r}") from err
-        if not self.tree_rows or self.tree_rows[0] != 1 or min(self.tree_rows) < 1:
-            raise ValueError(f"--tree-rows must start with 1 (the plain step every ratio uses), got {self.tree_rows}")
-        for name in ("n_prompts", "max_new_tokens", "prefix", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        read_tuple_fields(self)
+        check_at_least(self, ("batch_sizes", "tree_rows", "n_prompts", "max_new_tokens", "prefix", "repeats"))
+        check_distinct(self, "batch_sizes")
+        if self.tree_rows[0] != 1:
+            raise ConfigError("tree_rows", f"must start with 1 (the plain step every ratio uses), got {self.tree_rows}")
         if self.threads is not None and str(self.threads).lower() != "auto":
             choose_threads(self.threads)  # a number is taken as given; anything else but auto raises
         self.bench_config()  # the bench checks budgets, drafters (unknown names are errors here too)

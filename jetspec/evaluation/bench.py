@@ -40,6 +40,7 @@ only (Hugging Face's assisted generation refuses larger batches).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -54,25 +55,21 @@ import torch
 from tqdm.auto import tqdm
 
 from jetspec.core.batched import left_pad
-from jetspec.core.decoding import STAGES, SpeculativeDecoder, autoregressive_generate
+from jetspec.core.config import ConfigError, check_at_least, check_distinct, check_registered, read_tuple_fields
+from jetspec.core.decoding import SpeculativeDecoder, autoregressive_generate
+from jetspec.core.generation import STAGES
 from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
+from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
-from jetspec.evaluation.bench_stats import batches_of, check_greedy, cut_at_eos, divergence, ratio, summarize
-from jetspec.evaluation.drafter_specs import DEFAULT_HEAD_DIR, DrafterUnavailable, make_drafter, spec_label
+from jetspec.evaluation.bench_stats import ANCHORS, aggregate, batches_of, check_greedy, cut_at_eos, divergence
+from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter, spec_label
 from jetspec.evaluation.report import run_line, start_outputs, write_outputs
 from jetspec.evaluation.threads import choose_threads
+from jetspec.trees import make_tree_builder
 
-__all__ = ["ANCHORS", "BenchConfig", "DEFAULT_HEAD_DIR", "aggregate", "divergence", "run_bench", "spec_label"]
+__all__ = ["ANCHORS", "BenchConfig", "aggregate", "divergence", "run_bench", "spec_label"]
 log = logging.getLogger(__name__)
-
-
-def comma_tuple(kind):
-    """Parse "8,16,32" (a CLI value) or a sequence into a tuple of ``kind``."""
-    def parse(value):
-        items = value.split(",") if isinstance(value, str) else value
-        return tuple(kind(str(v).strip()) for v in items if str(v).strip())
-    return parse
 
 
 @dataclass
@@ -85,24 +82,24 @@ class BenchConfig:
     """JSON-lines prompt file (rows with 'prompt' and optional 'set'); default: the built-in prompts."""
     limit: Optional[int] = None
     """Use at most this many prompts per prompt set."""
-    drafters: str | tuple[str, ...] = ("ngram", "jetspec", "dflash", "eagle")
+    drafters: tuple[str, ...] = ("ngram", "jetspec", "dflash", "eagle")
     """Registered drafter names (comma list); ar and the HF anchors always run as well."""
     head_dir: Optional[str] = None
     """Folder with trained heads in <dir>/<drafter name>; default: jetspec/assets/heads."""
     tree: str = "bestfirst"
-    """Tree builder: bestfirst, chain or fanout."""
-    budgets: str | tuple[int, ...] = (8, 16, 32, 64)
+    """Tree builder: a registered name (jetspec.TREE_BUILDERS: bestfirst, chain, fanout, entropy, hybrid)."""
+    budgets: tuple[int, ...] = (8, 16, 32, 64)
     """Drafted nodes per round, root excluded (comma list). A chain's budget is its depth."""
     width: int = 4
     """Candidates per depth (per node) the tree builder may use."""
-    node_costs: str | tuple[float, ...] = (0.0,)
+    node_costs: tuple[float, ...] = (0.0,)
     """Tree builder node_cost values (comma list; 0 = spend the whole budget). Each drafter runs at
     each; a drafter run with c > 0 is labelled 'name(c=...)'. See trees/best_first.py."""
     depth: int = 8
     """Deepest tree level (clamped to what a drafter can produce)."""
     temperature: float = 0.0
     """0 = greedy; > 0 samples (lossless verification)."""
-    batch_sizes: str | tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = (1,)
     """Prompts per generate call (comma list): each size groups the prompts, in order, into left-padded
     batches (the last may be smaller). 1 = one prompt at a time, the classic bench."""
     max_new_tokens: int = 128
@@ -126,40 +123,20 @@ class BenchConfig:
     """Draw the PNG plots."""
 
     def __post_init__(self) -> None:
-        self.drafters = comma_tuple(str)(self.drafters)
-        self.budgets = comma_tuple(int)(self.budgets)
-        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
-        self.node_costs = comma_tuple(float)(self.node_costs)
-        if not self.node_costs or min(self.node_costs) < 0:
-            raise ValueError(f"--node-costs must be numbers >= 0, got {self.node_costs}")
-        if self.tree not in ("bestfirst", "chain", "fanout"):
-            raise ValueError(f"--tree must be bestfirst, chain or fanout, got '{self.tree}'")
-        if not self.budgets or min(self.budgets) < 1:
-            raise ValueError(f"--budgets must be positive integers, got {self.budgets}")
-        for name in ("width", "depth", "max_new_tokens", "repeats", "prompt_lookup_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        read_tuple_fields(self)
+        check_at_least(self, ("budgets", "batch_sizes", "width", "depth", "max_new_tokens", "repeats",
+                              "prompt_lookup_tokens"))
+        check_at_least(self, ("node_costs", "temperature"), 0)
+        check_distinct(self, "batch_sizes")
+        check_registered("tree", [self.tree], TREE_BUILDERS, "tree builder")
         if self.threads is not None and str(self.threads).lower() != "auto":
             choose_threads(self.threads)  # a number is taken as given; anything else but auto raises
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.limit is not None:
+            check_at_least(self, ("limit",))
         unknown = unknown_drafters(self.drafters)
         if unknown:  # an error, not a skip: a typo would otherwise time the baselines alone and exit 0
-            raise ValueError(f"--drafters: unknown drafter(s) {unknown}; registered: {', '.join(sorted(DRAFTERS))} "
-                             f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
-
-
-def parse_batch_sizes(value) -> tuple[int, ...]:
-    """``--batch-sizes``: distinct whole numbers >= 1, with an error that names the flag."""
-    try:
-        sizes = comma_tuple(int)(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"--batch-sizes must be a comma list of whole numbers like 1,2,4,8, got {value!r}") from err
-    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise ValueError(f"--batch-sizes must be distinct whole numbers >= 1, got {value!r}")
-    return sizes
+            raise ConfigError("drafters", f"unknown drafter(s) {unknown}; registered: {', '.join(sorted(DRAFTERS))} "
+                                          f"(anchors: {', '.join(ANCHORS)}; 'label=folder' loads a saved head)")
 
 
 def unknown_drafters(specs) -> list[str]:
@@ -227,10 +204,6 @@ def _limit_per_set(rows: list[dict], limit: Optional[int]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- the methods
-# Baselines that are not drafters; every bench runs ar, and the HF ones unless hf=False.
-ANCHORS = ("ar", "hf_greedy", "hf_sample", "hf_prompt_lookup")
-
-
 @dataclass
 class Method:
     """One thing to time: a baseline, or a drafter with a tree builder at one budget."""
@@ -270,11 +243,12 @@ def build_methods(cfg: BenchConfig, model, head_dir: Path) -> tuple[list[Method]
             skipped.append({"drafter": name, "reason": str(err)})
             continue
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
-        budgets = [depth] if cfg.tree == "chain" else list(cfg.budgets)
+        # A builder that takes no budget (the chain) spends its depth: one budget, the depth.
+        takes_budget = "budget" in inspect.signature(TREE_BUILDERS[cfg.tree]).parameters
+        budgets = list(cfg.budgets) if takes_budget else [depth]
         label = spec_label(name)
         for b, c in itertools.product(budgets, cfg.node_costs):
-            builder = (TREE_BUILDERS[cfg.tree](depth=depth, node_cost=c) if cfg.tree == "chain"
-                       else TREE_BUILDERS[cfg.tree](budget=b, width=cfg.width, depth=depth, node_cost=c))
+            builder = make_tree_builder(cfg.tree, b, cfg.width, depth, c)
             try:
                 dec = SpeculativeDecoder(target, drafter, builder)
             except ValueError as err:
@@ -496,41 +470,9 @@ def run_bench(config: Optional[BenchConfig] = None, model=None, tokenizer=None,
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     divergences = check_greedy(runs, rows_in, model) if cfg.temperature == 0 else []
 
-    rows = aggregate(runs, cfg)
+    rows = aggregate(runs, cfg.temperature)
     config_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     result = {"machine": machine, "config": config_dict, "skipped": skipped, "rows": rows,
               "divergences": divergences}
     write_outputs(result, runs, Path(cfg.out), cfg.plots)
     return result
-
-
-# ---------------------------------------------------------------------------- aggregation
-def aggregate(runs: list[dict], cfg: BenchConfig) -> list[dict]:
-    """One row per (drafter, tree, budget, batch size, prompt_set) plus prompt_set 'all', with
-    speedups and ``verify_ratio`` over ``ar`` at the same batch size. A batch that mixes prompt
-    sets counts towards 'all' only."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        key = (r["drafter"], r["tree"], r["budget"], r["batch_size"])
-        if r["prompt_set"] != "mixed":
-            groups[key + (r["prompt_set"],)].append(r)
-        groups[key + ("all",)].append(r)
-    rows = []
-    for (drafter, tree, budget, batch, pset), group in groups.items():
-        rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
-                     "depth": group[0]["depth"], "temperature": cfg.temperature, "batch_size": batch,
-                     "prompt_set": pset, **summarize(group)})
-    hf_name = "hf_greedy" if cfg.temperature == 0 else "hf_sample"
-    by_set = {(r["drafter"], r["batch_size"], r["prompt_set"]): r for r in rows}
-    for r in rows:
-        at = (r["batch_size"], r["prompt_set"])
-        ar, hf = by_set.get(("ar",) + at), by_set.get((hf_name,) + at)
-        r["speedup_vs_ar"] = ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
-        r["speedup_vs_ar_e2e"] = ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
-        r["speedup_vs_hf"] = ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
-        # the verify forward over B trees against a plain batched step over the same B rows
-        r["verify_ratio"] = ratio(r["verify_ms"], ar and ar["verify_ms"])
-    order = {name: i for i, name in enumerate(ANCHORS)}
-    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], r["batch_size"],
-                             order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0))
-    return rows

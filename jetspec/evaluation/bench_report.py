@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from jetspec.evaluation.bench import ANCHORS, BenchConfig
+from jetspec.core.config import check_at_least, read_tuple_fields
+from jetspec.evaluation.bench import BenchConfig
+from jetspec.evaluation.bench_stats import ANCHORS
 from jetspec.evaluation.splits import SETS
 
 _BENCH = BenchConfig()  # the bench defaults this command shares (one source of defaults)
@@ -61,19 +63,19 @@ class BenchmarksConfig:
     """Raw results folder (one sub-folder per temperature)."""
     write: str = "BENCHMARKS.md"
     """The Markdown file to (re)write."""
-    temperatures: str = "0,1"
+    temperatures: tuple[float, ...] = (0.0, 1.0)
     """Comma list; one benchmark run each."""
     quick: bool = False
     """Reduced run: 3 prompts per set, 48 new tokens."""
     target: str = _BENCH.target
     """Target model: built-in name, local folder or Hub id."""
-    drafters: str = ",".join(_BENCH.drafters)
+    drafters: tuple[str, ...] = _BENCH.drafters
     """Drafter specs (comma list), as in `jetspec bench`."""
     head_dir: Optional[str] = _BENCH.head_dir
     """Folder with trained heads in <dir>/<drafter name>; default: jetspec/assets/heads."""
-    budgets: str = ",".join(map(str, _BENCH.budgets))
+    budgets: tuple[int, ...] = _BENCH.budgets
     """Drafted nodes per round, root excluded (comma list)."""
-    node_costs: str = "0"
+    node_costs: tuple[float, ...] = (0.0,)
     """Tree node_cost values (comma list; 0 = whole budget): see trees/best_first.py."""
     limit: Optional[int] = None
     """Prompts per set (default: all; quick: 3)."""
@@ -88,10 +90,8 @@ class BenchmarksConfig:
     repeatable."""
 
     def __post_init__(self) -> None:
-        self.include = tuple(self.include or ())
-        self.temperature_list = [float(t) for t in str(self.temperatures).split(",") if t.strip()]
-        if not self.temperature_list or min(self.temperature_list) < 0:
-            raise ValueError(f"--temperatures must be numbers >= 0, got '{self.temperatures}'")
+        read_tuple_fields(self)
+        check_at_least(self, ("temperatures",), 0)
 
     def effective_limit(self) -> Optional[int]:
         return self.limit if self.limit is not None else (QUICK["limit"] if self.quick else None)
@@ -117,8 +117,10 @@ class BenchmarksConfig:
                 continue
             if isinstance(value, bool):
                 parts.append(flag)
-            elif isinstance(value, tuple):
+            elif f.name == "include":  # the one repeatable flag: one file each
                 parts += [f"{flag} {v}" for v in value]
+            elif isinstance(value, tuple):  # a comma list
+                parts.append(f"{flag} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
             else:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
@@ -157,7 +159,7 @@ def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[li
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())
     return {t: run_bench(cfg.bench_config(t), model=model, tokenizer=tokenizer, prompts=prompts,
                          threads_reason=threads_reason)
-            for t in cfg.temperature_list}
+            for t in cfg.temperatures}
 
 
 def per_set_table(rows: list[dict]) -> str:

@@ -1,13 +1,19 @@
-"""The bench's bookkeeping: batches of prompts, the greedy check against plain decoding, and each
-group's summary numbers (docs/design.md §7). ``jetspec.evaluation.bench`` runs the methods and
-uses these; they read run records (dicts) only, so they never import the bench itself.
+"""The bench's bookkeeping: batches of prompts, the greedy check against plain decoding, each
+group's summary numbers and the rows they make (``aggregate``, docs/design.md §7).
+``jetspec.evaluation.bench`` runs the methods and uses these; they read run records (dicts) only,
+so they never import the bench itself.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 
-from jetspec.core.decoding import STAGES, depth_acceptance
+from jetspec.core.generation import STAGES, depth_acceptance
+
+# Baselines that are not drafters; every bench runs ar, and the HF ones unless hf=False.
+ANCHORS = ("ar", "hf_greedy", "hf_sample", "hf_prompt_lookup")
 
 
 def cut_at_eos(tokens: list[int], eos) -> list[int]:
@@ -112,3 +118,34 @@ def summarize(group: list[dict]) -> dict:
 def ratio(a, b):
     """a / b rounded for the tables; None when either is missing or zero."""
     return round(a / b, 4) if a and b else None
+
+
+def aggregate(runs: list[dict], temperature: float) -> list[dict]:
+    """One row per (drafter, tree, budget, batch size, prompt_set) plus prompt_set 'all', with
+    speedups and ``verify_ratio`` over ``ar`` at the same batch size. A batch that mixes prompt
+    sets counts towards 'all' only."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        key = (r["drafter"], r["tree"], r["budget"], r["batch_size"])
+        if r["prompt_set"] != "mixed":
+            groups[key + (r["prompt_set"],)].append(r)
+        groups[key + ("all",)].append(r)
+    rows = []
+    for (drafter, tree, budget, batch, pset), group in groups.items():
+        rows.append({"drafter": drafter, "tree": tree, "budget": budget, "width": group[0]["width"],
+                     "depth": group[0]["depth"], "temperature": temperature, "batch_size": batch,
+                     "prompt_set": pset, **summarize(group)})
+    hf_name = "hf_greedy" if temperature == 0 else "hf_sample"
+    by_set = {(r["drafter"], r["batch_size"], r["prompt_set"]): r for r in rows}
+    for r in rows:
+        at = (r["batch_size"], r["prompt_set"])
+        ar, hf = by_set.get(("ar",) + at), by_set.get((hf_name,) + at)
+        r["speedup_vs_ar"] = ratio(r["tokens_per_s"], ar and ar["tokens_per_s"])
+        r["speedup_vs_ar_e2e"] = ratio(r["tokens_per_s_e2e"], ar and ar["tokens_per_s_e2e"])
+        r["speedup_vs_hf"] = ratio(r["tokens_per_s"], hf and hf["tokens_per_s"])
+        # the verify forward over B trees against a plain batched step over the same B rows
+        r["verify_ratio"] = ratio(r["verify_ms"], ar and ar["verify_ms"])
+    order = {name: i for i, name in enumerate(ANCHORS)}
+    rows.sort(key=lambda r: (r["prompt_set"] != "all", r["prompt_set"], r["batch_size"],
+                             order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0))
+    return rows

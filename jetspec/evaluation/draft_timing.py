@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from jetspec.core.config import check_at_least, read_tuple_fields
 from jetspec.core.interfaces import Drafter
 from jetspec.core.prompts import builtin_prompts, chat_ids
 from jetspec.core.target import Teacher
@@ -55,12 +56,8 @@ class DraftTimingConfig:
     """Times each (batch size, mode) is run; the median round time is reported."""
 
     def __post_init__(self) -> None:
-        self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"batch_sizes must be integers >= 1, got {self.batch_sizes}")
-        for name in ("rounds", "growth", "depth", "width", "budget", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        read_tuple_fields(self)
+        check_at_least(self, ("batch_sizes", "rounds", "growth", "depth", "width", "budget", "repeats"))
 
 
 def row_sequences(tokenizer, rows: int, length: int) -> list[torch.Tensor]:

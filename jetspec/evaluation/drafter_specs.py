@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from jetspec.core.interfaces import DRAFTERS, Drafter
+from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.drafters.head_files import read_config
-
-DEFAULT_HEAD_DIR = Path(__file__).parents[1] / "assets" / "heads"
 
 
 class DrafterUnavailable(ValueError):

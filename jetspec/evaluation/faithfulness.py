@@ -25,7 +25,7 @@ makes along a reference, docs/design.md §7.4), with the tree the builder grew f
 * the same for the **top-k** branches at that depth: a round is *inconsistent* when one of them
   has a gap above ``gap_threshold``.
 
-Shapes: N tree nodes, V vocabulary, T tokens of a reference.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

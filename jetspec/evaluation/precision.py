@@ -14,7 +14,7 @@ outputs are identical and, at the first differing position, the plain margin bet
 tokens and that position's delta (``experiments/half_precision.py`` runs it on SmolLM2; the test
 ``tests/evaluation/test_half_precision.py`` on a tiny target).
 
-Shapes: T generated tokens, V vocabulary.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations

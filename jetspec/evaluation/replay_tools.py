@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from jetspec.core.config import ConfigError, check_at_least, read_tuple_fields
 from jetspec.core.jsonl import check_not_input
 from jetspec.core.prompts import chat_ids, eos_ids, read_jsonl, read_prompts
 
@@ -94,13 +95,13 @@ class ReplayTableConfig:
 
     refs: str
     """Reference file (``jetspec references``)."""
-    drafters: str
+    drafters: tuple[str, ...]
     """Drafter specs, comma list: names, label=folder, a+b composites, name:key=value options."""
     target: str = "smollm2-135m-instruct"
     """Target model: built-in name, local folder or Hub id."""
     head_dir: Optional[str] = None
     """Folder with trained heads in <dir>/<drafter name>; default: jetspec/assets/heads."""
-    budgets: str = "8,16,32"
+    budgets: tuple[int, ...] = (8, 16, 32)
     """Drafted nodes per round, root excluded (comma list)."""
     width: int = 4
     """Candidates per depth the best-first tree may use."""
@@ -108,7 +109,7 @@ class ReplayTableConfig:
     """Deepest tree level (clamped to what a drafter can produce)."""
     threads: int = 1
     """torch CPU threads (set by the command, not by the library)."""
-    node_costs: str = "0"
+    node_costs: tuple[float, ...] = (0.0,)
     """Tree node_cost values to replay (comma list; 0 = whole budget)."""
     verify_slope: float = 0.035
     """Verify cost per drafted node in plain-decoding steps, for the modelled speedup (`jetspec roofline`
@@ -128,19 +129,11 @@ class ReplayTableConfig:
     """Also render a drafter x budget tau table and each drafter's per-depth acceptance (budget scaling)."""
 
     def __post_init__(self) -> None:
-        self.budget_list = [int(b) for b in str(self.budgets).split(",") if b.strip()]
-        self.cost_list = [float(c) for c in str(self.node_costs).split(",") if c.strip()]
-        if not self.budget_list or min(self.budget_list) < 1:
-            raise ValueError(f"--budgets must be positive integers, got '{self.budgets}'")
-        if not self.cost_list or min(self.cost_list) < 0:
-            raise ValueError(f"--node-costs must be numbers >= 0, got '{self.node_costs}'")
-        if not self.specs():
-            raise ValueError(f"--drafters names no drafter, got '{self.drafters}'")
-        if self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
-
-    def specs(self) -> list[str]:
-        return [s.strip() for s in self.drafters.split(",") if s.strip()]
+        read_tuple_fields(self)
+        check_at_least(self, ("budgets", "threads"))
+        check_at_least(self, ("node_costs",), 0)
+        if not self.drafters:
+            raise ConfigError("drafters", "names no drafter")
 
 
 def _row(rep, label: str, spec: str, budget: int, cost: float, sets: list[str], seconds: float,
@@ -173,7 +166,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> list[dict]:
     head_dir = Path(cfg.head_dir) if cfg.head_dir else DEFAULT_HEAD_DIR
     taps_by_layers: dict = {}
     drafters, unavailable = {}, []
-    for spec in cfg.specs():
+    for spec in cfg.drafters:
         try:
             drafters[spec] = make_drafter(spec, model, head_dir)
         except DrafterUnavailable as err:
@@ -184,7 +177,7 @@ def replay_rows(cfg: ReplayTableConfig, model, refs) -> list[dict]:
     for spec, drafter in drafters.items():
         taps = drafter_taps(drafter, model, refs, taps_by_layers)
         depth = min(cfg.depth, drafter.max_depth or cfg.depth)
-        for b, c in itertools.product(cfg.budget_list, cfg.cost_list):
+        for b, c in itertools.product(cfg.budgets, cfg.node_costs):
             t0 = time.perf_counter()
             rep = replay(drafter, BestFirstBuilder(budget=b, width=cfg.width, depth=depth, node_cost=c), refs,
                          taps=taps)

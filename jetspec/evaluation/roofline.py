@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from jetspec.core.target import TargetModel
+from jetspec.core.config import ConfigError, check_at_least, check_registered, read_tuple_fields
+from jetspec.core.target import ENGINES, TargetModel
 from jetspec.core.types import DraftTree
 from jetspec.kernels import PackedLinear, onednn_available
 from jetspec.kernels.packed_linear import SKINNY_EVENT, skinny_available
@@ -210,9 +211,9 @@ def component_floors(model: torch.nn.Module, rows: int, ceilings: Ceilings) -> d
 class RooflineConfig:
     target: str = "smollm2-135m-instruct"
     """target model: a built-in name, a local folder or a Hub id"""
-    rows: str | tuple[int, ...] = (1, 4, 17, 33, 65)
+    rows: tuple[int, ...] = (1, 4, 17, 33, 65)
     """forward sizes to measure: 1 = a plain decoding step, k = a tree of k - 1 drafted nodes plus the anchor"""
-    engines: str | tuple[str, ...] = ("fast", "hf")
+    engines: tuple[str, ...] = ("fast", "hf")
     """TargetModel engines to compare"""
     product_levers: bool = True
     """also time the fast engine with each other product backend (the levers measured one at a time)"""
@@ -220,7 +221,7 @@ class RooflineConfig:
     """cached prefix length (tokens) before each measured forward"""
     repeats: int = 9
     """timed repetitions per measurement (the median is reported)"""
-    split_rows: str | tuple[int, ...] = (1, 17, 33)
+    split_rows: tuple[int, ...] = (1, 17, 33)
     """forward sizes whose time is split into components with torch.profiler"""
     competing: bool = True
     """also measure the first engine's ratios at 1 and N threads while one other CPU-bound process runs"""
@@ -230,26 +231,14 @@ class RooflineConfig:
     """also write the Markdown report to this file"""
 
     def __post_init__(self) -> None:
-        for name in ("rows", "split_rows", "engines"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-            if name != "engines":
-                try:
-                    value = tuple(int(v) for v in value)
-                except ValueError as err:
-                    raise ValueError(f"--{name.replace('_', '-')} takes whole numbers like 1,17,33") from err
-                if not value or min(value) < 1:
-                    raise ValueError(f"--{name.replace('_', '-')} needs row counts >= 1, got {value}")
-            setattr(self, name, value)
-        bad = [e for e in self.engines if e not in ("fast", "hf")]
-        if bad or not self.engines:
-            raise ValueError(f"--engines takes fast and/or hf, got {','.join(self.engines) or 'nothing'}")
+        read_tuple_fields(self)
+        check_at_least(self, ("rows", "prefix", "repeats"))
+        if not self.engines:
+            raise ConfigError("engines", "needs at least one engine")
+        # The measured engines are TargetModel's concrete ones ("auto" picks one of them).
+        check_registered("engines", self.engines, [e for e in ENGINES if e != "auto"], "engine")
         if not set(self.split_rows) <= set(self.rows) or self.rows[0] != 1:
-            raise ValueError("--rows must start with 1 (the plain step every ratio uses) and include --split-rows")
-        for name in ("prefix", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError("rows", "must start with 1 (the plain step every ratio uses) and include split_rows")
 
 
 # The competing process stops by itself: after 10 minutes, or as soon as its parent is gone.

@@ -27,8 +27,7 @@ its taps and next-token logits at every position). The first samples new tokens 
 data set; the second never samples and runs (or is read from the cache) every step. The teacher
 captures taps with ``jetspec.core.target.capture_taps``, the hooks the decoding loop's target uses.
 
-Shapes: B batch, T tokens, A anchors per sequence, S block size, V vocab, F fused tap features,
-M supervised slots (flattened), k top-k.
+Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from jetspec.core.target import Teacher, TeacherOutput  # noqa: F401  (the teacher lives in the core; re-exported)
-from jetspec.kernels import additive_mask
+from jetspec.core.masks import additive_mask
+from jetspec.core.target import Teacher, TeacherOutput
 
 LOSSES = ("kl", "reverse_kl", "ce")  # the objectives ``slot_losses`` knows
 
@@ -182,8 +181,8 @@ def depth_weights(num_slots: int, gamma: Optional[float], device=None) -> Float[
     return torch.ones_like(k) if gamma is None else torch.exp(-k / gamma)
 
 
-def forward_kl(teacher_logits: Float[Tensor, "M V"],
-               draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+def forward_kl(teacher_logits: Float[Tensor, "R V"],
+               draft_logits: Float[Tensor, "R V"]) -> Float[Tensor, " R"]:
     """KL(p || q) per row, p = softmax(teacher), q = softmax(draft); computed in fp32 or better."""
     dt = torch.promote_types(draft_logits.dtype, torch.float32)
     logp = torch.log_softmax(teacher_logits.to(dt), -1)
@@ -191,23 +190,23 @@ def forward_kl(teacher_logits: Float[Tensor, "M V"],
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def topk_forward_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "M k"],
-                    draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+def topk_forward_kl(top_values: Float[Tensor, "R C"], top_indices: Int[Tensor, "R C"],
+                    draft_logits: Float[Tensor, "R V"]) -> Float[Tensor, " R"]:
     """KL from the teacher renormalised on its top-k tokens to the full draft distribution.
 
     sum_{i in top-k} p_i (log p_i - log q_i): the gradient is that of cross-entropy with the soft
     top-k labels, and it is 0 only when q puts the teacher's top-k mass where the teacher does.
     """
     dt = torch.promote_types(draft_logits.dtype, torch.float32)
-    logp = torch.log_softmax(top_values.to(dt), -1)  # [M, k]; -inf entries (masked tokens) get p = 0
-    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [M, k]
+    logp = torch.log_softmax(top_values.to(dt), -1)  # [R, C]; -inf entries (masked tokens) get p = 0
+    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [R, C]
     # A row with no unmasked token has NaN log p: p = 0 there keeps NaN out of the gradient too.
     p = torch.nan_to_num(logp.exp(), nan=0.0)
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
-def reverse_kl(teacher_logits: Float[Tensor, "M V"],
-               draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+def reverse_kl(teacher_logits: Float[Tensor, "R V"],
+               draft_logits: Float[Tensor, "R V"]) -> Float[Tensor, " R"]:
     """KL(q || p) per row, p = softmax(teacher), q = softmax(draft): sum_i q_i (log q_i - log p_i).
 
     Mode-seeking: q is pushed onto the teacher's high-probability tokens and pays little for
@@ -219,8 +218,8 @@ def reverse_kl(teacher_logits: Float[Tensor, "M V"],
     return (logq.exp() * (logq - logp)).sum(-1)
 
 
-def topk_reverse_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "M k"],
-                    draft_logits: Float[Tensor, "M V"]) -> Float[Tensor, " M"]:
+def topk_reverse_kl(top_values: Float[Tensor, "R C"], top_indices: Int[Tensor, "R C"],
+                    draft_logits: Float[Tensor, "R V"]) -> Float[Tensor, " R"]:
     """Reverse KL against a top-k teacher: KL(q_S || p_S) - log q(S), S = the teacher's finite top-k.
 
     The cache keeps only the teacher's top-k logits, so p is known on S alone (renormalised:
@@ -232,12 +231,12 @@ def topk_reverse_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "
       puts all its renormalised mass on S. Without it, logits outside S get no gradient at all
       and the draft's argmax may drift off S.
 
-    It is 0 iff q = p_S, and with k = V (S = every token, q(S) = 1) it is exactly ``reverse_kl``.
+    It is 0 iff q = p_S, and with C = V (S = every token, q(S) = 1) it is exactly ``reverse_kl``.
     Entries of ``top_values`` at -inf (tokens a reduced draft vocabulary lacks) are not in S;
     a row whose S is empty has loss 0.
     """
     dt = torch.promote_types(draft_logits.dtype, torch.float32)
-    in_s = torch.isfinite(top_values)  # [M, k]
+    in_s = torch.isfinite(top_values)  # [R, C]
     # Rows with an empty S get one stand-in member, so no -inf - -inf appears anywhere: a NaN in a
     # branch ``where`` discards still poisons the gradient. Their loss is zeroed at the end.
     any_s = in_s.any(-1, keepdim=True)
@@ -245,9 +244,9 @@ def topk_reverse_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "
     ninf = torch.full_like(top_values, float("-inf"), dtype=dt)
     vals = torch.where(in_s, top_values.to(dt), torch.zeros_like(ninf))  # the stand-in gets logit 0
     logp = torch.log_softmax(torch.where(in_s_safe, vals, ninf), -1)
-    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [M, k]
+    logq = torch.log_softmax(draft_logits.to(dt), -1).gather(-1, top_indices.long())  # [R, C]
     logq = torch.where(in_s_safe, logq, ninf)
-    log_mass = torch.logsumexp(logq, -1, keepdim=True)  # log q(S), [M, 1]
+    log_mass = torch.logsumexp(logq, -1, keepdim=True)  # log q(S), [R, 1]
     logq_s = torch.where(in_s_safe, logq - log_mass, torch.zeros_like(logq))
     logp = torch.where(in_s_safe, logp, torch.zeros_like(logp))
     terms = torch.where(in_s_safe, logq_s.exp() * (logq_s - logp), torch.zeros_like(logq_s))
@@ -255,9 +254,9 @@ def topk_reverse_kl(top_values: Float[Tensor, "M k"], top_indices: Int[Tensor, "
     return torch.where(any_s.squeeze(-1), loss, torch.zeros_like(loss))
 
 
-def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "M V"], data_tokens: Int[Tensor, " M"],
+def slot_losses(cfg: TrainConfig, draft_logits: Float[Tensor, "R V"], data_tokens: Int[Tensor, " R"],
                 teacher_logits: Optional[Tensor] = None, top_values: Optional[Tensor] = None,
-                top_indices: Optional[Tensor] = None) -> Float[Tensor, " M"]:
+                top_indices: Optional[Tensor] = None) -> Float[Tensor, " R"]:
     """Per-slot loss of the configured kind (no weighting, no reduction)."""
     if cfg.loss == "ce":
         dt = torch.promote_types(draft_logits.dtype, torch.float32)

@@ -16,7 +16,8 @@ from transformers import DynamicCache
 
 import jetspec.core.attention as attn
 from jetspec.core.attention import TREE_TORCH, TREE_TRITON, attention_backend, tree_layout
-from jetspec.kernels import ancestor_from_parents, chain_ancestor, triton_installed
+from jetspec.core.masks import ancestor_from_parents, chain_ancestor
+from jetspec.kernels import triton_installed
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 6]  # 8 nodes, depth 4, branching at the root and at node 1
 DEPTH = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])

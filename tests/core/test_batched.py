@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder, TargetModel, autoregressive_generate
 from jetspec.core.batched import BatchedRounds, autoregressive_batch, generate_batch, left_pad
-from jetspec.core.decoding import GenerationResult
+from jetspec.core.generation import GenerationResult
 from jetspec.core.interfaces import Drafter
 from jetspec.core.sampling import Rng, SamplingConfig, TorchRng, process_logits
 from jetspec.core.target import capture_taps

@@ -182,7 +182,7 @@ def test_timings_and_round_records(llama64):
 
 
 def test_commit_is_its_own_stage(llama64):
-    from jetspec.core.decoding import STAGES
+    from jetspec.core.generation import STAGES
 
     assert STAGES == ("draft", "tree", "verify", "accept", "commit")
     res = autoregressive_generate(llama64, repetitive_prompt(3, 8), max_new_tokens=4)

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
-from jetspec.core.decoding import depth_acceptance
+from jetspec.core.generation import depth_acceptance
 from jetspec.core.replay import Reference, accepted_path, make_references, mean_ci, replay, replay_sequence
 from jetspec.core.types import DraftTree
 from jetspec.drafters import CompositeDrafter, DraftModelDrafter, JetSpecHead, NGramDrafter

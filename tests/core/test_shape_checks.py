@@ -11,8 +11,8 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
+from jetspec.core.masks import tree_visibility
 from jetspec.core.types import ancestor_mask
-from jetspec.kernels import tree_visibility
 
 
 def test_a_wrong_rank_is_refused_in_jetspec():
@@ -39,11 +39,11 @@ def test_dataclass_fields_are_checked_together():
 
 
 def test_a_drafters_module_is_checked_too():
-    from jetspec.drafters.head_layers import apply_rope
+    from jetspec.drafters.head_layers import attend
 
-    x = torch.zeros(1, 2, 3, 4)
-    with pytest.raises(TypeCheckError):  # cos must be [B, N, K] = [1, 3, 4]
-        apply_rope(x, torch.zeros(1, 5, 4), torch.zeros(1, 3, 4))
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(TypeCheckError):  # v must have k's T = 5 keys
+        attend(q, torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 6, 4), torch.zeros(1, 1, 3, 5))
 
 
 def test_self_validating_entry_points_keep_their_own_errors():

@@ -15,6 +15,7 @@ from conftest import tiny_model
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3Config
 
+from jetspec.core.target import Teacher
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.drafters.checkpoints import (
     export_dflash_checkpoint,
@@ -22,7 +23,6 @@ from jetspec.drafters.checkpoints import (
     load_dflash_checkpoint,
     load_eagle3_checkpoint,
 )
-from jetspec.training.recipe import Teacher
 
 # jetspec module name -> the HF Qwen3 decoder-layer name DFlashDraftModel uses
 PUBLISHED = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",

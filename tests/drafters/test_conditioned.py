@@ -15,12 +15,12 @@ import torch
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
+from jetspec.core.target import Teacher
 from jetspec.core.types import DraftInput, DraftTree
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.conditioned import branch_logprobs, teacher_forced
 from jetspec.testing.toy import peaked_tiny_target
 from jetspec.training.data import TokenDataModule, sample_continuations
-from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
 

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 import jetspec
 from jetspec import DRAFTERS, SpeculativeDecoder
 from jetspec.core.checks import run_drafter, run_drafter_batch
+from jetspec.core.target import Teacher
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters import (
     CompositeDrafter,
@@ -40,7 +41,6 @@ from jetspec.drafters import (
     RandomDrafter,
     TargetScoredDrafter,
 )
-from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder
 
 VOCAB = 64

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from conftest import tiny_model
 
 from jetspec import SpeculativeDecoder
+from jetspec.core.target import Teacher
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.drafters.draft_vocab import DraftVocabulary, coverage, frequent_tokens, token_counts
 from jetspec.training.data import Example
-from jetspec.training.recipe import Teacher, TrainConfig, slot_losses, topk_forward_kl
+from jetspec.training.recipe import TrainConfig, slot_losses, topk_forward_kl
 from jetspec.trees import BestFirstBuilder, ChainBuilder
 
 HEADS = [JetSpecHead, DFlashHead]

@@ -18,14 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder
-from jetspec.core.target import TargetModel
+from jetspec.core.target import TargetModel, Teacher
 from jetspec.core.types import DraftInput
 from jetspec.drafters import EagleConfig, EagleHead, JetSpecHead
 from jetspec.drafters.eagle_head import eagle_tap_layers
 from jetspec.drafters.eagle_training import ttt_mask
 from jetspec.testing.toy import mean_tau, peaked_tiny_target
 from jetspec.training.data import TokenDataModule, sample_continuations
-from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder, ChainBuilder, FanoutCapBuilder
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from jetspec import SpeculativeDecoder
 from jetspec.core.decoding import autoregressive_generate
+from jetspec.core.target import Teacher
 from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
 from jetspec.drafters.checkpoints import (
@@ -26,7 +27,6 @@ from jetspec.drafters.checkpoints import (
     load_dflash_checkpoint,
     load_eagle3_checkpoint,
 )
-from jetspec.training.recipe import Teacher
 from jetspec.trees import BestFirstBuilder
 
 LAYERS = 8  # engine defaults: inputs of layers (2, 4, 5) = outputs of layers (1, 3, 4)
@@ -202,7 +202,7 @@ def test_dflash_export_matches_the_engines_forward(qwen8, cls, taps, tmp_path):
 @pytest.mark.parametrize("draft_layers", [1, 2, 3])
 def test_dflash_import_without_layer_ids_uses_the_published_rule(qwen8, draft_layers, tmp_path):
     rule = dflash_default_layer_ids(LAYERS, draft_layers)  # [4], [1, 5], [1, 3, 5]
-    head = shake(DFlashHead(qwen8, block_size=4, num_layers=draft_layers, mask_token_id=3, tap_layers=rule))
+    head = shake(DFlashHead(qwen8, block_size=4, num_layers=draft_layers, mask_token_id=3, tap_layers=tuple(rule)))
     export_dflash_checkpoint(head, tmp_path / "df")
     cfg, _ = read(tmp_path / "df")
     del cfg["dflash_config"]["target_layer_ids"]  # as SpecForge's DFlash configs ship

@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from jetspec.core.target import Teacher
 from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead, ParallelHead
-from jetspec.training.recipe import Teacher
 
 HEADS = {"jetspec": JetSpecHead, "dflash": DFlashHead, "eagle": EagleHead}
 SHIPPED = Path(__file__).resolve().parents[2] / "jetspec" / "assets" / "heads"
@@ -138,3 +138,16 @@ SHIPPED_WEIGHTS_SHA256 = {
     "eagle": "1316b304b0bacb134c98e04e2d37f83d7f7be274725f2ce3ca68fdb81084db01",
     "jetspec": "8885bbc539c7b4e6f478d8f0ae4ec21b93051fbe652bde895d59a19ea26f8318",
 }
+
+
+def test_a_shipped_head_loads_by_name(tmp_path):
+    """Shipped heads are named like Hub repos, "<target>/<kind>"; a local folder is taken as given."""
+    from jetspec.drafters import DEFAULT_HEAD_DIR
+    from jetspec.drafters.head_files import head_folder
+
+    for kind in ("jetspec", "dflash", "eagle"):
+        assert head_folder(f"smollm2-135m-instruct/{kind}") == DEFAULT_HEAD_DIR / kind
+    with pytest.raises(FileNotFoundError, match="no shipped head 'smollm2-135m-instruct/medusa'; shipped: "
+                                                "smollm2-135m-instruct/dflash, smollm2-135m-instruct/eagle"):
+        head_folder("smollm2-135m-instruct/medusa")
+    assert head_folder(tmp_path) == tmp_path and head_folder("runs/x/head") == Path("runs/x/head")

@@ -68,9 +68,11 @@ def test_the_heads_share_one_declared_training_base():
     from jetspec.drafters.learned_head import LearnedHead
 
     assert all(issubclass(cls, LearnedHead) for cls in (JetSpecHead, DFlashHead, EagleHead))
-    # What a head must implement is written down as abstract methods; the recipe is inherited.
-    assert {"packed_hidden", "reset_cache", "draft"} <= LearnedHead.__abstractmethods__
-    for hook in ("training_step", "validation_step", "configure_optimizers", "save_pretrained"):
+    # What a head must implement is written down as abstract methods; the recipe and the per-row
+    # context caches (one RowContext per batch row) are inherited.
+    assert {"packed_hidden", "draft"} <= LearnedHead.__abstractmethods__
+    for hook in ("training_step", "validation_step", "configure_optimizers", "save_pretrained", "reset_cache",
+                 "context_cache", "start_context"):
         assert hook not in vars(ParallelHead) and hook not in vars(EagleHead)
 
 

@@ -25,14 +25,23 @@ def test_node_cost_fit():
     assert node_cost({1: 10.0, 3: 10.0}) == 0.0
 
 
-def test_config_errors_name_the_flag():
-    with pytest.raises(ValueError, match="--rows"):
-        RooflineConfig(rows="1,x")
-    with pytest.raises(ValueError, match="--rows must start with 1"):
-        RooflineConfig(rows="4,17", split_rows="4")
-    with pytest.raises(ValueError, match="--engines"):
-        RooflineConfig(engines="fast,compiled")
-    assert RooflineConfig(rows="1, 5", split_rows="5").rows == (1, 5)
+def test_config_errors_name_the_field_and_the_flag():
+    from jetspec.cli import build_parser
+    from jetspec.commands.flags import config_from_args
+
+    with pytest.raises(ValueError, match="^rows: must be >= 1"):
+        RooflineConfig(rows=(0, 1))
+    with pytest.raises(ValueError, match="^rows: must start with 1"):
+        RooflineConfig(rows=(4, 17), split_rows=(4,))
+    # The engines are TargetModel's (jetspec.core.target.ENGINES), not a list copied here.
+    with pytest.raises(ValueError, match="^engines: unknown engine 'compiled'; registered: fast, hf"):
+        RooflineConfig(engines=("fast", "compiled"))
+    assert RooflineConfig(rows=(1, 5), split_rows=(5,)).rows == (1, 5)
+    args = build_parser("roofline").parse_args(["roofline", "--rows", "1, 5", "--split-rows", "5"])
+    assert config_from_args(RooflineConfig, args).rows == (1, 5)  # the command line's comma list
+    args = build_parser("roofline").parse_args(["roofline", "--rows", "4,17"])
+    with pytest.raises(ValueError, match="^--rows: must start with 1"):
+        config_from_args(RooflineConfig, args)
 
 
 def test_report_on_a_tiny_target(monkeypatch):

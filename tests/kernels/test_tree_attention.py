@@ -23,10 +23,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jetspec.core.masks import ancestor_from_parents, chain_ancestor, full_ancestor
 from jetspec.kernels import (
-    ancestor_from_parents,
-    chain_ancestor,
-    full_ancestor,
     pack_ancestor_bits,
     tree_attention,
     tree_attention_reference,

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder
+from jetspec.core.target import Teacher
 from jetspec.drafters import DFlashHead, JetSpecHead, ParallelHead
 from jetspec.testing.toy import mean_tau, peaked_tiny_target
 from jetspec.training.data import TokenDataModule, collate, sample_continuations
 from jetspec.training.recipe import (
-    Teacher,
     TeacherCache,
     TrainConfig,
     acceptance_estimate,

@@ -1,4 +1,5 @@
-"""Several rows' trees over prefixes of different lengths in one padded batch (docs/design.md §4.9).
+"""jetspec.core.masks: several rows' trees over prefixes of different lengths in one padded batch
+(docs/design.md §4.9).
 
 ``padded_visibility`` and ``stack_kv`` pad rows to a common shape; attention under the padded mask
 must give every row exactly what tree attention gives it alone, whatever the padding holds.
@@ -11,14 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetspec.kernels import (
-    ancestor_from_parents,
-    masked_attention,
-    padded_visibility,
-    stack_kv,
-    tree_attention_reference,
-    tree_visibility,
-)
+from jetspec.core.masks import ancestor_from_parents, padded_visibility, stack_kv, tree_visibility
+from jetspec.kernels import masked_attention, tree_attention_reference
 
 
 def random_parents(gen: torch.Generator, n: int) -> list[int]:
