@@ -235,7 +235,7 @@ def test_cli_bench_with_an_unknown_drafter_fails_before_loading(tmp_path):
 
 
 def _small_bench(tiny, out, **kw):
-    return run_bench(model=tiny, prompts=PROMPTS[:2], drafters="ar,ngram", budgets="4", max_new_tokens=4,
+    return run_bench(model=tiny, prompts=PROMPTS[:2], drafters=("ar", "ngram"), budgets=(4,), max_new_tokens=4,
                      out=str(out), hf=False, warmup=False, plots=False, progress=False, **kw)
 
 
