@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from jetspec.core.config import ConfigError, read_tuple_fields
 from jetspec.core.interfaces import Drafter, TreeBuilder
 from jetspec.core.replay import Reference, as_references, drafter_taps, reference_taps, replay_sequence
 from jetspec.core.target import TargetModel, as_target
@@ -257,7 +258,7 @@ class FaithfulnessConfig:
     file (rows with 'prompt' and optional 'set'), whose references the target then writes first."""
     out: str
     """Output folder: faithfulness.json, faithfulness.md, gaps.png, rounds.jsonl (and references.jsonl)."""
-    drafters: str = "jetspec,dflash,eagle"
+    drafters: tuple[str, ...] = ("jetspec", "dflash", "eagle")
     """Drafter specs, comma list: names, label=folder, a+b composites, name:key=value options."""
     target: str = "smollm2-135m-instruct"
     """Target model: built-in name, local folder or Hub id."""
@@ -281,16 +282,14 @@ class FaithfulnessConfig:
     """torch CPU threads (set by the command, not by the library)."""
 
     def __post_init__(self) -> None:
+        read_tuple_fields(self)
         for name in ("budget", "width", "depth", "topk", "per_set", "max_new_tokens", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.gap_threshold >= 0:
             raise ValueError(f"--gap-threshold must be >= 0, got {self.gap_threshold}")
-        if not self.specs():
-            raise ValueError("--drafters names no drafter")
-
-    def specs(self) -> list[str]:
-        return [s.strip() for s in self.drafters.split(",") if s.strip()]
+        if not self.drafters:
+            raise ConfigError("drafters", "names no drafter")
 
 
 def _check_reference_row(path: str, line: int, row: dict, vocab_size: int) -> Reference:
@@ -352,7 +351,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, model, tokenizer) -> list[FaithSum
     target = TargetModel(model)
     taps_by_layers: dict = {}
     summaries, round_rows = [], []
-    for spec in cfg.specs():
+    for spec in cfg.drafters:
         try:
             drafter = make_drafter(spec, model, head_dir)
         except DrafterUnavailable as err:

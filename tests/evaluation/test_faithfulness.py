@@ -195,5 +195,7 @@ def test_cli_names_bad_input(target_dir, tmp_path):
     write_jsonl(refs, [Reference([1, 5, 6, 7], 2).to_row()])
     with pytest.raises(SystemExit, match="--drafters: 'nope'"):
         main(base[:-1] + ["nope", "--prompts", str(refs)])
+    with pytest.raises(SystemExit, match="--drafters: names no drafter"):
+        main(base[:-1] + [" , ", "--prompts", str(refs)])
     with pytest.raises(SystemExit, match="--budget must be >= 1"):
         main(base + ["--prompts", str(refs), "--budget", "0"])
