@@ -14,7 +14,7 @@ block sees every slot (branch-agnostic marginals).
 
 Batch rows (docs/design.md §4.9): the head keeps one ``RowContext`` per ``DraftInput.row``, and
 ``draft_batch`` runs the blocks of all rows in ONE forward, each row's context padded to the
-longest and masked (``jetspec.kernels.padded_visibility``). One row drafts through ``draft``.
+longest and masked (``jetspec.core.masks.padded_visibility``). One row drafts through ``draft``.
 
 Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.core.interfaces.Drafter``
 (``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
