@@ -94,33 +94,6 @@ def test_try_this_needs_its_own_section():
     assert try_this_prompts("# ## Try this\n# * a\n#   more\n# * b\n# ## Next\n# * c\n") == ["a more", "b"]
 
 
-def pair_in_sync(notebook) -> bool:
-    """Whether ``NN_name.ipynb`` (what runs) holds the cells of ``NN_name.py`` (what reviewers read)."""
-    import jupytext
-
-    text = jupytext.read(notebook.with_suffix(".py"))
-    stored = nbformat.read(notebook, as_version=4)
-    return [(c.cell_type, c.source) for c in text.cells] == [(c.cell_type, c.source) for c in stored.cells]
-
-
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_the_jupytext_pair_is_in_sync(notebook):
-    assert pair_in_sync(notebook), (f"{notebook.name} differs from its .py: python -m jupytext --update --to ipynb "
-                                    f"tutorials/{notebook.with_suffix('.py').name}")
-
-
-def test_a_pair_out_of_sync_is_noticed(tmp_path):
-    """Negative control: a .py edited without regenerating its notebook."""
-    py = tmp_path / "01_x.py"
-    py.write_text("# %% [markdown]\n# # Title\n\n# %%\nx = 1\n")
-    import jupytext
-
-    jupytext.write(jupytext.read(py), tmp_path / "01_x.ipynb")
-    assert pair_in_sync(tmp_path / "01_x.ipynb")
-    py.write_text("# %% [markdown]\n# # Title\n\n# %%\nx = 2\n")
-    assert not pair_in_sync(tmp_path / "01_x.ipynb")
-
-
 def _tiny_notebook(path, second_cell: str):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)"),
