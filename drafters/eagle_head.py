@@ -6,7 +6,7 @@ What the head reads at row j (the row of committed token x_j):
     token    e_j = embedding of the NEXT token x_{j+1}                    the target's frozen table
 
 and its output at row j is the distribution of x_{j+2}. How the two are combined is EAGLE-3's
-choice, kept so the head exports to that layout unchanged (``jetspec.drafters.checkpoints``): the
+choice, kept so the head exports to that layout unchanged (``jetspec.drafters.engine_layouts``): the
 first decoder layer's attention reads concat(RMSNorm(e_j), RMSNorm(f_j)) (2H wide, so its q/k/v
 projections take 2H inputs) while the residual stream carries f_j; an ordinary SwiGLU MLP follows.
 More layers (``num_layers > 1``) are ordinary decoder layers from ``head_layers``. A final RMSNorm
@@ -264,7 +264,7 @@ class EagleHead(LearnedHead):
     def for_saved_weights(cls, target, config: EagleConfig, training: TrainConfig,
                           state: dict[str, Tensor]) -> "EagleHead":
         head = cls(target, config=config, training=training)
-        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
+        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/engine_layouts.py)
             head.net.vocab = saved_vocabulary(state, head.vocab_size)
         return head
 

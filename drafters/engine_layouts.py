@@ -81,7 +81,7 @@ import torch
 
 from jetspec.drafters.draft_vocab import DraftVocabulary, OwnLMHead
 from jetspec.drafters.eagle_head import EagleConfig, EagleHead
-from jetspec.drafters.layout_rules import (
+from jetspec.drafters.engine_layout_rules import (
     LAYER_NAMES,
     attention_shape,
     capturable_order,

@@ -224,7 +224,7 @@ def _resume_path(args: argparse.Namespace, out) -> "str | None":
 
 def _check_checkpoint(head, path: str) -> None:
     """Refuse a checkpoint of another head kind or architecture before anything is written."""
-    from jetspec.drafters.head_files import check_identity, peek_checkpoint
+    from jetspec.drafters.head_format import check_identity, peek_checkpoint
 
     try:
         check_identity(head, peek_checkpoint(path), where=path)
