@@ -64,8 +64,8 @@ TRAINING = {
 EVALUATION = {
     "jetspec.evaluation", "jetspec.evaluation.bench", "jetspec.evaluation.benchmarks_md",
     "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
-    "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
-    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.bench_outputs", "jetspec.evaluation.draft_timing",
+    "jetspec.evaluation.splits", "jetspec.evaluation.threads",
+    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.bench_outputs",
     "jetspec.evaluation.faithfulness",
     "jetspec.evaluation.batching", "jetspec.evaluation.bench_stats",
 }
