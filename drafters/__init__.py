@@ -21,7 +21,7 @@ from jetspec.drafters.simple import OracleDrafter, RandomDrafter, TargetScoredDr
 
 _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
-    "HeadConfig": "parallel_head",
+    "HeadConfig": "parallel_net",
     "LearnedHead": "learned_head",
     "EagleHead": "eagle_head", "EagleConfig": "eagle_head",
     "CompositeDrafter": "composite",

@@ -98,7 +98,8 @@ from jetspec.drafters.engine_layout_rules import (
     rope_theta,
     write_checkpoint,
 )
-from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
+from jetspec.drafters.parallel_head import DFlashHead, JetSpecHead, ParallelHead
+from jetspec.drafters.parallel_net import HeadConfig
 
 DFLASH_TOP = {"fuse.weight": "fc.weight", "fuse_norm.weight": "hidden_norm.weight",
               "norm.weight": "norm.weight"}

@@ -57,6 +57,7 @@ TRAINING = {
     # the compatibility module for the public jetspec.data.TokenDataModule (re-exports jetspec.training.data)
     "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
+    "jetspec.drafters.head_config", "jetspec.drafters.parallel_net",
     "jetspec.drafters.eagle_training", "jetspec.drafters.eagle_drafting", "jetspec.drafters.conditioned",
     "jetspec.drafters.head_layers", "jetspec.drafters.context_cache",
     "jetspec.drafters.head_format", "jetspec.drafters.engine_layouts", "jetspec.drafters.engine_layout_rules",

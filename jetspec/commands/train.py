@@ -103,7 +103,7 @@ class TrainCommand:
 def register(sub: argparse._SubParsersAction) -> None:
     # These imports load Lightning: jetspec.cli builds this parser only when `train` is the command.
     from jetspec.commands.flags import add_config_flags
-    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.drafters.parallel_net import HeadConfig
     from jetspec.training.data import TokenDataModule
     from jetspec.training.recipe import LOSSES, TrainConfig
 
@@ -245,7 +245,7 @@ def _remove_previous_run(out) -> None:
 
 
 def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:
-    from jetspec.drafters.parallel_head import default_tap_layers
+    from jetspec.drafters.head_config import default_tap_layers
     from jetspec.training.recipe import fill_teacher_cache
 
     if args.teacher_cache is None or args.kl_topk is None:
