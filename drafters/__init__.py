@@ -21,12 +21,12 @@ from jetspec.drafters.simple import OracleDrafter, RandomDrafter, TargetScoredDr
 
 _LAZY = {
     "ParallelHead": "parallel_head", "JetSpecHead": "parallel_head", "DFlashHead": "parallel_head",
-    "HeadConfig": "parallel_head",
+    "HeadConfig": "parallel_net",
     "LearnedHead": "learned_head",
     "EagleHead": "eagle_head", "EagleConfig": "eagle_head",
     "CompositeDrafter": "composite",
-    "load_dflash_checkpoint": "checkpoints", "export_dflash_checkpoint": "checkpoints",
-    "load_eagle3_checkpoint": "checkpoints", "export_eagle3_checkpoint": "checkpoints",
+    "load_dflash_checkpoint": "engine_layouts", "export_dflash_checkpoint": "engine_layouts",
+    "load_eagle3_checkpoint": "engine_layouts", "export_eagle3_checkpoint": "engine_layouts",
 }
 for _name, _target in (("jetspec", "parallel_head:JetSpecHead"), ("dflash", "parallel_head:DFlashHead"),
                        ("eagle", "eagle_head:EagleHead"), ("composite", "composite:CompositeDrafter")):

@@ -6,7 +6,7 @@ What the head reads at row j (the row of committed token x_j):
     token    e_j = embedding of the NEXT token x_{j+1}                    the target's frozen table
 
 and its output at row j is the distribution of x_{j+2}. How the two are combined is EAGLE-3's
-choice, kept so the head exports to that layout unchanged (``jetspec.drafters.checkpoints``): the
+choice, kept so the head exports to that layout unchanged (``jetspec.drafters.engine_layouts``): the
 first decoder layer's attention reads concat(RMSNorm(e_j), RMSNorm(f_j)) (2H wide, so its q/k/v
 projections take 2H inputs) while the residual stream carries f_j; an ordinary SwiGLU MLP follows.
 More layers (``num_layers > 1``) are ordinary decoder layers from ``head_layers``. A final RMSNorm
@@ -45,7 +45,7 @@ Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -61,6 +61,7 @@ from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.context_cache import KV, RowContext
 from jetspec.drafters.draft_vocab import saved_vocabulary
 from jetspec.drafters.eagle_drafting import DraftingTree, expand_batch, row_of
+from jetspec.drafters.head_config import default_tap_layers, from_target
 from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
@@ -71,7 +72,6 @@ from jetspec.drafters.head_layers import (
     attend,
 )
 from jetspec.drafters.learned_head import LearnedHead
-from jetspec.drafters.parallel_head import HeadConfig, default_tap_layers
 from jetspec.training.recipe import TrainConfig
 
 
@@ -128,16 +128,13 @@ class EagleConfig:
     def resolved(self, model: nn.Module) -> "EagleConfig":
         """A copy with every ``None`` filled from the target, checked against it.
 
-        The filling rules are the parallel heads' (``HeadConfig.resolved``), so both kinds of head
-        agree on heads, head dim, RoPE base and the target-mismatch errors.
+        The filling rules are the parallel heads' (``head_config.from_target``), so both kinds of head
+        agree on heads, head dim, RoPE base and the target-mismatch errors. The width is always the
+        target's, and ``qk_norm`` is this config's own (off by default: the EAGLE-3 layout).
         """
-        n = model.config.num_hidden_layers
-        taps = self.tap_layers if self.tap_layers is not None else eagle_tap_layers(n)
-        shared = {f.name: getattr(self, f.name) for f in fields(HeadConfig) if hasattr(self, f.name)}
-        shared.update(tap_layers=taps, block_size=2, hidden_size=None)
-        filled = HeadConfig(**shared).resolved(model)
-        return replace(self, **{f.name: getattr(filled, f.name) for f in fields(self)
-                                if f.name not in ("num_layers", "ttt_steps", "qk_norm")})
+        taps = self.tap_layers if self.tap_layers is not None else eagle_tap_layers(model.config.num_hidden_layers)
+        filled = from_target(self, model, taps, hidden_size=None)
+        return replace(self, **{k: v for k, v in filled.items() if k not in ("hidden_size", "qk_norm")})
 
     def layer_shape(self) -> LayerShape:
         """The shape of one draft decoder layer, as ``head_layers`` builds it."""
@@ -264,7 +261,7 @@ class EagleHead(LearnedHead):
     def for_saved_weights(cls, target, config: EagleConfig, training: TrainConfig,
                           state: dict[str, Tensor]) -> "EagleHead":
         head = cls(target, config=config, training=training)
-        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/checkpoints.py)
+        if "vocab.ids" in state:  # an imported head's own output vocabulary (drafters/engine_layouts.py)
             head.net.vocab = saved_vocabulary(state, head.vocab_size)
         return head
 

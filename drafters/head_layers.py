@@ -30,7 +30,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from jetspec.core.fast_forward import apply_rope
+from jetspec.core.compact_engine import apply_rope
 
 
 class RMSNorm(nn.Module):

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-import jetspec.drafters.head_files as head_files
+import jetspec.drafters.head_format as head_format
 from jetspec.core.interfaces import DRAFTERS, Drafter
 from jetspec.core.target import TargetModel, Teacher, TeacherOutput
 from jetspec.drafters.context_cache import RowContext
@@ -323,24 +323,24 @@ class LearnedHead(L.LightningModule, Drafter):
         self.target_model.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        head_files.record_identity(self, checkpoint)  # so a resume into another head is refused
+        head_format.record_identity(self, checkpoint)  # so a resume into another head is refused
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        head_files.check_identity(self, checkpoint)
+        head_format.check_identity(self, checkpoint)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, folder: str | os.PathLike, dtype: Optional[torch.dtype] = None,
                         state_dict: Optional[dict] = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (the head's weights only, optionally cast).
 
-        ``config.json`` records checksums of the weights and the architecture (``head_files``).
+        ``config.json`` records checksums of the weights and the architecture (``head_format``).
         ``state_dict``: the module's full state dict when it is not in ``self`` (FSDP keeps only a
         shard per process; ``trainer.strategy.lightning_module_state_dict()`` gathers it).
         """
         full = self.state_dict() if state_dict is None else state_dict
         state = {k[len("net."):]: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                  .detach().cpu().contiguous() for k, v in full.items() if k.startswith("net.")}
-        return head_files.write_head_folder(folder, self, state)
+        return head_format.write_head_folder(folder, self, state)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, target, dtype: Optional[torch.dtype] = None,
@@ -349,12 +349,12 @@ class LearnedHead(L.LightningModule, Drafter):
 
         The weights and architecture are verified against the checksums in ``config.json`` first.
         ``folder`` is a local folder, or a shipped head's name: ``"smollm2-135m-instruct/jetspec"``
-        (``head_files.head_folder``). Called on a base class (``ParallelHead``) it builds whichever of
+        (``head_format.head_folder``). Called on a base class (``ParallelHead``) it builds whichever of
         its kinds the folder holds; ``training_options`` override the saved ``TrainConfig`` fields.
         """
-        folder = head_files.head_folder(folder)
-        meta, state = head_files.read_head_folder(folder)
-        path = folder / head_files.CONFIG_FILE
+        folder = head_format.head_folder(folder)
+        meta, state = head_format.read_head_folder(folder)
+        path = folder / head_format.CONFIG_FILE
         saved = DRAFTERS.get(meta.get("head"))
         if not (isinstance(saved, type) and issubclass(saved, cls)):
             learned = isinstance(saved, type) and issubclass(saved, LearnedHead)
@@ -362,9 +362,9 @@ class LearnedHead(L.LightningModule, Drafter):
             hint = f"; load it with {saved.__name__}.from_pretrained" if learned else ""
             article = "an" if cls.__name__[0] in "AEIOU" else "a"
             raise ValueError(f"{folder} holds a {held}, not {article} {cls.__name__}{hint}")
-        training = replace(head_files.config_from(TrainConfig, meta.get("training", {}), path, "training"),
+        training = replace(head_format.config_from(TrainConfig, meta.get("training", {}), path, "training"),
                            **training_options)
-        config = head_files.config_from(saved.config_class, meta["config"], path, "config")
+        config = head_format.config_from(saved.config_class, meta["config"], path, "config")
         head = saved.for_saved_weights(target, config, training, state)
         head.net.load_state_dict(state)
         if dtype is not None:

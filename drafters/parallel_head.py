@@ -17,8 +17,10 @@ Batch rows (docs/design.md §4.9): the head keeps one ``RowContext`` per ``Draft
 longest and masked (``jetspec.core.masks.padded_visibility``). One row drafts through ``draft``.
 
 Each head is a ``jetspec.drafters.learned_head.LearnedHead``: a ``jetspec.core.interfaces.Drafter``
-(``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's; this
-module only adds the network, its packed training forward and its drafting. The target's
+(``draft``) and a ``lightning.LightningModule`` whose training recipe is the base class's. The
+network and its architecture (``ParallelDraftNet``, ``HeadConfig``) are ``jetspec.drafters.parallel_net``'s;
+this module lays out its input: every anchor's block packed for training, one block per batch row
+for drafting. The target's
 embedding table and lm_head are *used*, never copied: the target is held through a plain Python
 object, so it is not a sub-module, not a parameter the optimizer sees, and not in any checkpoint.
 
@@ -27,184 +29,25 @@ Shapes use the glossary of ``jetspec`` (docs/design.md §8).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 import jetspec.drafters.conditioned as conditioned
-from jetspec.core.config import read_tuple_fields
 from jetspec.core.interfaces import register_drafter
 from jetspec.core.masks import chain_ancestor, full_ancestor, padded_visibility, stack_kv, tree_visibility
 from jetspec.core.types import DraftInput, DraftOutput
 from jetspec.drafters.context_cache import RowContext
-from jetspec.drafters.draft_vocab import DraftVocabulary
-from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
 from jetspec.drafters.learned_head import LearnedHead
+from jetspec.drafters.parallel_net import HeadConfig, ParallelDraftNet, default_tap_layers
 from jetspec.kernels import masked_attention, tree_attention
 from jetspec.training.recipe import TrainConfig, block_positions, packed_block_mask
 
-
-def default_tap_layers(num_layers: int) -> tuple[int, ...]:
-    """Up to 5 layers evenly spaced from layer 1 to L-3 ([1, 9, 17, 25, 33] for L = 36).
-
-    Tiny targets (L < 8) have no room for that rule, so they tap from layer 1 (layer 0 if L < 3)
-    to the last layer: 2 layers -> (0, 1), 4 layers -> (1, 2, 3).
-    """
-    lo = 1 if num_layers >= 3 else 0
-    hi = num_layers - 3 if num_layers >= 8 else num_layers - 1
-    k = min(5, hi - lo + 1)
-    if k == 1:
-        return (lo,)
-    return tuple(int(math.floor(lo + (hi - lo) * j / (k - 1) + 0.5)) for j in range(k))
-
-
-@dataclass
-class HeadConfig:
-    """Architecture of a parallel head. ``None`` = take it from the target (see ``resolved``)."""
-
-    num_layers: int = 1  # decoder layers (1 for small targets; the paper uses 5 for 8B)
-    block_size: int = 16  # S: anchor + S-1 MASK slots -> max_depth = S - 1
-    tap_layers: Optional[tuple[int, ...]] = None  # target layers read (None: default_tap_layers)
-    hidden_size: Optional[int] = None  # H_d, default the target's H
-    num_heads: Optional[int] = None
-    num_kv_heads: Optional[int] = None
-    head_dim: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    mask_token_id: Optional[int] = None  # None: a learned mask embedding; else that token's embedding
-    qk_norm: Optional[bool] = None  # per-head q/k RMSNorm; default: whether the target has it (Qwen3)
-    rms_norm_eps: Optional[float] = None
-    rope_theta: Optional[float] = None
-    conditioned: bool = False  # causal heads: re-score the tree in a 2nd forward (drafters/conditioned.py)
-    # Ablation switches (docs/design.md §4.3); the defaults are the paper's design.
-    direct_path: bool = False  # add proj([embed(anchor), last context row]) to every block slot
-    draft_vocab_size: Optional[int] = None  # V': score only these many target tokens (drafters/draft_vocab.py)
-    # The target the head was built for; filled by ``resolved`` and checked on load.
-    target_hidden_size: Optional[int] = None
-    target_vocab_size: Optional[int] = None
-    target_num_layers: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        read_tuple_fields(self)
-        if self.block_size < 2:
-            raise ValueError(f"block_size must be >= 2 (anchor + at least one MASK), got {self.block_size}")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
-            raise ValueError(f"draft_vocab_size must be >= 1, got {self.draft_vocab_size}")
-
-    def resolved(self, model: nn.Module) -> "HeadConfig":
-        """A copy with every ``None`` filled from the target, checked against it."""
-        c = model.config
-        h, v, n = c.hidden_size, model.get_output_embeddings().weight.shape[0], c.num_hidden_layers
-        for name, want, got in (("hidden size", self.target_hidden_size, h),
-                                ("vocab size", self.target_vocab_size, v),
-                                ("number of layers", self.target_num_layers, n)):
-            if want is not None and want != got:
-                raise ValueError(f"target mismatch: the head was built for a target with {name} {want}, "
-                                 f"this target has {name} {got}")
-        taps = self.tap_layers if self.tap_layers is not None else default_tap_layers(n)
-        if not taps or any(not 0 <= i < n for i in taps):
-            raise ValueError(f"tap_layers {taps} must be non-empty and within the target's {n} layers")
-        hd = self.hidden_size or h
-        heads = self.num_heads or c.num_attention_heads
-        head_dim = self.head_dim or (getattr(c, "head_dim", None) if hd == h else None) or hd // heads
-        inter = self.intermediate_size or max(1, c.intermediate_size * hd // h)
-        attn = model.get_decoder().layers[0].self_attn
-        qk = self.qk_norm if self.qk_norm is not None else hasattr(attn, "q_norm")
-        rope = getattr(c, "rope_parameters", None) or {}
-        theta = self.rope_theta or rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
-        if self.mask_token_id is not None and not 0 <= self.mask_token_id < v:
-            raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {v}")
-        if self.draft_vocab_size is not None and self.draft_vocab_size > v:
-            raise ValueError(f"draft_vocab_size {self.draft_vocab_size} is larger than the target's vocabulary {v}")
-        return replace(self, tap_layers=tuple(taps), hidden_size=hd, num_heads=heads,
-                       num_kv_heads=self.num_kv_heads or c.num_key_value_heads or heads, head_dim=head_dim,
-                       intermediate_size=inter, qk_norm=bool(qk),
-                       rms_norm_eps=self.rms_norm_eps or c.rms_norm_eps, rope_theta=float(theta),
-                       target_hidden_size=h, target_vocab_size=v, target_num_layers=n)
-
-    def layer_shape(self) -> LayerShape:
-        """The shape of one draft decoder layer, as ``head_layers`` builds it."""
-        return LayerShape(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
-                          self.intermediate_size, self.qk_norm, self.rms_norm_eps)
-
-
-class ParallelDraftNet(nn.Module):
-    """The head's own weights (all of them; nothing of the target). Takes a resolved config."""
-
-    def __init__(self, cfg: HeadConfig, draft_ids: Optional[Tensor] = None) -> None:
-        super().__init__()
-        h, hd = cfg.target_hidden_size, cfg.hidden_size
-        self.fuse = nn.Linear(len(cfg.tap_layers) * h, hd, bias=False)  # k*H -> H_d
-        self.fuse_norm = RMSNorm(hd, cfg.rms_norm_eps)
-        # The learned MASK lives in the target's embedding space, like the anchor's embedding.
-        self.mask_embedding = nn.Parameter(torch.randn(h) * 0.02) if cfg.mask_token_id is None else None
-        # Only when the head is narrower/wider than the target: map embeddings in and states out.
-        self.in_proj = nn.Linear(h, hd, bias=False) if hd != h else None
-        self.out_proj = nn.Linear(hd, h, bias=False) if hd != h else None
-        self.layers = nn.ModuleList(DecoderLayer(cfg.layer_shape()) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(hd, cfg.rms_norm_eps)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
-        # Direct path: [embed(anchor) (H), last context row (H_d)] -> H_d, added to every slot.
-        self.direct = nn.Linear(h + hd, hd, bias=False) if cfg.direct_path else None
-        # Reduced draft vocabulary (the ids are a buffer, so they are saved with the weights).
-        self.vocab = None
-        if cfg.draft_vocab_size is not None:
-            ids = torch.arange(cfg.draft_vocab_size) if draft_ids is None else draft_ids
-            if ids.numel() != cfg.draft_vocab_size:
-                raise ValueError(f"{ids.numel()} draft vocabulary ids given for draft_vocab_size "
-                                 f"{cfg.draft_vocab_size}")
-            self.vocab = DraftVocabulary(ids, cfg.target_vocab_size)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)  # the HF initializer range
-        if self.direct is not None:
-            # Zero: a fresh head with the direct path computes exactly what the paper's design does.
-            nn.init.zeros_(self.direct.weight)
-
-    def fuse_taps(self, taps: Float[Tensor, "B T F"]) -> Float[Tensor, "B T Hd"]:
-        """Context rows: the fused, normalised target features."""
-        return self.fuse_norm(self.fuse(taps.to(self.fuse.weight.dtype)))
-
-    def project_context(self, ctx: Float[Tensor, "B T Hd"],
-                        positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
-        """Per layer, the keys/values [B, h_kv, T, K] of the context rows (cacheable: no block input)."""
-        cos, sin = self.rotary(positions, ctx.dtype)
-        return [layer.attn.project_kv(ctx, cos, sin) for layer in self.layers]
-
-    def context_kv(self, taps: Float[Tensor, "B T F"],
-                   positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
-        return self.project_context(self.fuse_taps(taps), positions)
-
-    def direct_input(self, anchor_emb: Float[Tensor, "B A H"], last_ctx: Float[Tensor, "B A Hd"]
-                     ) -> Optional[Float[Tensor, "B A Hd"]]:
-        """The direct path's term for each anchor's block (None when the switch is off)."""
-        if self.direct is None:
-            return None
-        return self.direct(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1))
-
-    def forward(self, block_emb: Float[Tensor, "B N H"], positions: Int[Tensor, "B N"],
-                context_kv: list[tuple[Tensor, Tensor]], mask: Optional[Tensor],
-                attention_fn=None, direct: Optional[Float[Tensor, "B N Hd"]] = None) -> Float[Tensor, "B N H"]:
-        """Final hidden states of the block rows, in the target's hidden size (ready for lm_head).
-
-        ``direct``: the direct path's term of each row's block, repeated over its rows.
-        """
-        x = block_emb.to(self.fuse.weight.dtype)
-        if self.in_proj is not None:
-            x = self.in_proj(x)
-        if direct is not None:
-            x = x + direct
-        cos, sin = self.rotary(positions, x.dtype)
-        for layer, kv in zip(self.layers, context_kv):
-            x = layer(x, cos, sin, mask, kv, attention_fn)
-        x = self.norm(x)
-        return self.out_proj(x) if self.out_proj is not None else x
+# HeadConfig and default_tap_layers are imported from here by users; their home is parallel_net.
+__all__ = ["DFlashHead", "HeadConfig", "JetSpecHead", "ParallelDraftNet", "ParallelHead", "default_tap_layers"]
 
 
 class ParallelHead(LearnedHead):
@@ -274,7 +117,7 @@ class ParallelHead(LearnedHead):
         ctx = self.net.fuse_taps(taps)  # [B, T, H_d]
         ctx_kv = self.net.project_context(ctx, torch.arange(t, device=input_ids.device).expand(b, t))
         emb = self.block_embeddings(input_ids.gather(1, anchors), s)  # [B, A, S, H]
-        direct = self.packed_direct(emb[:, :, 0], ctx, anchors, s)
+        direct = self.net.packed_direct(emb[:, :, 0], ctx, anchors, s)
         forced: Optional[Bool[Tensor, "1 A 1 1"]] = None
         if self.config.conditioned:
             forced = conditioned.teacher_forced(a, anchors.device)[None, :, None, None]
@@ -285,16 +128,6 @@ class ParallelHead(LearnedHead):
         mask = packed_block_mask(anchors, t, s, self.causal, emb.dtype)  # [B, 1, A*S, T + A*S]
         hidden = self.net(emb, block_positions(anchors, s), ctx_kv, mask, direct=direct).view(b, a, s, -1)
         return hidden if forced is None else conditioned.depth_aligned(hidden, forced)
-
-    def packed_direct(self, anchor_emb: Float[Tensor, "B A H"], ctx: Float[Tensor, "B T Hd"],
-                      anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B N Hd"]]:
-        """The direct path's term for every packed slot: block a reads context row a-1 (none for a = 0)."""
-        if self.net.direct is None:
-            return None
-        rows = (anchors - 1).clamp_min(0)[..., None].expand(*anchors.shape, ctx.shape[-1])  # [B, A, H_d]
-        last = ctx.gather(1, rows) * (anchors > 0)[..., None].to(ctx.dtype)
-        d = self.net.direct_input(anchor_emb, last)  # [B, A, H_d]
-        return d[:, :, None].expand(*d.shape[:2], slots, d.shape[-1]).flatten(1, 2)
 
     # ------------------------------------------------------------------ inference (Drafter)
     def _sync_context(self, taps: Float[Tensor, "P F"], round_index: int, row: int) -> RowContext:
@@ -364,7 +197,8 @@ class ParallelHead(LearnedHead):
         inside this call: they are dropped after the round.
         """
         cache = self._rows[row]
-        return self.net(emb, positions, cache.kv, None, direct=self.round_direct(emb[:, :1], emb.shape[1], cache),
+        direct = self.net.round_direct(emb[:, :1], emb.shape[1], cache.last)
+        return self.net(emb, positions, cache.kv, None, direct=direct,
                         attention_fn=lambda q, k, v: tree_attention(q, k, v, ancestor))
 
     def over_contexts(self, embs: Sequence[Tensor], positions: Sequence[Tensor], ancestors: Sequence[Tensor],
@@ -380,21 +214,12 @@ class ParallelHead(LearnedHead):
         visible = padded_visibility([tree_visibility(a, p) for a, p in zip(ancestors, lens)], lens)
         direct = None
         if self.net.direct is not None:
-            direct = pad_sequence([self.round_direct(e[None, :1], e.shape[0], c)[0] for e, c in zip(embs, caches)],
-                                  batch_first=True)
+            direct = pad_sequence([self.net.round_direct(e[None, :1], e.shape[0], c.last)[0]
+                                   for e, c in zip(embs, caches)], batch_first=True)
         hidden = self.net(pad_sequence(list(embs), batch_first=True), pad_sequence(list(positions), batch_first=True),
                           stack_kv([c.kv for c in caches], max(lens)), None, direct=direct,
                           attention_fn=lambda q, k, v: masked_attention(q, k, v, visible[:, None]))
         return [hidden[b, : e.shape[0]] for b, e in enumerate(embs)]
-
-    def round_direct(self, anchor_emb: Float[Tensor, "1 1 H"], rows: int,
-                     cache: RowContext) -> Optional[Float[Tensor, "1 N Hd"]]:
-        """This round's direct-path term (anchor + the row's newest context row), repeated over ``rows`` rows."""
-        if self.net.direct is None:
-            return None
-        last = cache.last if cache.last is not None else self.net.fuse.weight.new_zeros(1, self.net.fuse.out_features)
-        d = self.net.direct_input(anchor_emb, last[:, None])  # [1, 1, H_d]
-        return d.expand(1, rows, d.shape[-1])
 
     def draft(self, inp: DraftInput) -> DraftOutput:
         if self.config.conditioned:  # one-pass tree, then one branch-conditioned forward over it

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jetspec.drafters.head_files import seal_head_folder
+from jetspec.drafters.head_format import seal_head_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "jetspec" / "assets" / "heads"

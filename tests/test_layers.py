@@ -34,7 +34,7 @@ FOLDERS = {"jetspec": REPO / "jetspec", "jetspec.drafters": REPO / "drafters", "
 
 CORE = {
     "jetspec", "jetspec.core", "jetspec.core.types", "jetspec.core.interfaces", "jetspec.core.sampling",
-    "jetspec.core.target", "jetspec.core.fast_forward", "jetspec.core.decoding", "jetspec.core.generation",
+    "jetspec.core.target", "jetspec.core.compact_engine", "jetspec.core.decoding", "jetspec.core.generation",
     "jetspec.core.checks",
     "jetspec.core.batched", "jetspec.core.batched_target",
     "jetspec.core.loading", "jetspec.core.attention", "jetspec.core.masks", "jetspec.core.config",
@@ -57,15 +57,16 @@ TRAINING = {
     # the compatibility module for the public jetspec.data.TokenDataModule (re-exports jetspec.training.data)
     "jetspec.data",
     "jetspec.drafters.learned_head", "jetspec.drafters.parallel_head", "jetspec.drafters.eagle_head",
+    "jetspec.drafters.head_config", "jetspec.drafters.parallel_net",
     "jetspec.drafters.eagle_training", "jetspec.drafters.eagle_drafting", "jetspec.drafters.conditioned",
     "jetspec.drafters.head_layers", "jetspec.drafters.context_cache",
-    "jetspec.drafters.head_files", "jetspec.drafters.checkpoints", "jetspec.drafters.layout_rules",
+    "jetspec.drafters.head_format", "jetspec.drafters.engine_layouts", "jetspec.drafters.engine_layout_rules",
 }
 EVALUATION = {
-    "jetspec.evaluation", "jetspec.evaluation.bench", "jetspec.evaluation.bench_report",
+    "jetspec.evaluation", "jetspec.evaluation.bench", "jetspec.evaluation.benchmarks_md",
     "jetspec.evaluation.replay_tools", "jetspec.evaluation.roofline", "jetspec.evaluation.plots",
-    "jetspec.evaluation.splits", "jetspec.evaluation.precision", "jetspec.evaluation.threads",
-    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.report", "jetspec.evaluation.draft_timing",
+    "jetspec.evaluation.splits", "jetspec.evaluation.threads",
+    "jetspec.evaluation.drafter_specs", "jetspec.evaluation.bench_outputs",
     "jetspec.evaluation.faithfulness",
     "jetspec.evaluation.batching", "jetspec.evaluation.bench_stats",
 }

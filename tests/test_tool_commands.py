@@ -47,7 +47,7 @@ def test_flags_come_from_the_configs():
     args = parser.parse_args(["benchmarks", "--quick", "--include", "a.md", "--include", "b.md"])
     assert args.quick is True and args.include == ["a.md", "b.md"] and args.temperatures == (0.0, 1.0)
     assert args.drafters == ("ngram", "jetspec", "dflash", "eagle") and args.budgets == (8, 16, 32, 64)
-    from jetspec.evaluation.bench_report import BenchmarksConfig
+    from jetspec.evaluation.benchmarks_md import BenchmarksConfig
 
     # command() writes a comma list back as one flag and the repeatable --include once per file
     cfg = BenchmarksConfig(temperatures=(0.0, 0.5), budgets=(16,), include=("a.md", "b.md"))
@@ -62,7 +62,7 @@ def test_flags_come_from_the_configs():
 def test_tool_commands_import_no_lightning():
     code = ("import sys; import jetspec.commands.prepare_data, jetspec.commands.references, "
             "jetspec.commands.replay_table, jetspec.commands.benchmarks, jetspec.evaluation.splits, "
-            "jetspec.evaluation.replay_tools, jetspec.evaluation.bench_report; print('lightning' in sys.modules)")
+            "jetspec.evaluation.replay_tools, jetspec.evaluation.benchmarks_md; print('lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -107,7 +107,7 @@ def test_tap_layers_flag_is_a_list_of_layers():
     """`--tap-layers 0,1` reached HeadConfig as the string '0,1' (its field was typed Sequence[int],
     which the flag generator did not read as a list) and failed with int(',')."""
     from jetspec.cli import build_parser
-    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.drafters.parallel_net import HeadConfig
 
     args = build_parser("train").parse_args(["train", "--target", "t", "--data", "d", "--out", "o",
                                              "--tap-layers", "0,1"])
@@ -133,7 +133,7 @@ def test_every_generated_head_and_recipe_flag_reaches_the_head():
 
     from jetspec.cli import build_parser
     from jetspec.commands.train import HEAD_FLAGS, RECIPE_FLAGS, build_head
-    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.drafters.parallel_net import HeadConfig
     from jetspec.training.recipe import TrainConfig
 
     # draft_vocab_size is the one flag not passed through as it is: --draft-vocab N becomes N token ids.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "benchmark drafters vs plain decoding and HF generate"
+HELP = ("one benchmark run you configure (drafters, budgets, prompts), results to --out; "
+        "`jetspec benchmarks` runs it on the dev splits and rewrites BENCHMARKS.md")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.evaluation.bench import BenchConfig, run_bench
-    from jetspec.evaluation.report import columns_for, markdown_table
+    from jetspec.evaluation.bench_outputs import columns_for, markdown_table
     from jetspec.evaluation.threads import choose_threads
 
     try:

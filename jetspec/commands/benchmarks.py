@@ -7,20 +7,21 @@ Examples::
     jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md
 
 One ``jetspec bench`` run per temperature on the dev prompts of ``jetspec prepare-data`` (built if
-missing), rendered by ``jetspec.evaluation.bench_report.render``; ``--include`` appends Markdown sections written
-by other commands. Every flag is generated from a field of ``jetspec.evaluation.bench_report.BenchmarksConfig``.
+missing), rendered by ``jetspec.evaluation.benchmarks_md.render``; ``--include`` appends Markdown sections written
+by other commands. Every flag is generated from a field of ``jetspec.evaluation.benchmarks_md.BenchmarksConfig``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "rerun the benchmark on the dev splits and rewrite BENCHMARKS.md"
+HELP = ("rerun `jetspec bench` on the held-out dev splits, once per temperature, and rewrite BENCHMARKS.md "
+        "(for one configurable run, use `jetspec bench`)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jetspec.commands.flags import add_config_flags
-    from jetspec.evaluation.bench_report import BenchmarksConfig
+    from jetspec.evaluation.benchmarks_md import BenchmarksConfig
 
     p = sub.add_parser("benchmarks", help=HELP, description=__doc__.splitlines()[0])
     add_config_flags(p, BenchmarksConfig, skip={"include"})
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.core.loading import load_target
-    from jetspec.evaluation.bench_report import BenchmarksConfig, dev_prompts, render, run_benchmarks
+    from jetspec.evaluation.benchmarks_md import BenchmarksConfig, dev_prompts, render, run_benchmarks
     from jetspec.evaluation.threads import choose_threads
 
     args.include = tuple(args.include or ())  # argparse collects the repeated flag in a list (None: not given)

@@ -103,7 +103,7 @@ class TrainCommand:
 def register(sub: argparse._SubParsersAction) -> None:
     # These imports load Lightning: jetspec.cli builds this parser only when `train` is the command.
     from jetspec.commands.flags import add_config_flags
-    from jetspec.drafters.parallel_head import HeadConfig
+    from jetspec.drafters.parallel_net import HeadConfig
     from jetspec.training.data import TokenDataModule
     from jetspec.training.recipe import LOSSES, TrainConfig
 
@@ -224,7 +224,7 @@ def _resume_path(args: argparse.Namespace, out) -> "str | None":
 
 def _check_checkpoint(head, path: str) -> None:
     """Refuse a checkpoint of another head kind or architecture before anything is written."""
-    from jetspec.drafters.head_files import check_identity, peek_checkpoint
+    from jetspec.drafters.head_format import check_identity, peek_checkpoint
 
     try:
         check_identity(head, peek_checkpoint(path), where=path)
@@ -245,7 +245,7 @@ def _remove_previous_run(out) -> None:
 
 
 def _fill_cache(args: argparse.Namespace, model, dm, pad: int) -> int:
-    from jetspec.drafters.parallel_head import default_tap_layers
+    from jetspec.drafters.head_config import default_tap_layers
     from jetspec.training.recipe import fill_teacher_cache
 
     if args.teacher_cache is None or args.kl_topk is None:

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from jetspec.core.fast_forward import LayerKV, RowsKVBuffer
+from jetspec.core.compact_engine import LayerKV, RowsKVBuffer
 from jetspec.core.masks import additive_mask
 from jetspec.core.target import TargetModel, capture_taps
 from jetspec.core.target_support import hf_masks

@@ -11,14 +11,14 @@ again. Plain decoding (``step``) is the same forward with one row.
 
 Two engines run that forward; both give the same logits up to floating-point rounding:
 
-* ``"fast"``: ``jetspec.core.fast_forward.CompactForward``, a compact forward for Llama-family models
+* ``"fast"``: ``jetspec.core.compact_engine.CompactEngine``, a compact forward for Llama-family models
   with prepacked, fused products, a preallocated KV buffer and GQA-folded attention (BENCHMARKS.md
   has its measured speed against ``"hf"``).
 * ``"hf"``: the model's own Hugging Face forward with a ``DynamicCache`` and an additive float
   mask; it runs any causal LM and any ``attn_backend`` (the Triton tree kernel included).
 
 ``engine="auto"`` (the default) takes ``"fast"`` on CPU when the model qualifies
-(``fast_forward_support``) and no attention backend is asked for, else ``"hf"``.
+(``compact_engine_support``) and no attention backend is asked for, else ``"hf"``.
 
 Small trees are padded on the ``"hf"`` engine. CPU BLAS computes a product with 2 or 3 rows as
 that many matrix-vector products, so a forward over 2-3 tokens took longer than one over 4-8.
@@ -43,7 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from jetspec.core.fast_forward import KVBuffer, compact_forward_for, fast_forward_support
+from jetspec.core.compact_engine import KVBuffer, compact_engine_for, compact_engine_support
 from jetspec.core.masks import additive_mask, tree_visibility
 from jetspec.core.target_support import attention_windows, hf_cache, hf_masks, unsupported_reason
 from jetspec.core.types import DraftTree
@@ -93,7 +93,7 @@ class TargetModel:
         self.attn_backend = attn_backend
         self.engine = self._choose_engine(engine)
         self._linear_backend = linear_backend
-        self._fast = compact_forward_for(model, linear_backend) if self.engine == "fast" else None
+        self._fast = compact_engine_for(model, linear_backend) if self.engine == "fast" else None
         # which product backend the fast engine runs (None on the "hf" engine)
         self.linear_backend: Optional[str] = self._fast.linear_backend if self._fast is not None else None
         if min_rows is not None and min_rows < 1:
@@ -108,7 +108,7 @@ class TargetModel:
     def _choose_engine(self, engine: str) -> str:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        reason = fast_forward_support(self.model)
+        reason = compact_engine_support(self.model)
         if engine == "fast" and reason is not None:
             raise ValueError(f"engine='fast' cannot run this model: {reason}; use engine='hf'")
         if engine == "fast" and self.attn_backend not in (None, "sdpa"):
@@ -132,12 +132,12 @@ class TargetModel:
 
     def refresh_weights(self) -> None:
         """Follow the model's current weights: on the fast engine, repack if any parameter or buffer
-        changed since the packed copy was made (a cheap identity check; ``compact_forward_for``).
+        changed since the packed copy was made (a cheap identity check; ``compact_engine_for``).
         Every prefill calls this, so a wrapper computes with the weights its model holds when a
         sequence starts, on both engines (the ``"hf"`` engine runs the model itself). Changing the
         weights in the middle of a sequence is not supported: the cache holds the old weights' K/V."""
         if self._fast is not None:
-            self._fast = compact_forward_for(self.model, self._linear_backend)
+            self._fast = compact_engine_for(self.model, self._linear_backend)
 
     def new_hf_cache(self) -> DynamicCache:
         """An empty cache for the ``"hf"`` engine. With sliding-window layers every layer keeps all its

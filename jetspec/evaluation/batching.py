@@ -255,7 +255,7 @@ def _explanation(costs: dict[int, dict[int, float]], best: list[dict]) -> list[s
 def batching_markdown(result: dict, costs: dict[int, dict[int, float]], best: list[dict], cfg: BatchingConfig,
                       img_link: Optional[str]) -> str:
     """docs/results/batching.md: the batch-size table, the verify-cost table, the plot and the reading."""
-    from jetspec.evaluation.bench_report import batch_size_table
+    from jetspec.evaluation.benchmarks_md import batch_size_table
 
     m = result["machine"]
     rows = [r for r in result["rows"] if r["prompt_set"] == "all"]

@@ -24,7 +24,7 @@ each later emission is one target forward, which also gives HF prompt lookup's t
 ``run_bench`` returns (and writes to ``OUT/results.json``) ``{"machine", "config", "skipped",
 "rows"}``; rows are aggregated per (drafter, tree, budget, prompt_set), plus prompt_set ``all``.
 ``OUT/results.md`` is the same as a Markdown table and ``OUT/runs.jsonl`` has every single run;
-``jetspec.evaluation.report`` writes these files (``jetspec.evaluation.plots`` draws the PNGs);
+``jetspec.evaluation.bench_outputs`` writes these files (``jetspec.evaluation.plots`` draws the PNGs);
 ``jetspec.evaluation.bench_stats`` holds the bookkeeping (batches, the greedy check, summaries).
 
 Batches (``batch_sizes``, docs/design.md §7.8). Batch size 1 is the measurement above, unchanged.
@@ -62,9 +62,9 @@ from jetspec.core.interfaces import DRAFTERS, TREE_BUILDERS
 from jetspec.core.loading import DEFAULT_HEAD_DIR
 from jetspec.core.prompts import builtin_prompts, chat_ids, eos_ids, read_prompts
 from jetspec.core.target import TargetModel
+from jetspec.evaluation.bench_outputs import run_line, start_outputs, write_outputs
 from jetspec.evaluation.bench_stats import ANCHORS, aggregate, batches_of, check_greedy, cut_at_eos, divergence
 from jetspec.evaluation.drafter_specs import DrafterUnavailable, make_drafter, spec_label
-from jetspec.evaluation.report import run_line, start_outputs, write_outputs
 from jetspec.evaluation.threads import choose_threads
 from jetspec.trees import make_tree_builder
 

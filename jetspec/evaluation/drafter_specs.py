@@ -22,7 +22,7 @@ from typing import Optional
 
 from jetspec.core.interfaces import DRAFTERS, Drafter
 from jetspec.core.loading import DEFAULT_HEAD_DIR
-from jetspec.drafters.head_files import read_config
+from jetspec.drafters.head_format import read_config
 
 
 class DrafterUnavailable(ValueError):

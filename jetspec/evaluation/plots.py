@@ -1,4 +1,4 @@
-"""The three pictures a benchmark (``jetspec.evaluation.bench``) draws; ``jetspec.evaluation.report`` writes its files.
+"""The three pictures a benchmark (``jetspec.evaluation.bench``) draws; ``bench_outputs`` writes its files.
 
 The plots tell the benchmark's story:
 

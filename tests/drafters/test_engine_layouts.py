@@ -21,7 +21,7 @@ from jetspec.core.decoding import autoregressive_generate
 from jetspec.core.target import Teacher
 from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
-from jetspec.drafters.checkpoints import (
+from jetspec.drafters.engine_layouts import (
     export_dflash_checkpoint,
     export_eagle3_checkpoint,
     load_dflash_checkpoint,

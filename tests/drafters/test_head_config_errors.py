@@ -40,7 +40,7 @@ def test_a_damaged_config_names_the_file(target, tmp_path, cls, kw, damage):
 @pytest.mark.parametrize("section, key", [("config", "blocksize"), ("training", "learning_rate")])
 def test_an_unknown_key_names_the_file_and_the_key(target, tmp_path, cls, kw, section, key):
     """In a folder without an integrity record (saved by an older jetspec); in a sealed folder the same
-    edit is refused as a changed architecture (test_head_files.py)."""
+    edit is refused as a changed architecture (test_head_format.py)."""
     path = saved(cls, kw, target, tmp_path / "h")
     meta = json.loads(path.read_text())
     meta.pop("integrity")

@@ -18,7 +18,7 @@ from jetspec import TREE_BUILDERS, SpeculativeDecoder
 from jetspec.core.target import TargetModel
 from jetspec.core.types import DraftInput
 from jetspec.drafters import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
-from jetspec.drafters.parallel_head import default_tap_layers
+from jetspec.drafters.head_config import default_tap_layers
 from jetspec.training.recipe import Teacher, packed_block_mask
 from jetspec.trees import BestFirstBuilder, ChainBuilder, EntropyBuilder, FanoutCapBuilder, HybridBuilder
 

@@ -1,4 +1,4 @@
-"""The draft-timing harness (jetspec.evaluation.draft_timing) runs and reports; it asserts no speed.
+"""The draft-timing harness (experiments/draft_batch_timing.py) runs and reports; it asserts no speed.
 
 Times are never asserted (performance claims come from experiments/draft_batch_timing.py); what is
 checked is that both modes draft the same rows from the same inputs, and the report's shape.
@@ -6,13 +6,18 @@ checked is that both modes draft the same rows from the same inputs, and the rep
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_llama, tiny_tokenizer
 
 from jetspec.core.interfaces import Drafter
 from jetspec.drafters import JetSpecHead
-from jetspec.evaluation.draft_timing import DraftTimingConfig, row_sequences, speedup_table, time_draft_rounds
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from draft_batch_timing import DraftTimingConfig, row_sequences, speedup_table, time_draft_rounds  # noqa: E402
 
 
 class Recorder(JetSpecHead):

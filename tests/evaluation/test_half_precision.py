@@ -11,6 +11,9 @@ the bound. A second test trains every head kind with ``precision="bf16-mixed"`` 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -19,11 +22,13 @@ from conftest import tiny_model
 from jetspec.core.target import TargetModel
 from jetspec.core.types import Acceptance
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead, RandomDrafter
-from jetspec.evaluation.precision import RecordingDecoder, compare, plain_trace, summary
 from jetspec.testing.toy import peaked_tiny_target
 from jetspec.training.data import TokenDataModule
 from jetspec.trees import BestFirstBuilder
 from jetspec.verifiers import GreedyVerifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from half_precision import RecordingDecoder, compare, plain_trace, summary  # noqa: E402
 
 BOUND_SPACINGS = 1.0  # measured: the largest plain margin at a divergence, in bf16 spacings
 

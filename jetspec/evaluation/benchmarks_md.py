@@ -45,7 +45,7 @@ BATCH_SIZE_COLUMNS = [("drafter", "method"), ("budget", "budget"), ("batch_size"
 
 def batch_size_table(rows: list[dict]) -> str:
     """One prompt set's rows as the batch-size table: per method and budget, one line per batch size."""
-    from jetspec.evaluation.report import markdown_table
+    from jetspec.evaluation.bench_outputs import markdown_table
 
     order = {name: i for i, name in enumerate(ANCHORS)}
     ranked = sorted(rows, key=lambda r: (order.get(r["drafter"], len(order)), r["drafter"], r["budget"] or 0,
@@ -225,7 +225,7 @@ def _setup(first: dict, cfg: BenchmarksConfig) -> list[str]:
 
 def _temperature_section(temp: float, res: dict) -> list[str]:
     """One temperature's tables, divergences, skipped methods and where its raw files are."""
-    from jetspec.evaluation.report import divergence_note, markdown_table
+    from jetspec.evaluation.bench_outputs import divergence_note, markdown_table
 
     title = "Greedy (temperature 0)" if temp == 0 else f"Sampling (temperature {temp:g})"
     rows = res["rows"]

@@ -81,7 +81,7 @@ import torch
 
 from jetspec.drafters.draft_vocab import DraftVocabulary, OwnLMHead
 from jetspec.drafters.eagle_head import EagleConfig, EagleHead
-from jetspec.drafters.layout_rules import (
+from jetspec.drafters.engine_layout_rules import (
     LAYER_NAMES,
     attention_shape,
     capturable_order,
@@ -98,7 +98,8 @@ from jetspec.drafters.layout_rules import (
     rope_theta,
     write_checkpoint,
 )
-from jetspec.drafters.parallel_head import DFlashHead, HeadConfig, JetSpecHead, ParallelHead
+from jetspec.drafters.parallel_head import DFlashHead, JetSpecHead, ParallelHead
+from jetspec.drafters.parallel_net import HeadConfig
 
 DFLASH_TOP = {"fuse.weight": "fc.weight", "fuse_norm.weight": "hidden_norm.weight",
               "norm.weight": "norm.weight"}

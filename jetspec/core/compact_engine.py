@@ -20,8 +20,9 @@ roofline``) put the time in four places; this module removes each, and nothing e
 
 Everything else is the model's own modules, called as Hugging Face calls them: the embedding,
 the RMSNorms (with Qwen3's per-head q/k norms), the rotary embedding (so any RoPE scaling the
-config asks for applies) and the MLP's activation. ``TargetModel(engine="fast")`` uses this;
-``fast_forward_support`` says which models qualify and why others do not. The result equals the
+config asks for applies) and the MLP's activation. ``TargetModel(engine="fast")`` uses this (the
+user-facing value stays ``"fast"``, which scripts and docs already pass; the code calls it the compact engine);
+``compact_engine_support`` says which models qualify and why others do not. The result equals the
 Hugging Face forward up to the order of floating-point additions (tests: 1e-10 in fp64).
 
 Shapes use the glossary of ``jetspec`` (docs/design.md §8).
@@ -49,8 +50,8 @@ from jetspec.kernels.packed_linear import PackedLinear
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
-def fast_forward_support(model: torch.nn.Module) -> Optional[str]:
-    """None if ``CompactForward`` can run ``model`` exactly, else the reason it cannot."""
+def compact_engine_support(model: torch.nn.Module) -> Optional[str]:
+    """None if ``CompactEngine`` can run ``model`` exactly, else the reason it cannot."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -226,19 +227,19 @@ class _Layer:
     module: torch.nn.Module  # the Hugging Face decoder layer: its norms and activation
 
 
-class CompactForward:
+class CompactEngine:
     """Runs a Llama-family causal LM's forward over a ``KVBuffer`` (see the module docstring).
 
     Args:
-        model: a Hugging Face causal LM for which ``fast_forward_support(model)`` is None. Its
+        model: a Hugging Face causal LM for which ``compact_engine_support(model)`` is None. Its
             weights are read (and packed into copies) once; the model itself is not changed.
         linear_backend: ``"auto"``, ``"skinny"``, ``"onednn"`` or ``"torch"`` (``jetspec.kernels.PackedLinear``).
     """
 
     def __init__(self, model: torch.nn.Module, linear_backend: str = "auto") -> None:
-        reason = fast_forward_support(model)
+        reason = compact_engine_support(model)
         if reason is not None:
-            raise ValueError(f"the fast forward cannot run this model: {reason}; use engine='hf'")
+            raise ValueError(f"the compact engine cannot run this model: {reason}; use engine='hf'")
         decoder = model.get_decoder()
         self.decoder = decoder
         attn = decoder.layers[0].self_attn
@@ -367,7 +368,7 @@ def apply_rope(x: Float[Tensor, "B h N K"], cos: Float[Tensor, "#B 1 N K"],
 # a replaced tensor's address cannot be reused by a newer one while the entry lives. Writes through
 # ``.data``, which PyTorch does not count, are the one kind it cannot see (they bypass autograd's
 # checks too); build the wrapper with ``TargetModel(..., engine="hf")`` if you edit weights that way.
-_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[WeightsIdentity, CompactForward]]" = (
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[WeightsIdentity, CompactEngine]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -385,12 +386,12 @@ class WeightsIdentity:
                 and self.key == other.key)
 
 
-def compact_forward_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactForward:
-    """The ``CompactForward`` of ``model``'s current weights: packed once, reused while they are unchanged."""
+def compact_engine_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactEngine:
+    """The ``CompactEngine`` of ``model``'s current weights: packed once, reused while they are unchanged."""
     identity = WeightsIdentity(model, linear_backend)
     cached = _PACKED.get(model)
     if cached is not None and cached[0] == identity:
         return cached[1]
-    fast = CompactForward(model, linear_backend)
+    fast = CompactEngine(model, linear_backend)
     _PACKED[model] = (identity, fast)
     return fast

@@ -1,4 +1,4 @@
-"""The fast engine (CompactForward + KVBuffer) against the Hugging Face engine it replaces.
+"""The fast engine (CompactEngine + KVBuffer) against the Hugging Face engine it replaces.
 
 Both engines run the same target; in float64 every logit, tap and cached key/value must agree to
 1e-10 (only the order of additions differs), on random trees, across cache growth and commits.
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetspec import SpeculativeDecoder, autoregressive_generate
-from jetspec.core.fast_forward import KVBuffer, fast_forward_support
+from jetspec.core.compact_engine import KVBuffer, compact_engine_support
 from jetspec.core.target import TargetModel
 from jetspec.core.types import DraftTree
 from jetspec.drafters import NGramDrafter, RandomDrafter
@@ -124,7 +124,7 @@ def test_unsupported_models_fall_back_with_a_reason():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=64)).eval()
-    assert "model_type 'gpt2'" in fast_forward_support(gpt2)
+    assert "model_type 'gpt2'" in compact_engine_support(gpt2)
     assert TargetModel(gpt2).engine == "hf"
     with pytest.raises(ValueError, match="engine='fast' cannot run this model: model_type 'gpt2'"):
         TargetModel(gpt2, engine="fast")
@@ -186,11 +186,11 @@ def test_adapters_subclasses_and_hooks_keep_the_hugging_face_engine():
     assert TargetModel(model).engine == "fast"
     old = model.model.layers[1].self_attn.v_proj
     model.model.layers[1].self_attn.v_proj = Scaled(old.in_features, old.out_features, bias=False)
-    assert "layer 1 `v_proj` is not a plain nn.Linear" in fast_forward_support(model)
+    assert "layer 1 `v_proj` is not a plain nn.Linear" in compact_engine_support(model)
     assert TargetModel(model).engine == "hf"
     model.model.layers[1].self_attn.v_proj = old
     handle = model.model.layers[0].mlp.register_forward_hook(lambda *a: None)
-    assert "forward hooks" in fast_forward_support(model) and TargetModel(model).engine == "hf"
+    assert "forward hooks" in compact_engine_support(model) and TargetModel(model).engine == "hf"
     handle.remove()
     assert TargetModel(model).engine == "fast"
 

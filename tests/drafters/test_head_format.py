@@ -96,7 +96,7 @@ def test_broken_config_names_the_file(target, tmp_path):
 
 @pytest.mark.parametrize("kind", ["dflash", "eagle"])
 def test_unsealed_folders_load_unverified_until_sealed(target, kind, tmp_path):
-    from jetspec.drafters.head_files import seal_head_folder
+    from jetspec.drafters.head_format import seal_head_folder
 
     head = saved(target, kind, tmp_path / "h")
     want = drafted(head, target)
@@ -121,7 +121,7 @@ def test_unsealed_folders_load_unverified_until_sealed(target, kind, tmp_path):
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_shipped_heads_are_sealed_and_their_weights_unchanged(kind):
     """The shipped heads carry a record that verifies; their weights are the bytes shipped before sealing."""
-    from jetspec.drafters.head_files import read_config, verify_integrity
+    from jetspec.drafters.head_format import read_config, verify_integrity
 
     folder = SHIPPED / kind
     meta = read_config(folder)
@@ -143,7 +143,7 @@ SHIPPED_WEIGHTS_SHA256 = {
 def test_a_shipped_head_loads_by_name(tmp_path):
     """Shipped heads are named like Hub repos, "<target>/<kind>"; a local folder is taken as given."""
     from jetspec.drafters import DEFAULT_HEAD_DIR
-    from jetspec.drafters.head_files import head_folder
+    from jetspec.drafters.head_format import head_folder
 
     for kind in ("jetspec", "dflash", "eagle"):
         assert head_folder(f"smollm2-135m-instruct/{kind}") == DEFAULT_HEAD_DIR / kind

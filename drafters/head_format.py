@@ -142,7 +142,7 @@ def verify_integrity(folder: Path, meta: dict, weights: bytes) -> None:
     if record is None:
         warnings.warn(f"{folder / CONFIG_FILE} has no integrity record (saved before jetspec recorded "
                       "checksums): loading its weights unverified; "
-                      "jetspec.drafters.head_files.seal_head_folder adds the record", stacklevel=3)
+                      "jetspec.drafters.head_format.seal_head_folder adds the record", stacklevel=3)
         return
     if not isinstance(record, dict) or not {"weights_sha256", "architecture_sha256"} <= set(record):
         raise ValueError(f"{folder / CONFIG_FILE}: malformed 'integrity' record {record!r}")

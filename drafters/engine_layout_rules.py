@@ -1,6 +1,6 @@
 """What the published checkpoint layouts share: files, weight names, tap numbering and refusals.
 
-Used by ``jetspec.drafters.checkpoints`` (read that module's docstring for the layouts). The rules
+Used by ``jetspec.drafters.engine_layouts`` (read that module's docstring for the layouts). The rules
 here encode what the engines do with a config, as read in their source:
 
 * Engines capture the *input* of a decoder layer (the residual stream entering it), in layer

@@ -17,7 +17,7 @@ from transformers import Qwen3Config
 
 from jetspec.core.target import Teacher
 from jetspec.drafters import DFlashHead, EagleHead, JetSpecHead
-from jetspec.drafters.checkpoints import (
+from jetspec.drafters.engine_layouts import (
     export_dflash_checkpoint,
     export_eagle3_checkpoint,
     load_dflash_checkpoint,
