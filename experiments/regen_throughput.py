@@ -76,7 +76,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("## Writing training data: tokens/s against batch size\n\n" + head + "\n\n"
                               + "\n".join(lines) + "\n\nCommand: `python experiments/regen_throughput.py "
-                              f"--prompts {args.prompts} --threads {args.threads} --batch-sizes {args.batch_sizes} "
+                              f"--prompts {args.prompts} --prompts-n {args.prompts_n} --threads {args.threads} "
+                              f"--batch-sizes {args.batch_sizes} "
                               f"--max-new-tokens {args.max_new_tokens} --out {args.out}`\n")
 
 
