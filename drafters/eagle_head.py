@@ -288,11 +288,7 @@ class EagleHead(LearnedHead):
         change once computed: only rows [cached, t) run, and every round has at least one new
         row (the root, t-1), since t grows by at least one token per round.
         """
-        t = tokens.shape[0] - 1
-        if taps is None or taps.shape[0] != t:
-            got = None if taps is None else tuple(taps.shape)
-            raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
-                             "the decoder provides them when it reads head.tap_layers")
+        t = self.committed_before_anchor(tokens, taps)
         dev = self.net.fc.weight.device
         # at most t - 1 rows kept: the root row t - 1 runs every round
         cache = self.start_context(row, round_index, at_most=t - 1)

@@ -147,6 +147,17 @@ class LearnedHead(L.LightningModule, Drafter):
         """
 
     # ------------------------------------------------------------------ drafting state, one per batch row
+    @staticmethod
+    def committed_before_anchor(tokens: Tensor, taps: Optional[Tensor]) -> int:
+        """t, the committed tokens before the anchor (the last of ``tokens``), after checking that
+        ``taps`` holds one row for each of them (``ValueError`` otherwise)."""
+        t = tokens.shape[0] - 1
+        if taps is None or taps.shape[0] != t:
+            got = None if taps is None else tuple(taps.shape)
+            raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
+                             "the decoder provides them when it reads head.tap_layers")
+        return t
+
     def reset_cache(self) -> None:
         """Forget the context cache of every batch row (docs/design.md §4.9)."""
         self._rows: dict[int, RowContext] = {}

@@ -149,11 +149,7 @@ class ParallelHead(LearnedHead):
         depth = self.max_depth if depth is None else depth
         if not 1 <= depth <= self.max_depth:
             raise ValueError(f"depth {depth} is outside 1..{self.max_depth} (block_size - 1)")
-        t = tokens.shape[0] - 1
-        if taps is None or taps.shape[0] != t:
-            got = None if taps is None else tuple(taps.shape)
-            raise ValueError(f"taps must hold the {t} committed tokens before the anchor, got {got}; "
-                             "the decoder provides them when it reads head.tap_layers")
+        t = self.committed_before_anchor(tokens, taps)
         dev = self.net.fuse.weight.device
         self._sync_context(taps.to(dev), round_index, row)
         # A causal block's slots 1..D never see later slots, so the block can stop at D + 1 slots;
