@@ -86,6 +86,8 @@ class ParallelHead(LearnedHead):
                              "would let teacher-forced tokens leak into earlier slots")
         dtype = self.target_model.get_output_embeddings().weight.dtype
         self.net = ParallelDraftNet(self.config, draft_vocab).to(dtype)
+        if self.config.init_from_target:
+            self.net.copy_target_layers(self.target_model.get_decoder())
         self.max_depth = self.config.block_size - 1
 
     @classmethod

@@ -50,6 +50,7 @@ class HeadConfig:
     conditioned: bool = False  # causal heads: re-score the tree in a 2nd forward (drafters/conditioned.py)
     # Ablation switches (docs/design.md §4.3); the defaults are the paper's design.
     direct_path: bool = False  # add proj([embed(anchor), last context row]) to every block slot
+    init_from_target: bool = False  # start the decoder layers and final norm as the target's last ones
     draft_vocab_size: Optional[int] = None  # V': score only these many target tokens (drafters/draft_vocab.py)
     # The target the head was built for; filled by ``resolved`` and checked on load.
     target_hidden_size: Optional[int] = None
@@ -72,6 +73,12 @@ class HeadConfig:
         v = filled["target_vocab_size"]
         if self.mask_token_id is not None and not 0 <= self.mask_token_id < v:
             raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary of {v}")
+        if self.init_from_target and filled["hidden_size"] != filled["target_hidden_size"]:
+            raise ValueError(f"init_from_target copies the target's layers: it needs hidden_size = the target's "
+                             f"{filled['target_hidden_size']}, got {filled['hidden_size']}")
+        if self.init_from_target and self.num_layers > filled["target_num_layers"]:
+            raise ValueError(f"init_from_target copies the target's last {self.num_layers} layers, but it has "
+                             f"{filled['target_num_layers']}")
         if self.draft_vocab_size is not None and self.draft_vocab_size > v:
             raise ValueError(f"draft_vocab_size {self.draft_vocab_size} is larger than the target's vocabulary {v}")
         return replace(self, **filled)
@@ -114,6 +121,30 @@ class ParallelDraftNet(nn.Module):
         if self.direct is not None:
             # Zero: a fresh head with the direct path computes exactly what the paper's design does.
             nn.init.zeros_(self.direct.weight)
+
+    # The head layer's submodules named as in a Hugging Face (Llama / Qwen) decoder layer; the rest
+    # (q/k/v/o_proj, q/k_norm, mlp.*) have the same names below them.
+    TARGET_MODULE_NAMES = {"input_norm": "input_layernorm", "attn": "self_attn",
+                           "post_attn_norm": "post_attention_layernorm"}
+
+    @torch.no_grad()
+    def copy_target_layers(self, decoder: nn.Module) -> None:
+        """Start the decoder layers as copies of the target's last ``len(self.layers)`` layers (in order) and
+        the final norm as the target's (``HeadConfig.init_from_target``; a later release of the paper's
+        heads starts its draft decoder this way). ``decoder``: the target's ``get_decoder()``; it is read,
+        never changed. Raises ``ValueError`` naming a parameter the target lacks or shapes that differ."""
+        source = list(decoder.layers)[-len(self.layers):]
+        for i, (mine, theirs) in enumerate(zip(self.layers, source)):
+            given = dict(theirs.named_parameters())
+            for name, param in mine.named_parameters():
+                first, _, rest = name.partition(".")
+                other = given.get(f"{self.TARGET_MODULE_NAMES.get(first, first)}.{rest}")
+                if other is None or other.shape != param.shape:
+                    got = "missing" if other is None else tuple(other.shape)
+                    raise ValueError(f"init_from_target: head layer {i} {name} {tuple(param.shape)} has no "
+                                     f"counterpart in the target's layer ({got})")
+                param.copy_(other)
+        self.norm.weight.copy_(decoder.norm.weight)
 
     def fuse_taps(self, taps: Float[Tensor, "B T F"]) -> Float[Tensor, "B T Hd"]:
         """Context rows: the fused, normalised target features."""

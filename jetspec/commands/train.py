@@ -32,13 +32,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 DATA_FLAGS = ("batch_size", "max_length", "val_fraction", "seed")
 DATA_RENAME = {"seed": "data_seed"}
 HEAD_FLAGS = ("num_layers", "block_size", "tap_layers", "hidden_size", "mask_token_id", "draft_vocab_size",
-              "conditioned", "direct_path")
+              "conditioned", "direct_path", "init_from_target")
 HEAD_RENAME = {"draft_vocab_size": "draft_vocab"}
 RECIPE_FLAGS = ("lr", "weight_decay", "warmup_steps", "anchors_per_seq", "loss", "kl_topk", "decay_gamma",
                 "on_policy", "teacher_cache", "seed")
 RECIPE_RENAME = {"anchors_per_seq": "anchors"}
 # HeadConfig fields an EAGLE head does not have (its block is its unrolled steps + 1, its width the target's).
-PARALLEL_ONLY = ("hidden_size", "mask_token_id", "draft_vocab_size", "conditioned", "direct_path")
+PARALLEL_ONLY = ("hidden_size", "mask_token_id", "draft_vocab_size", "conditioned", "direct_path",
+                 "init_from_target")
 
 
 @dataclass

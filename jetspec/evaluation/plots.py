@@ -10,9 +10,10 @@ The plots tell the benchmark's story:
 * ``depth_acceptance.png``: for each drafter at its largest budget, the chance that depth d is
   accepted given the tree reached depth d. Where this falls off is where drafting stops paying.
 
-Two analyses draw here too: ``replay_plots`` (tau and per-depth acceptance against the budget
+Analyses draw here too: ``replay_plots`` (tau and per-depth acceptance against the budget
 from ``jetspec replay-table`` rows, no timings) and ``gap_histogram`` (the rank-1 branch gaps of
-``jetspec faithfulness``, one panel per drafter).
+``jetspec faithfulness``, one panel per drafter), ``plot_ablation`` (a setting against its replay
+tau) and ``plot_tau_curves`` (replay tau during training, one line per run).
 
 Only matplotlib's object API is used (``Figure`` + ``savefig``, no ``pyplot``): it writes PNGs on
 a machine without a display and never changes the plotting backend of the caller's session.
@@ -237,6 +238,29 @@ def plot_ablation(groups: dict[str, list[tuple[str, float, float]]], xlabel: str
         errs = [h if h == h and h > 0 else 0.0 for _, _, h in pts]  # h == h: not nan
         ax.errorbar(xs, [m for _, m, _ in pts], yerr=errs, marker="o", capsize=3, label=name)
     ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_tau_curves(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str,
+                    path: str | Path) -> Path:
+    """Replay tau during training (``jetspec.training.callbacks.TauCurve`` rows): one line per run.
+
+    ``curves`` maps a run's label to ``[(x, tau)]``, x usually the training tokens seen, so runs
+    of different lengths and batch sizes share one axis.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(5.2, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([x for x, _ in pts], [t for _, t in pts], marker=".", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

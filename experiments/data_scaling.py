@@ -1,0 +1,219 @@
+"""The data-scaling curve: replay tau of a head against the number of target-written rows it trained on.
+
+    python experiments/data_scaling.py --regen runs/regen/greedy.jsonl --sizes 1156,2312,4624 \\
+        --out runs/curve --refs runs/data/dev_refs.jsonl --teacher-cache runs/curve/teacher_cache \\
+        --epochs 2 -- --draft-vocab 8192 --block-size 8 --lr 1e-3 --anchors 48 --on-policy --direct-path
+
+Every point trains on the first N rows (in prompt-id order) of one ``jetspec regenerate`` file, so
+a smaller set is a prefix of every larger one and a single teacher cache serves them all (fill it
+for the largest set with ``jetspec train --cache-only``). Every point sees the same number of
+epochs: its steps are ``ceil(epochs * train rows / batch)``, so the learning-rate schedule ends
+after the same number of passes over the data whatever its size. A point is one ``jetspec train``
+run in ``OUT/<head>-n<N>`` (its command and log beside it, ``.cmd.txt`` and ``.log``), started with
+``--resume last`` once it has a checkpoint: rerunning the script continues an interrupted run exactly
+and leaves a finished one alone.
+
+The report (``OUT/report.md``, ``report.json`` and two PNGs) gives, per point, the pooled replay
+tau at each final budget with the 95% Student-t interval over prompts, per set, and the mean
+training and validation losses at the end. Their gap answers the question the curve is for: a head
+whose validation loss sits on its training loss has not yet used up its data (more steps or a
+larger head help before more rows do); a growing gap means the rows run out first. The second PNG
+is each run's replay tau during training against the training tokens seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from jetspec.core.jsonl import read_jsonl, write_jsonl
+from jetspec.core.replay import mean_ci
+from jetspec.evaluation.plots import plot_ablation, plot_tau_curves
+from jetspec.training.callbacks import load_curve
+
+
+def prefix_files(regen: Path, sizes: list[int], out: Path) -> dict[int, Path]:
+    """``OUT/rows-N.jsonl``: the first N rows by prompt id of ``regen`` (written once, then reused)."""
+    paths = {n: out / f"rows-{n}.jsonl" for n in sizes}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    rows = sorted(read_jsonl(regen), key=lambda r: int(r["id"]))
+    if len(rows) < max(sizes):
+        raise SystemExit(f"--regen {regen} holds {len(rows)} rows, fewer than the largest size {max(sizes)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for n, path in paths.items():
+        write_jsonl(path, rows[:n])
+    return paths
+
+
+def steps_for(rows: int, epochs: float, batch_size: int, val_fraction: float) -> int:
+    """Optimizer steps for ``epochs`` passes over the training share of ``rows`` rows."""
+    train = rows - int(round(rows * val_fraction))  # TokenDataModule's split
+    return max(1, math.ceil(epochs * train / batch_size))
+
+
+def run_name(head: str, rows: int) -> str:
+    return f"{head}-n{rows}"
+
+
+def train_command(a, head: str, rows: int, data: Path, extra: list[str]) -> list[str]:
+    run = Path(a.out) / run_name(head, rows)
+    steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
+    # A run with a checkpoint continues exactly; one killed before its first checkpoint starts over.
+    start = ["--resume", "last"] if (run / "checkpoints" / "last.ckpt").exists() else ["--overwrite"]
+    return [sys.executable, "-m", "jetspec.cli", "train", "--head", head, "--target", a.target,
+            "--data", str(data), "--out", str(run), *start, "--max-steps", str(steps),
+            "--seed", str(a.seed), "--data-seed", "0", "--batch-size", str(a.batch_size),
+            "--max-length", str(a.max_length), "--val-fraction", str(a.val_fraction),
+            "--val-every", str(a.val_every), "--eval-data", a.refs, "--eval-every", str(a.eval_every),
+            "--eval-budgets", a.curve_budgets, "--eval-final-budgets", a.budgets, "--logger", "csv",
+            "--checkpoint-every", str(a.checkpoint_every), "--teacher-cache", a.teacher_cache,
+            "--kl-topk", "64", "--save-dtype", "float16", *extra]
+
+
+def finished(run: Path) -> bool:
+    return (run / "head" / "config.json").exists()
+
+
+def run_all(a, jobs: list[tuple[str, int, Path]], extra: list[str]) -> None:
+    """Run the unfinished points, ``--parallel`` at a time, one thread each; largest first (longest)."""
+    pending = sorted((j for j in jobs if not finished(Path(a.out) / run_name(j[0], j[1]))),
+                     key=lambda j: -j[1])
+    running: list[tuple[subprocess.Popen, Path]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    while pending or running:
+        while pending and len(running) < a.parallel:
+            head, rows, data = pending.pop(0)
+            run = Path(a.out) / run_name(head, rows)
+            cmd = train_command(a, head, rows, data, extra)
+            # Beside the run folder, not in it: --overwrite would remove them with the run.
+            Path(f"{run}.cmd.txt").write_text(" ".join(cmd) + "\n")
+            with open(f"{run}.log", "a") as log:
+                running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run))
+            print(f"started {run}", flush=True)
+        time.sleep(5)
+        for proc, run in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, run))
+                print(f"finished {run} (exit {proc.returncode})", flush=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{run} failed: see {run}.log")
+
+
+def losses_at_end(run: Path, last: int = 100) -> dict:
+    """Mean training loss over the last ``last`` logged steps and the last validation loss (CSV logs)."""
+    rows = []
+    for path in sorted(run.glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    train = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+    val = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    if not train:
+        return {"train_loss": None, "val_loss": None}
+    end = max(s for s, _ in train)
+    tail = [v for s, v in train if s > end - last]
+    return {"train_loss": sum(tail) / len(tail), "val_loss": max(val)[1] if val else None}
+
+
+def point(a, head: str, rows: int, data: Path) -> dict:
+    """One point of the curve from its finished run (refused when the run did not reach its steps)."""
+    run = Path(a.out) / run_name(head, rows)
+    steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
+    curve = load_curve(run / "tau_curve.jsonl") if (run / "tau_curve.jsonl").exists() else []
+    if not finished(run) or not curve or curve[-1]["step"] != steps:
+        raise SystemExit(f"{run} has not finished its {steps} steps: rerun without --report-only")
+    final = curve[-1]
+    tokens = sum(len(r["input_ids"]) - int(r["response_start"]) for r in read_jsonl(data))
+    budgets = [int(b) for b in a.budgets.split(",")]
+    sets = sorted({k.split("_", 2)[2] for k in final if k.startswith(f"tau_b{budgets[0]}_")})
+    return {"head": head, "rows": rows, "response_tokens": tokens, "steps": steps,
+            "tokens_seen": final["tokens_seen"], "wall_s": final["wall_s"], **losses_at_end(run),
+            "tau": {b: {"pooled": final[f"tau_b{b}"], "prompt_ci": mean_ci(final[f"taus_b{b}"])[1],
+                        "sets": {s: final[f"tau_b{b}_{s}"] for s in sets}} for b in budgets},
+            "curve": [{"tokens_seen": r["tokens_seen"], **{k: v for k, v in r.items() if k.startswith("tau_b")
+                                                              and not k.startswith("taus")}} for r in curve]}
+
+
+def markdown(rep: dict) -> str:
+    budgets = rep["budgets"]
+    lines = [f"Replay tau (greedy, best-first trees of width 4) on {rep['refs']} held-out references after "
+             f"{rep['epochs']} epochs over the first N target-written rows; +- is the 95% Student-t "
+             "half-width over prompts (of the per-prompt tau). Losses: mean training loss over the last "
+             "100 steps and the last validation loss (2% of the rows held out).", "",
+             "| head | rows | response tokens | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
+             + " | per set @ " + str(budgets[0]) + " | train loss | val loss |",
+             "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+    for p in rep["points"]:
+        taus = " | ".join(f"{p['tau'][b]['pooled']:.3f} +- {p['tau'][b]['prompt_ci']:.3f}" for b in budgets)
+        sets = ", ".join(f"{s} {v:.2f}" for s, v in p["tau"][budgets[0]]["sets"].items())
+        fmt = (lambda x: "-" if x is None else f"{x:.3f}")
+        lines.append(f"| {p['head']} | {p['rows']:,} | {p['response_tokens']:,} | {p['steps']:,} | {taus} | "
+                     f"{sets} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(a, jobs: list[tuple[str, int, Path]]) -> dict:
+    budgets = [int(b) for b in a.budgets.split(",")]
+    refs = sum(1 for _ in read_jsonl(a.refs))
+    rep = {"epochs": a.epochs, "budgets": budgets, "refs": refs,
+           "points": [point(a, head, rows, data) for head, rows, data in jobs]}
+    out = Path(a.out)
+    (out / "report.json").write_text(json.dumps(rep, indent=1))
+    (out / "report.md").write_text(markdown(rep))
+    groups = {f"{h} @ {b}": [(f"{p['rows']:,}", p["tau"][b]["pooled"], p["tau"][b]["prompt_ci"])
+                             for p in rep["points"] if p["head"] == h]
+              for h in dict.fromkeys(p["head"] for p in rep["points"]) for b in budgets}
+    img = Path(a.img_dir)
+    plot_ablation(groups, "target-written rows", "replay tau", f"Data scaling ({a.epochs} epochs)",
+                  img / "data_scaling.png")
+    key = f"tau_b{a.curve_budgets.split(',')[0]}"
+    curves = {run_name(p["head"], p["rows"]): [(r["tokens_seen"], r[key]) for r in p["curve"] if key in r]
+              for p in rep["points"]}
+    plot_tau_curves(curves, "training tokens seen", f"replay tau @ {key[5:]}", "Tau during training",
+                    img / "data_scaling_curves.png")
+    return rep
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--regen", required=True, help="jetspec regenerate output (rows with an id)")
+    p.add_argument("--sizes", required=True, type=lambda t: sorted(int(x) for x in t.split(",")))
+    p.add_argument("--heads", default="jetspec", help="comma list; a point per head and size")
+    p.add_argument("--head-sizes", default=None, help="HEAD=N,... only these sizes for that head (e.g. dflash=4624)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--refs", required=True, help="replay references (jetspec references)")
+    p.add_argument("--teacher-cache", required=True)
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--val-fraction", type=float, default=0.02)
+    p.add_argument("--val-every", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--budgets", default="16,64", help="budgets of the final replay (the report)")
+    p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--img-dir", default="docs/results/img")
+    p.add_argument("--report-only", action="store_true")
+    a, extra = p.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    only = dict(kv.split("=") for kv in a.head_sizes.split(",")) if a.head_sizes else {}
+    data = prefix_files(Path(a.regen), a.sizes, Path(a.out))
+    jobs = [(h, n, data[n]) for h in a.heads.split(",") for n in a.sizes
+            if h not in only or n in {int(x) for x in only[h].split("+")}]
+    if not a.report_only:
+        run_all(a, jobs, extra)
+    print(markdown(report(a, jobs)))
+
+
+if __name__ == "__main__":
+    main()
