@@ -1,6 +1,7 @@
 """The data-scaling curve: replay tau of a head against the number of target-written rows it trained on.
 
     python experiments/data_scaling.py --regen runs/regen/greedy.jsonl --sizes 1156,2312,4624 \\
+        --variant jetspec:--head=jetspec --variant dflash:--head=dflash --only dflash=4624 \\
         --out runs/curve --refs runs/data/dev_refs.jsonl --teacher-cache runs/curve/teacher_cache \\
         --epochs 2 -- --draft-vocab 8192 --block-size 8 --lr 1e-3 --anchors 48 --on-policy --direct-path
 
@@ -9,9 +10,14 @@ a smaller set is a prefix of every larger one and a single teacher cache serves 
 for the largest set with ``jetspec train --cache-only``). Every point sees the same number of
 epochs: its steps are ``ceil(epochs * train rows / batch)``, so the learning-rate schedule ends
 after the same number of passes over the data whatever its size. A point is one ``jetspec train``
-run in ``OUT/<head>-n<N>`` (its command and log beside it, ``.cmd.txt`` and ``.log``), started with
+run in ``OUT/<variant>-n<N>`` (its command and log beside it, ``.cmd.txt`` and ``.log``), started with
 ``--resume last`` once it has a checkpoint: rerunning the script continues an interrupted run exactly
 and leaves a finished one alone.
+
+A variant (``NAME:--flag=value,...``, as in ``compare_heads.py``) is a head and its own flags, which
+come after the shared ones; ``--only NAME=N+N`` trains that variant at those sizes only (a lever
+compared at one size, DFlash at the largest). The first variant is the baseline of the paired
+differences.
 
 The report (``OUT/report.md``, ``report.json`` and two PNGs) gives, per point, the pooled replay
 tau at each final budget with the 95% Student-t interval over prompts, per set, and the mean
@@ -59,40 +65,46 @@ def steps_for(rows: int, epochs: float, batch_size: int, val_fraction: float) ->
     return max(1, math.ceil(epochs * train / batch_size))
 
 
-def run_name(head: str, rows: int) -> str:
-    return f"{head}-n{rows}"
+def run_name(variant: str, rows: int) -> str:
+    return f"{variant}-n{rows}"
 
 
-def train_command(a, head: str, rows: int, data: Path, extra: list[str]) -> list[str]:
-    run = Path(a.out) / run_name(head, rows)
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME:--flag=value,--switch`` -> (NAME, ["--flag", "value", "--switch"])."""
+    name, _, flags = text.partition(":")
+    return name, [part for f in flags.split(",") if f for part in f.split("=", 1)]
+
+
+def train_command(a, name: str, flags: list[str], rows: int, data: Path, extra: list[str]) -> list[str]:
+    run = Path(a.out) / run_name(name, rows)
     steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
     # A run with a checkpoint continues exactly; one killed before its first checkpoint starts over.
     start = ["--resume", "last"] if (run / "checkpoints" / "last.ckpt").exists() else ["--overwrite"]
-    return [sys.executable, "-m", "jetspec.cli", "train", "--head", head, "--target", a.target,
+    return [sys.executable, "-m", "jetspec.cli", "train", "--target", a.target,
             "--data", str(data), "--out", str(run), *start, "--max-steps", str(steps),
             "--seed", str(a.seed), "--data-seed", "0", "--batch-size", str(a.batch_size),
             "--max-length", str(a.max_length), "--val-fraction", str(a.val_fraction),
             "--val-every", str(a.val_every), "--eval-data", a.refs, "--eval-every", str(a.eval_every),
             "--eval-budgets", a.curve_budgets, "--eval-final-budgets", a.budgets, "--logger", "csv",
             "--checkpoint-every", str(a.checkpoint_every), "--teacher-cache", a.teacher_cache,
-            "--kl-topk", "64", "--save-dtype", "float16", *extra]
+            "--kl-topk", "64", "--save-dtype", "float16", *extra, *flags]
 
 
 def finished(run: Path) -> bool:
     return (run / "head" / "config.json").exists()
 
 
-def run_all(a, jobs: list[tuple[str, int, Path]], extra: list[str]) -> None:
+def run_all(a, jobs: list[tuple[str, list[str], int, Path]], extra: list[str]) -> None:
     """Run the unfinished points, ``--parallel`` at a time, one thread each; largest first (longest)."""
-    pending = sorted((j for j in jobs if not finished(Path(a.out) / run_name(j[0], j[1]))),
-                     key=lambda j: -j[1])
+    pending = sorted((j for j in jobs if not finished(Path(a.out) / run_name(j[0], j[2]))),
+                     key=lambda j: -j[2])
     running: list[tuple[subprocess.Popen, Path]] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     while pending or running:
         while pending and len(running) < a.parallel:
-            head, rows, data = pending.pop(0)
-            run = Path(a.out) / run_name(head, rows)
-            cmd = train_command(a, head, rows, data, extra)
+            name, flags, rows, data = pending.pop(0)
+            run = Path(a.out) / run_name(name, rows)
+            cmd = train_command(a, name, flags, rows, data, extra)
             # Beside the run folder, not in it: --overwrite would remove them with the run.
             Path(f"{run}.cmd.txt").write_text(" ".join(cmd) + "\n")
             with open(f"{run}.log", "a") as log:
@@ -122,9 +134,9 @@ def losses_at_end(run: Path, last: int = 100) -> dict:
     return {"train_loss": sum(tail) / len(tail), "val_loss": max(val)[1] if val else None}
 
 
-def point(a, head: str, rows: int, data: Path) -> dict:
+def point(a, name: str, rows: int, data: Path) -> dict:
     """One point of the curve from its finished run (refused when the run did not reach its steps)."""
-    run = Path(a.out) / run_name(head, rows)
+    run = Path(a.out) / run_name(name, rows)
     steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
     curve = load_curve(run / "tau_curve.jsonl") if (run / "tau_curve.jsonl").exists() else []
     if not finished(run) or not curve or curve[-1]["step"] != steps:
@@ -133,12 +145,30 @@ def point(a, head: str, rows: int, data: Path) -> dict:
     tokens = sum(len(r["input_ids"]) - int(r["response_start"]) for r in read_jsonl(data))
     budgets = [int(b) for b in a.budgets.split(",")]
     sets = sorted({k.split("_", 2)[2] for k in final if k.startswith(f"tau_b{budgets[0]}_")})
-    return {"head": head, "rows": rows, "response_tokens": tokens, "steps": steps,
+    return {"variant": name, "rows": rows, "response_tokens": tokens, "steps": steps,
             "tokens_seen": final["tokens_seen"], "wall_s": final["wall_s"], **losses_at_end(run),
             "tau": {b: {"pooled": final[f"tau_b{b}"], "prompt_ci": mean_ci(final[f"taus_b{b}"])[1],
+                        "per_prompt": final[f"taus_b{b}"],
                         "sets": {s: final[f"tau_b{b}_{s}"] for s in sets}} for b in budgets},
             "curve": [{"tokens_seen": r["tokens_seen"], **{k: v for k, v in r.items() if k.startswith("tau_b")
                                                               and not k.startswith("taus")}} for r in curve]}
+
+
+def pairs(points: list[dict], budgets: list[int]) -> list[dict]:
+    """Every variant minus the first (the baseline) at each size both have: the mean per-prompt
+    difference of tau with its 95% interval over prompts, and the prompts better / worse."""
+    base = {p["rows"]: p for p in points if p["variant"] == points[0]["variant"]}
+    out = []
+    for p in points:
+        q = base.get(p["rows"])
+        if q is None or p is q:
+            continue
+        for b in budgets:
+            diffs = [x - y for x, y in zip(p["tau"][b]["per_prompt"], q["tau"][b]["per_prompt"])]
+            mean, half = mean_ci(diffs)
+            out.append({"pair": f"{p['variant']} - {q['variant']}", "rows": p["rows"], "budget": b, "mean": mean,
+                        "ci": half, "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
+    return out
 
 
 def markdown(rep: dict) -> str:
@@ -147,35 +177,41 @@ def markdown(rep: dict) -> str:
              f"{rep['epochs']} epochs over the first N target-written rows; +- is the 95% Student-t "
              "half-width over prompts (of the per-prompt tau). Losses: mean training loss over the last "
              "100 steps and the last validation loss (2% of the rows held out).", "",
-             "| head | rows | response tokens | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
+             "| variant | rows | response tokens | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
              + " | per set @ " + str(budgets[0]) + " | train loss | val loss |",
              "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+    fmt = (lambda x: "-" if x is None else f"{x:.3f}")
     for p in rep["points"]:
         taus = " | ".join(f"{p['tau'][b]['pooled']:.3f} +- {p['tau'][b]['prompt_ci']:.3f}" for b in budgets)
         sets = ", ".join(f"{s} {v:.2f}" for s, v in p["tau"][budgets[0]]["sets"].items())
-        fmt = (lambda x: "-" if x is None else f"{x:.3f}")
-        lines.append(f"| {p['head']} | {p['rows']:,} | {p['response_tokens']:,} | {p['steps']:,} | {taus} | "
+        lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['steps']:,} | {taus} | "
                      f"{sets} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} |")
+    if rep["pairs"]:
+        lines += ["", "Paired over prompts (per-prompt tau, first minus second, 95% interval):", "",
+                  "| pair | rows | budget | difference | prompts better / worse |", "|---|---|---|---|---|"]
+        lines += [f"| {d['pair']} | {d['rows']:,} | {d['budget']} | {d['mean']:+.3f} +- {d['ci']:.3f} | "
+                  f"{d['better']} / {d['worse']} |" for d in rep["pairs"]]
     return "\n".join(lines) + "\n"
 
 
-def report(a, jobs: list[tuple[str, int, Path]]) -> dict:
+def report(a, jobs: list[tuple[str, list[str], int, Path]]) -> dict:
     budgets = [int(b) for b in a.budgets.split(",")]
     refs = sum(1 for _ in read_jsonl(a.refs))
-    rep = {"epochs": a.epochs, "budgets": budgets, "refs": refs,
-           "points": [point(a, head, rows, data) for head, rows, data in jobs]}
+    points = [point(a, name, rows, data) for name, _, rows, data in jobs]
+    rep = {"epochs": a.epochs, "budgets": budgets, "refs": refs, "points": points,
+           "pairs": pairs(points, budgets)}
     out = Path(a.out)
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     (out / "report.md").write_text(markdown(rep))
-    groups = {f"{h} @ {b}": [(f"{p['rows']:,}", p["tau"][b]["pooled"], p["tau"][b]["prompt_ci"])
-                             for p in rep["points"] if p["head"] == h]
-              for h in dict.fromkeys(p["head"] for p in rep["points"]) for b in budgets}
+    names = dict.fromkeys(p["variant"] for p in points)
+    groups = {f"{n} @ {b}": [(f"{p['rows']:,}", p["tau"][b]["pooled"], p["tau"][b]["prompt_ci"])
+                             for p in points if p["variant"] == n] for n in names for b in budgets}
     img = Path(a.img_dir)
-    plot_ablation(groups, "target-written rows", "replay tau", f"Data scaling ({a.epochs} epochs)",
+    plot_ablation(groups, "target-written rows", "replay tau", f"Data scaling ({a.epochs:g} epochs)",
                   img / "data_scaling.png")
     key = f"tau_b{a.curve_budgets.split(',')[0]}"
-    curves = {run_name(p["head"], p["rows"]): [(r["tokens_seen"], r[key]) for r in p["curve"] if key in r]
-              for p in rep["points"]}
+    curves = {run_name(p["variant"], p["rows"]): [(r["tokens_seen"], r[key]) for r in p["curve"] if key in r]
+              for p in points}
     plot_tau_curves(curves, "training tokens seen", f"replay tau @ {key[5:]}", "Tau during training",
                     img / "data_scaling_curves.png")
     return rep
@@ -185,8 +221,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--regen", required=True, help="jetspec regenerate output (rows with an id)")
     p.add_argument("--sizes", required=True, type=lambda t: sorted(int(x) for x in t.split(",")))
-    p.add_argument("--heads", default="jetspec", help="comma list; a point per head and size")
-    p.add_argument("--head-sizes", default=None, help="HEAD=N,... only these sizes for that head (e.g. dflash=4624)")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME:--flag=value,...",
+                   help="a head and its flags (default: jetspec:--head=jetspec); the first is the baseline")
+    p.add_argument("--only", default=None, metavar="NAME=N+N,...", help="train that variant at these sizes only")
     p.add_argument("--out", required=True)
     p.add_argument("--refs", required=True, help="replay references (jetspec references)")
     p.add_argument("--teacher-cache", required=True)
@@ -206,10 +243,13 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true")
     a, extra = p.parse_known_args()
     extra = [e for e in extra if e != "--"]
-    only = dict(kv.split("=") for kv in a.head_sizes.split(",")) if a.head_sizes else {}
+    variants = [parse_variant(v) for v in (a.variant or ["jetspec:--head=jetspec"])]
+    only = {k: {int(n) for n in v.split("+")} for k, v in (kv.split("=") for kv in a.only.split(","))} if a.only else {}
+    unknown = set(only) - {n for n, _ in variants}
+    if unknown:
+        raise SystemExit(f"--only names no variant: {', '.join(sorted(unknown))}")
     data = prefix_files(Path(a.regen), a.sizes, Path(a.out))
-    jobs = [(h, n, data[n]) for h in a.heads.split(",") for n in a.sizes
-            if h not in only or n in {int(x) for x in only[h].split("+")}]
+    jobs = [(n, f, rows, data[rows]) for n, f in variants for rows in a.sizes if rows in only.get(n, a.sizes)]
     if not a.report_only:
         run_all(a, jobs, extra)
     print(markdown(report(a, jobs)))

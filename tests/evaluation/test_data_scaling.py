@@ -58,14 +58,18 @@ def test_steps_give_the_same_epochs_over_the_data_modules_own_training_split(row
 
 def test_a_point_resumes_exactly_once_it_has_a_checkpoint_and_restarts_before(tmp_path):
     a = args(tmp_path)
-    cmd = ds.train_command(a, "jetspec", 1156, Path("rows.jsonl"), ["--block-size", "8"])
+    name, flags = ds.parse_variant("jetspec-init:--head=jetspec,--init-from-target")
+    assert (name, flags) == ("jetspec-init", ["--head", "jetspec", "--init-from-target"])
+    cmd = ds.train_command(a, name, flags, 1156, Path("rows.jsonl"), ["--block-size", "8"])
     assert "--overwrite" in cmd and "--resume" not in cmd
+    assert cmd[cmd.index("--out") + 1] == str(Path(a.out) / "jetspec-init-n1156")
     assert cmd[cmd.index("--max-steps") + 1] == "567"
-    assert cmd[-2:] == ["--block-size", "8"]  # the shared flags come last, so they win
+    # the shared flags come after the script's own, and the variant's last, so each wins over the earlier
+    assert cmd[-5:] == ["--block-size", "8", "--head", "jetspec", "--init-from-target"]
     ckpt = Path(a.out) / "jetspec-n1156" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
-    cmd = ds.train_command(a, "jetspec", 1156, Path("rows.jsonl"), [])
+    cmd = ds.train_command(a, "jetspec", [], 1156, Path("rows.jsonl"), [])
     assert cmd[cmd.index("--resume") + 1] == "last" and "--overwrite" not in cmd
 
 
@@ -94,7 +98,8 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     losses = [9.0] * 50 + [1.5, 2.5] * 50
     fake_point(a, "jetspec", 4, [1.0, 1.2, 1.4, 1.6], {16: 1.25, 64: 1.3}, losses, 2.4)
     fake_point(a, "jetspec", 8, [1.5, 1.5, 1.5, 1.5], {16: 1.5, 64: 1.6}, losses, 2.1)
-    rep = ds.report(a, [("jetspec", 4, data[4]), ("jetspec", 8, data[8])])
+    fake_point(a, "dflash", 8, [1.5, 1.7, 1.5, 1.3], {16: 1.5, 64: 1.6}, losses, 2.1)
+    rep = ds.report(a, [("jetspec", [], 4, data[4]), ("jetspec", [], 8, data[8]), ("dflash", [], 8, data[8])])
     small = rep["points"][0]
     assert small["tau"][16]["pooled"] == 1.25
     # per-prompt taus 1.0..1.6: mean 1.3, sample sd 0.2582; half-width t(3) * sd / 2
@@ -106,6 +111,12 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     assert (Path(a.img_dir) / "data_scaling_curves.png").stat().st_size > 0
     text = (Path(a.out) / "report.md").read_text()
     assert "| jetspec | 8 | 16 | 4 | 1.500 +- 0.000 | 1.600 +- 0.000 | math 1.50 | 2.000 | 2.100 |" in text
+    # dflash - jetspec at 8 rows, per prompt: 0, +0.2, 0, -0.2 -> mean 0, sd 0.1633, one better, one worse
+    pair = next(d for d in rep["pairs"] if d["budget"] == 16)
+    assert (pair["pair"], pair["rows"], pair["better"], pair["worse"]) == ("dflash - jetspec", 8, 1, 1)
+    assert pair["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert pair["ci"] == pytest.approx(T975_DF3 * 0.1633 / 2, rel=1e-3)
+    assert len(rep["pairs"]) == 2  # budgets 16 and 64; no pair at 4 rows, where dflash has no point
 
 
 def test_report_refuses_a_point_that_did_not_reach_its_steps(tmp_path):
@@ -116,4 +127,4 @@ def test_report_refuses_a_point_that_did_not_reach_its_steps(tmp_path):
     curve = Path(a.out) / "jetspec-n4" / "tau_curve.jsonl"
     curve.write_text(curve.read_text().splitlines()[0] + "\n")  # only the mid-run row: stopped early
     with pytest.raises(SystemExit, match="has not finished its 2 steps"):
-        ds.report(a, [("jetspec", 4, data[4])])
+        ds.report(a, [("jetspec", [], 4, data[4])])
