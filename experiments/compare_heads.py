@@ -48,27 +48,35 @@ def train_command(a, name: str, flags: list[str], seed: int, extra: list[str]) -
     return cmd + extra + flag_args  # a variant's own flags come last, so they win over the shared ones
 
 
+def run_commands(commands: list[tuple[list[str], Path, Path]], parallel: int, check: bool = False) -> None:
+    """Run each (command, log file, command file) with one thread, ``parallel`` at a time, in the order
+    given; the log is appended to, the command line written to the command file. ``check``: stop at
+    the first failure."""
+    pending, running = list(commands), []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    while pending or running:
+        while pending and len(running) < parallel:
+            cmd, log_path, cmd_path = pending.pop(0)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            cmd_path.write_text(" ".join(cmd) + "\n")
+            with open(log_path, "a") as log:
+                running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log_path))
+            print(f"started {log_path}", flush=True)
+        time.sleep(5)
+        for proc, log_path in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, log_path))
+                print(f"finished {log_path} (exit {proc.returncode})", flush=True)
+                if check and proc.returncode != 0:
+                    raise SystemExit(f"failed: see {log_path}")
+
+
 def run_all(a, variants, extra) -> None:
     # Seed-major: every variant's seed 0 first, so an interrupted batch still holds paired runs.
     jobs = [(n, f, s) for s in a.seeds for n, f in variants]
-    pending = [j for j in jobs if not (Path(a.out) / f"{j[0]}-s{j[2]}" / "head" / "config.json").exists()]
-    running: list[tuple[subprocess.Popen, str]] = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    while pending or running:
-        while pending and len(running) < a.parallel:
-            name, flags, seed = pending.pop(0)
-            run = Path(a.out) / f"{name}-s{seed}"
-            run.mkdir(parents=True, exist_ok=True)
-            log = open(run / "train.log", "a")
-            cmd = train_command(a, name, flags, seed, extra)
-            (run / "cmd.txt").write_text(" ".join(cmd) + "\n")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), str(run)))
-            print(f"started {run}", flush=True)
-        time.sleep(5)
-        for proc, run in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, run))
-                print(f"finished {run} (exit {proc.returncode})", flush=True)
+    runs = [(Path(a.out) / f"{n}-s{s}", n, f, s) for n, f, s in jobs]
+    run_commands([(train_command(a, n, f, s, extra), run / "train.log", run / "cmd.txt") for run, n, f, s in runs
+                  if not (run / "head" / "config.json").exists()], a.parallel)
 
 
 def final_row(run: Path, steps: int) -> dict:
@@ -154,21 +162,27 @@ def markdown(rep: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_flags(p: argparse.ArgumentParser, eval_every: int, budgets: str) -> None:
+    """The flags every head-training experiment here shares: where runs go, the target, the replay
+    references and teacher cache, the tau curve, how many runs at a time, report only."""
     p.add_argument("--out", required=True)
     p.add_argument("--target", default="smollm2-135m-instruct")
-    p.add_argument("--data", required=True)
     p.add_argument("--refs", required=True, help="replay references (jetspec references)")
     p.add_argument("--teacher-cache", required=True)
-    p.add_argument("--variant", action="append", required=True, metavar="NAME:--flag=value,...")
-    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--budgets", default="8,16,32", help="budgets of the final replay (the report)")
+    p.add_argument("--eval-every", type=int, default=eval_every)
+    p.add_argument("--budgets", default=budgets, help="budgets of the final replay (the report)")
     p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report-only", action="store_true")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(p, eval_every=100, budgets="8,16,32")
+    p.add_argument("--data", required=True)
+    p.add_argument("--variant", action="append", required=True, metavar="NAME:--flag=value,...")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--baseline", default=None, help="report only the differences to this variant")
     p.add_argument("--title", default="Head variants, several seeds")
     p.add_argument("--report-name", default=None, help="OUT/<name>.md and .json (default: report)")

@@ -33,16 +33,16 @@ import argparse
 import csv
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from jetspec.core.jsonl import read_jsonl, write_jsonl
-from jetspec.core.replay import mean_ci
-from jetspec.evaluation.plots import plot_ablation, plot_tau_curves
-from jetspec.training.callbacks import load_curve
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_heads import add_run_flags, parse_variant, run_commands  # noqa: E402  (a script beside this one)
+
+from jetspec.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from jetspec.core.replay import mean_ci  # noqa: E402
+from jetspec.evaluation.plots import plot_ablation, plot_tau_curves  # noqa: E402
+from jetspec.training.callbacks import load_curve  # noqa: E402
 
 
 def prefix_files(regen: Path, sizes: list[int], out: Path) -> dict[int, Path]:
@@ -69,12 +69,6 @@ def run_name(variant: str, rows: int) -> str:
     return f"{variant}-n{rows}"
 
 
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``NAME:--flag=value,--switch`` -> (NAME, ["--flag", "value", "--switch"])."""
-    name, _, flags = text.partition(":")
-    return name, [part for f in flags.split(",") if f for part in f.split("=", 1)]
-
-
 def train_command(a, name: str, flags: list[str], rows: int, data: Path, extra: list[str]) -> list[str]:
     run = Path(a.out) / run_name(name, rows)
     steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
@@ -87,7 +81,7 @@ def train_command(a, name: str, flags: list[str], rows: int, data: Path, extra: 
             "--val-every", str(a.val_every), "--eval-data", a.refs, "--eval-every", str(a.eval_every),
             "--eval-budgets", a.curve_budgets, "--eval-final-budgets", a.budgets, "--logger", "csv",
             "--checkpoint-every", str(a.checkpoint_every), "--teacher-cache", a.teacher_cache,
-            "--kl-topk", "64", "--save-dtype", "float16", *extra, *flags]
+            "--kl-topk", "64", "--save-dtype", "float16", *extra, *[x for f in flags for x in f.split("=", 1)]]
 
 
 def finished(run: Path) -> bool:
@@ -95,28 +89,12 @@ def finished(run: Path) -> bool:
 
 
 def run_all(a, jobs: list[tuple[str, list[str], int, Path]], extra: list[str]) -> None:
-    """Run the unfinished points, ``--parallel`` at a time, one thread each; largest first (longest)."""
-    pending = sorted((j for j in jobs if not finished(Path(a.out) / run_name(j[0], j[2]))),
-                     key=lambda j: -j[2])
-    running: list[tuple[subprocess.Popen, Path]] = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    while pending or running:
-        while pending and len(running) < a.parallel:
-            name, flags, rows, data = pending.pop(0)
-            run = Path(a.out) / run_name(name, rows)
-            cmd = train_command(a, name, flags, rows, data, extra)
-            # Beside the run folder, not in it: --overwrite would remove them with the run.
-            Path(f"{run}.cmd.txt").write_text(" ".join(cmd) + "\n")
-            with open(f"{run}.log", "a") as log:
-                running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run))
-            print(f"started {run}", flush=True)
-        time.sleep(5)
-        for proc, run in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, run))
-                print(f"finished {run} (exit {proc.returncode})", flush=True)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{run} failed: see {run}.log")
+    """Run the unfinished points, ``--parallel`` at a time, one thread each; largest first (longest).
+    A point's command and log lie beside its run folder (``--overwrite`` would remove them inside it)."""
+    todo = sorted((j for j in jobs if not finished(Path(a.out) / run_name(j[0], j[2]))), key=lambda j: -j[2])
+    out = Path(a.out)
+    run_commands([(train_command(a, n, f, rows, data, extra), out / f"{run_name(n, rows)}.log",
+                   out / f"{run_name(n, rows)}.cmd.txt") for n, f, rows, data in todo], a.parallel, check=True)
 
 
 def losses_at_end(run: Path, last: int = 100) -> dict:
@@ -224,23 +202,15 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=None, metavar="NAME:--flag=value,...",
                    help="a head and its flags (default: jetspec:--head=jetspec); the first is the baseline")
     p.add_argument("--only", default=None, metavar="NAME=N+N,...", help="train that variant at these sizes only")
-    p.add_argument("--out", required=True)
-    p.add_argument("--refs", required=True, help="replay references (jetspec references)")
-    p.add_argument("--teacher-cache", required=True)
-    p.add_argument("--target", default="smollm2-135m-instruct")
+    add_run_flags(p, eval_every=250, budgets="16,64")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--val-fraction", type=float, default=0.02)
     p.add_argument("--val-every", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--budgets", default="16,64", help="budgets of the final replay (the report)")
-    p.add_argument("--curve-budgets", default="16", help="budgets of the replays during training")
-    p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--img-dir", default="docs/results/img")
-    p.add_argument("--report-only", action="store_true")
     a, extra = p.parse_known_args()
     extra = [e for e in extra if e != "--"]
     variants = [parse_variant(v) for v in (a.variant or ["jetspec:--head=jetspec"])]

@@ -238,13 +238,7 @@ def plot_ablation(groups: dict[str, list[tuple[str, float, float]]], xlabel: str
         errs = [h if h == h and h > 0 else 0.0 for _, _, h in pts]  # h == h: not nan
         ax.errorbar(xs, [m for _, m, _ in pts], yerr=errs, marker="o", capsize=3, label=name)
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return path
+    return _finish(fig, ax, xlabel, ylabel, title, path)
 
 
 def plot_tau_curves(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str,
@@ -261,6 +255,11 @@ def plot_tau_curves(curves: dict[str, list[tuple[float, float]]], xlabel: str, y
     for name, pts in curves.items():
         pts = sorted(pts)
         ax.plot([x for x, _ in pts], [t for _, t in pts], marker=".", label=name)
+    return _finish(fig, ax, xlabel, ylabel, title, path)
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid and legend of a one-panel analysis plot, saved to ``path``."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -59,7 +59,7 @@ def test_steps_give_the_same_epochs_over_the_data_modules_own_training_split(row
 def test_a_point_resumes_exactly_once_it_has_a_checkpoint_and_restarts_before(tmp_path):
     a = args(tmp_path)
     name, flags = ds.parse_variant("jetspec-init:--head=jetspec,--init-from-target")
-    assert (name, flags) == ("jetspec-init", ["--head", "jetspec", "--init-from-target"])
+    assert (name, flags) == ("jetspec-init", ["--head=jetspec", "--init-from-target"])
     cmd = ds.train_command(a, name, flags, 1156, Path("rows.jsonl"), ["--block-size", "8"])
     assert "--overwrite" in cmd and "--resume" not in cmd
     assert cmd[cmd.index("--out") + 1] == str(Path(a.out) / "jetspec-init-n1156")
