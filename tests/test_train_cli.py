@@ -147,3 +147,30 @@ def test_every_generated_head_and_recipe_flag_reaches_the_head():
         assert want != defaults[name], name  # else the check below could not fail
         got = getattr(head.config if name in HEAD_FLAGS else head.train_config, name)
         assert got == want, f"{flag}: the head got {got!r}"
+
+
+def test_eval_data_writes_the_tau_curve_and_its_plot_across_a_resume(argv, tmp_path, capsys):
+    """With --eval-data, a run leaves tau_curve.jsonl (one row per replay) and tau_curve.png drawn from
+    every row, the resumed part's included; --overwrite removes both with the run."""
+    from jetspec.core.jsonl import write_jsonl
+    from jetspec.core.loading import load_target
+    from jetspec.core.replay import make_references
+    from jetspec.training.callbacks import load_curve
+
+    model, _ = load_target(str(tmp_path / "target"))
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [r.to_row() for r in make_references(model, [[1, 2, 3], [5, 6]], max_new_tokens=6,
+                                                           progress=False)])
+    flags = ["--head", "jetspec", "--block-size", "4", "--eval-data", str(refs), "--eval-every", "1",
+             "--eval-budgets", "4,8"]
+    out = tmp_path / "out"
+    assert main(argv + flags) == 0
+    assert main(argv + flags + ["--max-steps", "2", "--resume", "last"]) == 0
+    assert f"tau curve: {out / 'tau_curve.png'}" in capsys.readouterr().out
+    rows = load_curve(out / "tau_curve.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["tau_b4"] >= 1.0 and r["tau_b8"] >= 1.0 for r in rows)
+    png = (out / "tau_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert main(argv + ["--overwrite", "--head", "jetspec", "--block-size", "4"]) == 0  # no --eval-data now
+    assert not (out / "tau_curve.png").exists() and not (out / "tau_curve.jsonl").exists()

@@ -6,15 +6,16 @@ Example::
         --out runs/jetspec --max-steps 2000 --batch-size 8
 
 Writes ``OUT/head`` (``save_pretrained``: config.json + model.safetensors, the head's weights
-only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest)
-and ``OUT/logs`` (CSV or TensorBoard). Every flag is generated (``jetspec.commands.flags``) from
-``TrainCommand`` below, ``TokenDataModule``, ``HeadConfig`` or ``TrainConfig``, which hold the
-defaults; none is written twice.
+only), ``OUT/checkpoints`` (Lightning checkpoints; ``--resume last`` continues from the newest),
+``OUT/logs`` (CSV or TensorBoard) and, with ``--eval-data``, the replay tau during training
+(``OUT/tau_curve.jsonl`` and its plot ``OUT/tau_curve.png``). Every flag is generated
+(``jetspec.commands.flags``) from ``TrainCommand`` below, ``TokenDataModule``, ``HeadConfig`` or
+``TrainConfig``, which hold the defaults; none is written twice.
 
 A finished run is never overwritten by accident: a non-empty ``--out`` is refused unless the run
 resumes (``--resume``) or ``--overwrite`` replaces it (removing the previous run's ``head``,
-``checkpoints``, ``logs`` and ``tau_curve.jsonl``; other files stay). ``--resume last`` on an
-``--out`` without a checkpoint starts from scratch, so one command both starts and continues a
+``checkpoints``, ``logs`` and ``tau_curve.jsonl`` / ``.png``; other files stay). ``--resume last``
+on an ``--out`` without a checkpoint starts from scratch, so one command both starts and continues a
 run. A checkpoint written for another head kind or architecture is refused.
 """
 
@@ -193,10 +194,25 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_global_zero:
         folder = head.save_pretrained(out / "head", dtype=getattr(torch, args.save_dtype), state_dict=state)
         print(f"saved {type(head).__name__} to {folder} after {trainer.global_step} steps")
+        if args.eval_data:
+            print(f"tau curve: {_plot_tau_curve(out)}")
     return 0
 
 
-TRAIN_OUTPUTS = ("head", "checkpoints", "logs", "tau_curve.jsonl")  # what a run writes into --out
+TRAIN_OUTPUTS = ("head", "checkpoints", "logs", "tau_curve.jsonl", "tau_curve.png")  # what a run writes into --out
+
+
+def _plot_tau_curve(out):
+    """``OUT/tau_curve.png``: the replay tau at every budget logged during training (all resumed parts)
+    against the training tokens seen."""
+    from jetspec.evaluation.plots import plot_tau_curves
+    from jetspec.training.callbacks import load_curve
+
+    rows = load_curve(out / "tau_curve.jsonl")
+    keys = sorted({k for r in rows for k in r if k.startswith("tau_b") and k[5:].isdigit()}, key=lambda k: int(k[5:]))
+    curves = {f"budget {k[5:]}": [(r["tokens_seen"], r[k]) for r in rows if k in r] for k in keys}
+    return plot_tau_curves(curves, "training tokens seen", "replay tau", f"{out.name}: tau during training",
+                           out / "tau_curve.png")
 
 
 def _resume_path(args: argparse.Namespace, out) -> "str | None":
