@@ -21,7 +21,7 @@ differences.
 
 The report (``OUT/report.md``, ``report.json`` and two PNGs) gives, per point, the pooled replay
 tau at each final budget with the 95% Student-t interval over prompts, per set, and the mean
-training and validation losses at the end. Their gap answers the question the curve is for: a head
+last validation loss with the training loss just before it. Their gap answers the question the curve is for: a head
 whose validation loss sits on its training loss has not yet used up its data (more steps or a
 larger head help before more rows do); a growing gap means the rows run out first. The second PNG
 is each run's replay tau during training against the training tokens seen.
@@ -97,19 +97,21 @@ def run_all(a, jobs: list[tuple[str, list[str], int, Path]], extra: list[str]) -
                    out / f"{run_name(n, rows)}.cmd.txt") for n, f, rows, data in todo], a.parallel, check=True)
 
 
-def losses_at_end(run: Path, last: int = 100) -> dict:
-    """Mean training loss over the last ``last`` logged steps and the last validation loss (CSV logs)."""
+def losses_at_end(run: Path, window: int = 200) -> dict:
+    """The last validation (loss and depth-1 top-1 agreement) and the mean training loss over the
+    ``window`` steps before it, so the two losses compare the head at the same point (CSV logs)."""
     rows = []
     for path in sorted(run.glob("logs/version_*/metrics.csv")):
         with open(path) as f:
             rows += list(csv.DictReader(f))
-    train = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
-    val = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
-    if not train:
-        return {"train_loss": None, "val_loss": None}
-    end = max(s for s, _ in train)
-    tail = [v for s, v in train if s > end - last]
-    return {"train_loss": sum(tail) / len(tail), "val_loss": max(val)[1] if val else None}
+    val = [(int(r["step"]), float(r["val/loss"]), float(r.get("val/agree_d1") or "nan"))
+           for r in rows if r.get("val/loss")]
+    if not val:
+        return {"val_step": None, "train_loss": None, "val_loss": None, "val_agree_d1": None}
+    step, loss, agree = max(val)
+    train = [float(r["train/loss"]) for r in rows if r.get("train/loss") and step - window < int(r["step"]) <= step]
+    return {"val_step": step, "train_loss": sum(train) / len(train) if train else None, "val_loss": loss,
+            "val_agree_d1": agree}
 
 
 def point(a, name: str, rows: int, data: Path) -> dict:
@@ -153,17 +155,19 @@ def markdown(rep: dict) -> str:
     budgets = rep["budgets"]
     lines = [f"Replay tau (greedy, best-first trees of width 4) on {rep['refs']} held-out references after "
              f"{rep['epochs']} epochs over the first N target-written rows; +- is the 95% Student-t "
-             "half-width over prompts (of the per-prompt tau). Losses: mean training loss over the last "
-             "100 steps and the last validation loss (2% of the rows held out).", "",
+             "half-width over prompts (of the per-prompt tau). The last validation (2% of the rows held "
+             "out; at step `val step`) gives the validation loss and the depth-1 top-1 agreement; the "
+             "training loss is the mean over the 200 steps before it.", "",
              "| variant | rows | response tokens | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
-             + " | per set @ " + str(budgets[0]) + " | train loss | val loss |",
-             "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+             + " | per set @ " + str(budgets[0]) + " | val step | train loss | val loss | val depth-1 agreement |",
+             "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
     fmt = (lambda x: "-" if x is None else f"{x:.3f}")
     for p in rep["points"]:
         taus = " | ".join(f"{p['tau'][b]['pooled']:.3f} +- {p['tau'][b]['prompt_ci']:.3f}" for b in budgets)
         sets = ", ".join(f"{s} {v:.2f}" for s, v in p["tau"][budgets[0]]["sets"].items())
         lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['steps']:,} | {taus} | "
-                     f"{sets} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} |")
+                     f"{sets} | {p['val_step']} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} | "
+                     f"{fmt(p['val_agree_d1'])} |")
     if rep["pairs"]:
         lines += ["", "Paired over prompts (per-prompt tau, first minus second, 95% interval):", "",
                   "| pair | rows | budget | difference | prompts better / worse |", "|---|---|---|---|---|"]

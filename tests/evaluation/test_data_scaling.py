@@ -85,8 +85,8 @@ def fake_point(a, head: str, rows: int, taus16: list[float], pooled: dict, train
     (run / "tau_curve.jsonl").write_text(json.dumps(mid) + "\n" + json.dumps(final) + "\n")
     log = run / "logs" / "version_0"
     log.mkdir(parents=True)
-    lines = ["step,train/loss,val/loss"] + [f"{s},{v}," for s, v in enumerate(train_losses)]
-    lines.append(f"{len(train_losses) - 1},,{val_loss}")
+    lines = ["step,train/loss,val/loss,val/agree_d1"] + [f"{s},{v},," for s, v in enumerate(train_losses)]
+    lines.append(f"{len(train_losses) - 101},,{val_loss},0.25")  # the last validation, 100 steps before the end
     (log / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -94,8 +94,9 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     a = args(tmp_path)
     write(Path(a.refs), [{}] * 4)
     data = ds.prefix_files(write(tmp_path / "regen.jsonl", regen_rows(range(8))), [4, 8], Path(a.out))
-    # 150 logged steps: the last 100 (steps 50..149) average to 2.0; the first 50 are far off.
-    losses = [9.0] * 50 + [1.5, 2.5] * 50
+    # 400 logged steps, validated at step 299: the 200 steps before it (100..299) average to 2.0; the
+    # steps before them and after the validation are far off.
+    losses = [9.0] * 100 + [1.5, 2.5] * 100 + [0.1] * 100
     fake_point(a, "jetspec", 4, [1.0, 1.2, 1.4, 1.6], {16: 1.25, 64: 1.3}, losses, 2.4)
     fake_point(a, "jetspec", 8, [1.5, 1.5, 1.5, 1.5], {16: 1.5, 64: 1.6}, losses, 2.1)
     fake_point(a, "dflash", 8, [1.5, 1.7, 1.5, 1.3], {16: 1.5, 64: 1.6}, losses, 2.1)
@@ -105,12 +106,14 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     # per-prompt taus 1.0..1.6: mean 1.3, sample sd 0.2582; half-width t(3) * sd / 2
     assert small["tau"][16]["prompt_ci"] == pytest.approx(T975_DF3 * 0.2582 / 2, rel=1e-3)
     assert small["train_loss"] == pytest.approx(2.0) and small["val_loss"] == 2.4
+    assert small["val_step"] == 299 and small["val_agree_d1"] == 0.25
     assert small["response_tokens"] == 4 * 2  # 4 rows x (4 ids - response_start 2)
     assert [r["tokens_seen"] for r in small["curve"]] == [10, 500]
     assert (Path(a.img_dir) / "data_scaling.png").stat().st_size > 0
     assert (Path(a.img_dir) / "data_scaling_curves.png").stat().st_size > 0
     text = (Path(a.out) / "report.md").read_text()
-    assert "| jetspec | 8 | 16 | 4 | 1.500 +- 0.000 | 1.600 +- 0.000 | math 1.50 | 2.000 | 2.100 |" in text
+    assert ("| jetspec | 8 | 16 | 4 | 1.500 +- 0.000 | 1.600 +- 0.000 | math 1.50 | 299 | 2.000 | 2.100 | 0.250 |"
+            in text)
     # dflash - jetspec at 8 rows, per prompt: 0, +0.2, 0, -0.2 -> mean 0, sd 0.1633, one better, one worse
     pair = next(d for d in rep["pairs"] if d["budget"] == 16)
     assert (pair["pair"], pair["rows"], pair["better"], pair["worse"]) == ("dflash - jetspec", 8, 1, 1)
