@@ -215,8 +215,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--img-dir", default="docs/results/img")
+    p.add_argument("--prefixes-only", action="store_true",
+                   help="write OUT/rows-N.jsonl and stop (to fill the teacher cache for the largest first)")
     a, extra = p.parse_known_args()
     extra = [e for e in extra if e != "--"]
+    if a.prefixes_only:
+        print("\n".join(str(path) for path in prefix_files(Path(a.regen), a.sizes, Path(a.out)).values()))
+        return
     variants = [parse_variant(v) for v in (a.variant or ["jetspec:--head=jetspec"])]
     only = {k: {int(n) for n in v.split("+")} for k, v in (kv.split("=") for kv in a.only.split(","))} if a.only else {}
     unknown = set(only) - {n for n, _ in variants}

@@ -131,3 +131,14 @@ def test_report_refuses_a_point_that_did_not_reach_its_steps(tmp_path):
     curve.write_text(curve.read_text().splitlines()[0] + "\n")  # only the mid-run row: stopped early
     with pytest.raises(SystemExit, match="has not finished its 2 steps"):
         ds.report(a, [("jetspec", [], 4, data[4])])
+
+
+def test_prefixes_only_writes_the_row_files_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    regen = write(tmp_path / "regen.jsonl", regen_rows([3, 1, 2, 0]))
+    out = tmp_path / "curve"
+    monkeypatch.setattr(ds, "run_all", lambda *a: pytest.fail("--prefixes-only must not train"))
+    monkeypatch.setattr(sys, "argv", ["data_scaling.py", "--regen", str(regen), "--sizes", "2,4", "--out", str(out),
+                                      "--refs", "r", "--teacher-cache", "c", "--prefixes-only"])
+    ds.main()
+    assert capsys.readouterr().out.split() == [str(out / "rows-2.jsonl"), str(out / "rows-4.jsonl")]
+    assert [json.loads(x)["id"] for x in (out / "rows-2.jsonl").read_text().splitlines()] == [0, 1]
