@@ -74,3 +74,10 @@ def test_more_head_layers_than_the_target_has_are_refused():
     target = tiny_model("llama", seed=3, layers=2)
     with pytest.raises(ValueError, match="init_from_target"):
         JetSpecHead(target, block_size=4, num_layers=3, init_from_target=True)
+
+
+def test_a_head_parameter_the_target_lacks_is_named():
+    target = tiny_model("llama", seed=3)  # Llama layers have no q/k norms
+    with pytest.raises(ValueError, match=r"head layer 0 attn.q_norm.weight \(8,\) has no counterpart in the "
+                                         r"target's layer \(missing\)"):
+        JetSpecHead(target, block_size=4, qk_norm=True, init_from_target=True)
