@@ -15,7 +15,8 @@ run in ``OUT/<variant>-n<N>`` (its command and log beside it, ``.cmd.txt`` and `
 and leaves a finished one alone.
 
 A variant (``NAME:--flag=value,...``, as in ``compare_heads.py``) is a head and its own flags, which
-come after the shared ones; ``--only NAME=N+N`` trains that variant at those sizes only (a lever
+come after the shared ones; a variant's ``--epochs=E`` is this script's (its points see E epochs, the
+steps-against-rows control); ``--only NAME=N+N`` trains that variant at those sizes only (a lever
 compared at one size, DFlash at the largest). The first variant is the baseline of the paired
 differences.
 
@@ -65,13 +66,21 @@ def steps_for(rows: int, epochs: float, batch_size: int, val_fraction: float) ->
     return max(1, math.ceil(epochs * train / batch_size))
 
 
+def variant_epochs(a, flags: list[str]) -> tuple[float, list[str]]:
+    """A variant's own ``--epochs=E`` (else the script's ``--epochs``) and the flags left for ``jetspec train``."""
+    own = [f for f in flags if f.startswith("--epochs=")]
+    epochs = float(own[-1].split("=", 1)[1]) if own else a.epochs
+    return epochs, [f for f in flags if not f.startswith("--epochs=")]
+
+
 def run_name(variant: str, rows: int) -> str:
     return f"{variant}-n{rows}"
 
 
 def train_command(a, name: str, flags: list[str], rows: int, data: Path, extra: list[str]) -> list[str]:
     run = Path(a.out) / run_name(name, rows)
-    steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
+    epochs, flags = variant_epochs(a, flags)
+    steps = steps_for(rows, epochs, a.batch_size, a.val_fraction)
     # A run with a checkpoint continues exactly; one killed before its first checkpoint starts over.
     start = ["--resume", "last"] if (run / "checkpoints" / "last.ckpt").exists() else ["--overwrite"]
     return [sys.executable, "-m", "jetspec.cli", "train", "--target", a.target,
@@ -114,10 +123,11 @@ def losses_at_end(run: Path, window: int = 200) -> dict:
             "val_agree_d1": agree}
 
 
-def point(a, name: str, rows: int, data: Path) -> dict:
+def point(a, name: str, flags: list[str], rows: int, data: Path) -> dict:
     """One point of the curve from its finished run (refused when the run did not reach its steps)."""
     run = Path(a.out) / run_name(name, rows)
-    steps = steps_for(rows, a.epochs, a.batch_size, a.val_fraction)
+    epochs, _ = variant_epochs(a, flags)
+    steps = steps_for(rows, epochs, a.batch_size, a.val_fraction)
     curve = load_curve(run / "tau_curve.jsonl") if (run / "tau_curve.jsonl").exists() else []
     if not finished(run) or not curve or curve[-1]["step"] != steps:
         raise SystemExit(f"{run} has not finished its {steps} steps: rerun without --report-only")
@@ -125,7 +135,7 @@ def point(a, name: str, rows: int, data: Path) -> dict:
     tokens = sum(len(r["input_ids"]) - int(r["response_start"]) for r in read_jsonl(data))
     budgets = [int(b) for b in a.budgets.split(",")]
     sets = sorted({k.split("_", 2)[2] for k in final if k.startswith(f"tau_b{budgets[0]}_")})
-    return {"variant": name, "rows": rows, "response_tokens": tokens, "steps": steps,
+    return {"variant": name, "rows": rows, "response_tokens": tokens, "epochs": epochs, "steps": steps,
             "tokens_seen": final["tokens_seen"], "wall_s": final["wall_s"], **losses_at_end(run),
             "tau": {b: {"pooled": final[f"tau_b{b}"], "prompt_ci": mean_ci(final[f"taus_b{b}"])[1],
                         "per_prompt": final[f"taus_b{b}"],
@@ -154,18 +164,18 @@ def pairs(points: list[dict], budgets: list[int]) -> list[dict]:
 def markdown(rep: dict) -> str:
     budgets = rep["budgets"]
     lines = [f"Replay tau (greedy, best-first trees of width 4) on {rep['refs']} held-out references after "
-             f"{rep['epochs']} epochs over the first N target-written rows; +- is the 95% Student-t "
+             f"{rep['epochs']:g} epochs (unless the row says) over the first N target-written rows; +- is the 95% Student-t "
              "half-width over prompts (of the per-prompt tau). The last validation (2% of the rows held "
              "out; at step `val step`) gives the validation loss and the depth-1 top-1 agreement; the "
              "training loss is the mean over the 200 steps before it.", "",
-             "| variant | rows | response tokens | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
+             "| variant | rows | response tokens | epochs | steps | " + " | ".join(f"tau @ {b}" for b in budgets)
              + " | per set @ " + str(budgets[0]) + " | val step | train loss | val loss | val depth-1 agreement |",
-             "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
+             "|---|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
     fmt = (lambda x: "-" if x is None else f"{x:.3f}")
     for p in rep["points"]:
         taus = " | ".join(f"{p['tau'][b]['pooled']:.3f} +- {p['tau'][b]['prompt_ci']:.3f}" for b in budgets)
         sets = ", ".join(f"{s} {v:.2f}" for s, v in p["tau"][budgets[0]]["sets"].items())
-        lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['steps']:,} | {taus} | "
+        lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['epochs']:g} | {p['steps']:,} | {taus} | "
                      f"{sets} | {p['val_step']} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} | "
                      f"{fmt(p['val_agree_d1'])} |")
     if rep["pairs"]:
@@ -179,7 +189,7 @@ def markdown(rep: dict) -> str:
 def report(a, jobs: list[tuple[str, list[str], int, Path]]) -> dict:
     budgets = [int(b) for b in a.budgets.split(",")]
     refs = sum(1 for _ in read_jsonl(a.refs))
-    points = [point(a, name, rows, data) for name, _, rows, data in jobs]
+    points = [point(a, name, flags, rows, data) for name, flags, rows, data in jobs]
     rep = {"epochs": a.epochs, "budgets": budgets, "refs": refs, "points": points,
            "pairs": pairs(points, budgets)}
     out = Path(a.out)

@@ -73,6 +73,17 @@ def test_a_point_resumes_exactly_once_it_has_a_checkpoint_and_restarts_before(tm
     assert cmd[cmd.index("--resume") + 1] == "last" and "--overwrite" not in cmd
 
 
+def test_a_variants_own_epochs_set_its_steps_and_never_reach_jetspec_train(tmp_path):
+    a = args(tmp_path)  # the script's --epochs is 2
+    cmd = ds.train_command(a, "jetspec-e4", ["--head=jetspec", "--epochs=4"], 2312, Path("rows.jsonl"), [])
+    assert cmd[cmd.index("--max-steps") + 1] == str(ds.steps_for(2312, 4.0, 4, 0.02)) == "2266"
+    assert "--epochs" not in cmd and not any(c.startswith("--epochs") for c in cmd)
+    # the control it exists for: 2,312 rows for 4 epochs take the steps of 4,624 rows for 2
+    assert ds.train_command(a, "jetspec", ["--head=jetspec"], 4624, Path("r.jsonl"), [])[
+        cmd.index("--max-steps") + 1] == "2266"
+    assert ds.variant_epochs(a, ["--head=jetspec"]) == (2.0, ["--head=jetspec"])
+
+
 def fake_point(a, head: str, rows: int, taus16: list[float], pooled: dict, train_losses: list[float],
                val_loss: float) -> None:
     run = Path(a.out) / ds.run_name(head, rows)
@@ -112,7 +123,7 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     assert (Path(a.img_dir) / "data_scaling.png").stat().st_size > 0
     assert (Path(a.img_dir) / "data_scaling_curves.png").stat().st_size > 0
     text = (Path(a.out) / "report.md").read_text()
-    assert ("| jetspec | 8 | 16 | 4 | 1.500 +- 0.000 | 1.600 +- 0.000 | math 1.50 | 299 | 2.000 | 2.100 | 0.250 |"
+    assert ("| jetspec | 8 | 16 | 2 | 4 | 1.500 +- 0.000 | 1.600 +- 0.000 | math 1.50 | 299 | 2.000 | 2.100 | 0.250 |"
             in text)
     # dflash - jetspec at 8 rows, per prompt: 0, +0.2, 0, -0.2 -> mean 0, sd 0.1633, one better, one worse
     pair = next(d for d in rep["pairs"] if d["budget"] == 16)
