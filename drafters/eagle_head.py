@@ -66,6 +66,7 @@ from jetspec.drafters.head_layers import (
     Attention,
     DecoderLayer,
     LayerShape,
+    PackedLinears,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -168,8 +169,9 @@ class FusionLayer(nn.Module):
         return h + self.mlp(self.post_attn_norm(h))
 
 
-class EagleDraftNet(nn.Module):
-    """The head's own weights: fc, the decoder layers and the final norm (nothing of the target)."""
+class EagleDraftNet(PackedLinears):
+    """The head's own weights: fc, the decoder layers and the final norm (nothing of the target);
+    its Linear layers run prepacked while drafting (``PackedLinears``)."""
 
     def __init__(self, cfg: EagleConfig) -> None:
         super().__init__()
@@ -293,7 +295,7 @@ class EagleHead(LearnedHead):
         # at most t - 1 rows kept: the root row t - 1 runs every round
         cache = self.start_context(row, round_index, at_most=t - 1)
         p = cache.length
-        feat = self.net.fc(taps[p:].to(dev, self.net.fc.weight.dtype))  # [N, H]
+        feat = self.net.linears(taps[p:].to(dev, self.net.fc.weight.dtype), "fc")[0]  # [N, H]
         return cache, feat, self.embed(tokens[p + 1:].to(dev)), torch.arange(p, t, device=dev)
 
     def _sync_context(self, tokens: Int[Tensor, " T"], taps: Optional[Float[Tensor, "T-1 F"]],

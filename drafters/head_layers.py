@@ -11,6 +11,8 @@ EAGLE-style autoregressive head can all be built from them:
                         projected by this layer) are placed in front of the layer's own keys
     SwiGLU              down(silu(gate(x)) * up(x))
     DecoderLayer        pre-norm attention + pre-norm MLP, both residual
+    PackedLinears       the base of the modules above with weights: their Linear children that
+                        read one input run as ONE prepacked product while drafting
 
 Attention is plain PyTorch (SDPA with an additive float mask). The mask is additive, not boolean,
 for the same reason as in the target wrapper: one convention everywhere, and it is the form a
@@ -30,7 +32,10 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from jetspec.core.compact_engine import apply_rope
+from jetspec.core.compact_engine import WeightsIdentity, apply_rope
+from jetspec.kernels import PackedLinear
+
+PACKED_MAX_ROWS = 64  # drafting's skinny products; larger ones (training batches, a long prompt) stay on BLAS
 
 
 class RMSNorm(nn.Module):
@@ -101,7 +106,38 @@ class LayerShape:
                              f"({self.num_kv_heads}) for grouped-query attention")
 
 
-class Attention(nn.Module):
+class PackedLinears(nn.Module):
+    """A module whose ``nn.Linear`` children that read one input can run as one product (``linears``).
+
+    While autograd records (training), every child is its own ``nn.Linear`` call: the reference
+    twin, and the only path with a backward. Otherwise (drafting, under ``no_grad``), at most
+    ``PACKED_MAX_ROWS`` rows go through ONE prepacked product of the named children's weights
+    (``jetspec.kernels.PackedLinear``, whose CPU kernels stream each weight once: a draft round
+    is a few rows against every head weight, docs/design.md §6.3). The packed copy is this
+    module's own cache, rebuilt when any of the weights is another tensor or was written in place
+    (``WeightsIdentity``: an optimizer step, ``load_state_dict``, ``.to``). The two paths differ
+    only in the order of floating-point additions.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packed: dict[tuple[str, ...], tuple[WeightsIdentity, PackedLinear]] = {}
+
+    def linears(self, x: Float[Tensor, "*B I"], *names: str) -> tuple[Tensor, ...]:
+        """``x`` through the Linear children ``names`` (looked up now, so a replaced child is seen)."""
+        mods = [getattr(self, n) for n in names]
+        weights = [m.weight for m in mods]
+        training = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        if training or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+            return tuple(m(x) for m in mods)
+        identity = WeightsIdentity(weights + [m.bias for m in mods if m.bias is not None], "auto")
+        cached = self._packed.get(names)
+        if cached is None or cached[0] != identity:
+            cached = self._packed[names] = (identity, PackedLinear(weights, [m.bias for m in mods]))
+        return cached[1].split(cached[1](x.to(weights[0].dtype)))
+
+
+class Attention(PackedLinears):
     """Grouped-query attention whose keys/values can be prefixed with injected rows."""
 
     def __init__(self, shape: LayerShape) -> None:
@@ -121,8 +157,13 @@ class Attention(nn.Module):
         Used both for the layer's own rows and for injected rows: injected context rows go through
         the same k/v projections, so one cache entry per layer is all the context costs.
         """
-        k = rearrange(self.k_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
-        v = rearrange(self.v_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
+        return self._heads_kv(*self.linears(x, "k_proj", "v_proj"), cos, sin)
+
+    def _heads_kv(self, k: Float[Tensor, "B N O"], v: Float[Tensor, "B N O"], cos: Tensor,
+                  sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected keys and values as heads [B, h_kv, N, K], keys normed (Qwen3) and RoPE'd."""
+        k = rearrange(k, "B N (h K) -> B h N K", K=self.head_dim)
+        v = rearrange(v, "B N (h K) -> B h N K", K=self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
         return apply_rope(k, cos[:, None], sin[:, None]), v
@@ -137,19 +178,20 @@ class Attention(nn.Module):
         ``attention_fn(q, k, v)`` replaces the masked reference (``attend``) when given: the
         inference path passes a tree-attention kernel there.
         """
-        q = rearrange(self.q_proj(x), "B N (h K) -> B h N K", K=self.head_dim)
+        q, k, v = self.linears(x, "q_proj", "k_proj", "v_proj")
+        q = rearrange(q, "B N (h K) -> B h N K", K=self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         q = apply_rope(q, cos[:, None], sin[:, None])  # cos, sin [B, N, K]: the same for every head
-        k, v = self.project_kv(x, cos, sin)  # [B, h_kv, N, K]
+        k, v = self._heads_kv(k, v, cos, sin)  # [B, h_kv, N, K]
         if prefix_kv is not None:
             k = torch.cat([prefix_kv[0], k], dim=2)  # [B, h_kv, P + N, K]
             v = torch.cat([prefix_kv[1], v], dim=2)
         out = attend(q, k, v, mask) if attention_fn is None else attention_fn(q, k, v)
-        return self.o_proj(rearrange(out, "B h N K -> B N (h K)"))
+        return self.linears(rearrange(out, "B h N K -> B N (h K)"), "o_proj")[0]
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(PackedLinears):
     """The gated MLP of Llama/Qwen: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
@@ -159,7 +201,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.linears(x, "gate_proj", "up_proj")
+        return self.linears(F.silu(gate) * up, "down_proj")[0]
 
 
 class DecoderLayer(nn.Module):

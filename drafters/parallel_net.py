@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from jetspec.core.config import read_tuple_fields
 from jetspec.drafters.draft_vocab import DraftVocabulary
 from jetspec.drafters.head_config import default_tap_layers, from_target
-from jetspec.drafters.head_layers import DecoderLayer, LayerShape, RMSNorm, RotaryEmbedding
+from jetspec.drafters.head_layers import DecoderLayer, LayerShape, PackedLinears, RMSNorm, RotaryEmbedding
 
 __all__ = ["HeadConfig", "ParallelDraftNet", "default_tap_layers"]
 
@@ -89,8 +89,10 @@ class HeadConfig:
                           self.intermediate_size, self.qk_norm, self.rms_norm_eps)
 
 
-class ParallelDraftNet(nn.Module):
-    """The head's own weights (all of them; nothing of the target). Takes a resolved config."""
+class ParallelDraftNet(PackedLinears):
+    """The head's own weights (all of them; nothing of the target). Takes a resolved config.
+
+    Its own Linear layers, like its decoder layers', run prepacked while drafting (``PackedLinears``)."""
 
     def __init__(self, cfg: HeadConfig, draft_ids: Optional[Tensor] = None) -> None:
         super().__init__()
@@ -148,7 +150,7 @@ class ParallelDraftNet(nn.Module):
 
     def fuse_taps(self, taps: Float[Tensor, "B T F"]) -> Float[Tensor, "B T Hd"]:
         """Context rows: the fused, normalised target features."""
-        return self.fuse_norm(self.fuse(taps.to(self.fuse.weight.dtype)))
+        return self.fuse_norm(self.linears(taps.to(self.fuse.weight.dtype), "fuse")[0])
 
     def project_context(self, ctx: Float[Tensor, "B T Hd"],
                         positions: Int[Tensor, "B T"]) -> list[tuple[Tensor, Tensor]]:
@@ -165,7 +167,7 @@ class ParallelDraftNet(nn.Module):
         """The direct path's term for each anchor's block (None when the switch is off)."""
         if self.direct is None:
             return None
-        return self.direct(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1))
+        return self.linears(torch.cat([anchor_emb.to(last_ctx.dtype), last_ctx], dim=-1), "direct")[0]
 
     def packed_direct(self, anchor_emb: Float[Tensor, "B A H"], ctx: Float[Tensor, "B T Hd"],
                       anchors: Int[Tensor, "B A"], slots: int) -> Optional[Float[Tensor, "B N Hd"]]:
@@ -196,11 +198,11 @@ class ParallelDraftNet(nn.Module):
         """
         x = block_emb.to(self.fuse.weight.dtype)
         if self.in_proj is not None:
-            x = self.in_proj(x)
+            x = self.linears(x, "in_proj")[0]
         if direct is not None:
             x = x + direct
         cos, sin = self.rotary(positions, x.dtype)
         for layer, kv in zip(self.layers, context_kv):
             x = layer(x, cos, sin, mask, kv, attention_fn)
         x = self.norm(x)
-        return self.out_proj(x) if self.out_proj is not None else x
+        return self.linears(x, "out_proj")[0] if self.out_proj is not None else x

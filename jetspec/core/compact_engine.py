@@ -373,10 +373,12 @@ _PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[WeightsIdentity, Comp
 
 
 class WeightsIdentity:
-    """Which tensors a model's parameters and buffers are, and how often each was written in place."""
+    """Which tensors these weights are, and how often each was written in place (see above).
 
-    def __init__(self, model: torch.nn.Module, linear_backend: str) -> None:
-        tensors = [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
+    ``WeightsIdentity.of(model, backend)`` covers a model's parameters and buffers; the draft heads
+    key their packed layers on a few weights (``jetspec.drafters.head_layers.PackedLinears``)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], linear_backend: str) -> None:
         self.linear_backend = linear_backend
         self.aliases = [t.detach() for t in tensors]  # keeps the storages alive: addresses stay unique
         self.key = [(t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors]
@@ -385,10 +387,14 @@ class WeightsIdentity:
         return (isinstance(other, WeightsIdentity) and self.linear_backend == other.linear_backend
                 and self.key == other.key)
 
+    @classmethod
+    def of(cls, model: torch.nn.Module, linear_backend: str) -> "WeightsIdentity":
+        return cls([t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()], linear_backend)
+
 
 def compact_engine_for(model: torch.nn.Module, linear_backend: str = "auto") -> CompactEngine:
     """The ``CompactEngine`` of ``model``'s current weights: packed once, reused while they are unchanged."""
-    identity = WeightsIdentity(model, linear_backend)
+    identity = WeightsIdentity.of(model, linear_backend)
     cached = _PACKED.get(model)
     if cached is not None and cached[0] == identity:
         return cached[1]
