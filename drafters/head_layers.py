@@ -109,8 +109,8 @@ class LayerShape:
 class PackedLinears(nn.Module):
     """A module whose ``nn.Linear`` children that read one input can run as one product (``linears``).
 
-    While autograd records (training), every child is its own ``nn.Linear`` call: the reference
-    twin, and the only path with a backward. Otherwise (drafting, under ``no_grad``), at most
+    While autograd records (training: the input or a weight needs a gradient), every child is its
+    own ``nn.Linear`` call: the reference twin, and the only path with a backward. Otherwise (drafting, under ``no_grad``), at most
     ``PACKED_MAX_ROWS`` rows go through ONE prepacked product of the named children's weights
     (``jetspec.kernels.PackedLinear``, whose CPU kernels stream each weight once: a draft round
     is a few rows against every head weight, docs/design.md §6.3). The packed copy is this
@@ -127,7 +127,7 @@ class PackedLinears(nn.Module):
         """``x`` through the Linear children ``names`` (looked up now, so a replaced child is seen)."""
         mods = [getattr(self, n) for n in names]
         weights = [m.weight for m in mods]
-        training = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
         if training or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
             return tuple(m(x) for m in mods)
         identity = WeightsIdentity(weights + [m.bias for m in mods if m.bias is not None], "auto")

@@ -101,3 +101,10 @@ def test_a_frozen_module_drafts_packed_even_with_autograd_on(grad):
         y = m(x)
     assert ("gate_proj", "up_proj") in m._packed and not y.requires_grad
     torch.testing.assert_close(y, reference(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_module_passes_the_gradient_of_its_input_back():
+    m = mlp().requires_grad_(False)
+    x = torch.randn(2, SHAPE.hidden_size, requires_grad=True)
+    m(x).sum().backward()  # the packed kernels have no backward: this must take the plain layers
+    assert x.grad is not None and x.grad.abs().sum() > 0 and not m._packed
