@@ -109,32 +109,57 @@ class LayerShape:
 class PackedLinears(nn.Module):
     """A module whose ``nn.Linear`` children that read one input can run as one product (``linears``).
 
-    While autograd records (training: the input or a weight needs a gradient), every child is its
-    own ``nn.Linear`` call: the reference twin, and the only path with a backward. Otherwise (drafting, under ``no_grad``), at most
-    ``PACKED_MAX_ROWS`` rows go through ONE prepacked product of the named children's weights
-    (``jetspec.kernels.PackedLinear``, whose CPU kernels stream each weight once: a draft round
-    is a few rows against every head weight, docs/design.md §6.3). The packed copy is this
-    module's own cache, rebuilt when any of the weights is another tensor or was written in place
-    (``WeightsIdentity``: an optimizer step, ``load_state_dict``, ``.to``). The two paths differ
-    only in the order of floating-point additions.
+    Drafting (autograd not recording, at most ``PACKED_MAX_ROWS`` rows) runs the named children as
+    ONE prepacked product of their weights (``jetspec.kernels.PackedLinear``, whose CPU kernels
+    stream each weight once: a draft round is a few rows against every head weight, docs/design.md
+    §6.3). Everything else is a plain ``nn.Linear`` call per child, the reference twin: training
+    (the input or a parameter needs a gradient: the kernels have no backward), large batches,
+    autocast, a dtype other than the weights', a child that is not exactly ``nn.Linear`` or carries
+    forward hooks (both would be skipped), inference-mode weights (no version counter). The two
+    paths differ only in the order of floating-point additions.
+
+    The packed copy is this module's own cache. It is rebuilt when a weight is another tensor or was
+    written in place (``WeightsIdentity``: an ``optim`` step with the default foreach or for-loop
+    implementations, ``load_state_dict``, ``.to``), and dropped by ``drop_packed``, which the
+    learned heads call when a sequence starts: like the target wrapper, a head drafts a sequence
+    with the weights it holds when the sequence starts, so fused optimizer steps and writes through
+    ``.data`` (which PyTorch does not count) are seen from the next sequence on. Changing weights in
+    the middle of a sequence is not supported (the context cache holds the old weights' rows too).
+    Functorch transforms and forward-mode AD need the plain path: call the module with grad enabled.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._packed: dict[tuple[str, ...], tuple[WeightsIdentity, PackedLinear]] = {}
 
+    def drop_packed(self) -> None:
+        """Forget the packed copies; the next drafting call packs the weights as they are then."""
+        self._packed.clear()
+
+    def __getstate__(self) -> dict:
+        # A copy or a pickle carries the weights, not their packed copies (rebuilt at the next draft).
+        return {**super().__getstate__(), "_packed": {}}
+
     def linears(self, x: Float[Tensor, "*B I"], *names: str) -> tuple[Tensor, ...]:
         """``x`` through the Linear children ``names`` (looked up now, so a replaced child is seen)."""
         mods = [getattr(self, n) for n in names]
-        weights = [m.weight for m in mods]
-        training = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-        if training or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+        if not self._packable(x, mods):
             return tuple(m(x) for m in mods)
-        identity = WeightsIdentity(weights + [m.bias for m in mods if m.bias is not None], "auto")
+        params = [p for m in mods for p in (m.weight, m.bias) if p is not None]
+        identity = WeightsIdentity(params, "auto")
         cached = self._packed.get(names)
         if cached is None or cached[0] != identity:
-            cached = self._packed[names] = (identity, PackedLinear(weights, [m.bias for m in mods]))
-        return cached[1].split(cached[1](x.to(weights[0].dtype)))
+            cached = self._packed[names] = (identity, PackedLinear([m.weight for m in mods], [m.bias for m in mods]))
+        return cached[1].split(cached[1](x))
+
+    @staticmethod
+    def _packable(x: Tensor, mods: list[nn.Module]) -> bool:
+        params = [p for m in mods for p in (m.weight, m.bias) if p is not None]
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return False
+        plain = all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in mods)
+        return (plain and x.numel() <= PACKED_MAX_ROWS * x.shape[-1] and not torch.is_autocast_enabled(x.device.type)
+                and all(p.dtype == x.dtype and not p.is_inference() for p in params))
 
 
 class Attention(PackedLinears):

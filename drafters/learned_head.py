@@ -55,6 +55,7 @@ from jetspec.core.interfaces import DRAFTERS, Drafter
 from jetspec.core.target import TargetModel, Teacher, TeacherOutput
 from jetspec.drafters.context_cache import RowContext
 from jetspec.drafters.draft_vocab import DraftVocabulary
+from jetspec.drafters.head_layers import PackedLinears
 from jetspec.kernels import PackedLinear
 from jetspec.training.recipe import (
     TeacherCache,
@@ -172,6 +173,10 @@ class LearnedHead(L.LightningModule, Drafter):
         """``row``'s cache for this round: a fresh one on a new sequence (``round_index == 0``) or when it
         holds more than ``at_most`` rows (then it is no prefix of this round's text); else the cache as it is."""
         cache = self.context_cache(row)
+        if round_index == 0:  # a new sequence drafts with the weights the head holds now (PackedLinears)
+            for module in self.modules():
+                if isinstance(module, PackedLinears):
+                    module.drop_packed()
         if round_index == 0 or cache.length > at_most:
             cache = self._rows[row] = RowContext()
         return cache

@@ -8,12 +8,18 @@ plain ``nn.Linear`` calls, bit for bit.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
+from conftest import tiny_llama
 from torch import nn
 
 from jetspec.drafters.head_layers import PACKED_MAX_ROWS, Attention, LayerShape, SwiGLU
+from jetspec.drafters.parallel_head import JetSpecHead
 from jetspec.kernels import PackedLinear
+from jetspec.training.recipe import Teacher
 
 SHAPE = LayerShape(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=96)
 
@@ -108,3 +114,78 @@ def test_a_frozen_module_passes_the_gradient_of_its_input_back():
     x = torch.randn(2, SHAPE.hidden_size, requires_grad=True)
     m(x).sum().backward()  # the packed kernels have no backward: this must take the plain layers
     assert x.grad is not None and x.grad.abs().sum() > 0 and not m._packed
+
+
+def test_hooks_linear_subclasses_autocast_and_other_dtypes_keep_the_plain_layers():
+    m, x = mlp(), torch.randn(2, SHAPE.hidden_size)
+    calls = []
+    handle = m.up_proj.register_forward_hook(lambda mod, args, out: calls.append(1))
+    with torch.no_grad():
+        m(x)
+    assert calls == [1] and ("gate_proj", "up_proj") not in m._packed  # the hook ran: not packed
+    handle.remove()
+
+    class Scaled(nn.Linear):  # an adapter-like child computes more than x @ W^T
+        def forward(self, inp):
+            return 2.0 * super().forward(inp)
+
+    scaled = Scaled(SHAPE.intermediate_size, SHAPE.hidden_size, bias=False)
+    scaled.weight.data.copy_(m.down_proj.weight)
+    plain_out = m(x).detach()
+    m.down_proj = scaled
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), 2.0 * plain_out)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m(x).dtype == torch.bfloat16  # autocast computes in bf16: the plain layers ran
+        with pytest.raises(RuntimeError):
+            m(x.double())  # as nn.Linear refuses another dtype, at any number of rows
+
+
+def test_a_bias_that_trains_keeps_its_gradient():
+    lin = SwiGLU(4, 8)
+    lin.gate_proj = nn.Linear(4, 8, bias=True)
+    lin.requires_grad_(False)
+    lin.gate_proj.bias.requires_grad_(True)
+    lin(torch.randn(3, 4)).sum().backward()
+    assert lin.gate_proj.bias.grad is not None and not lin._packed
+
+
+def test_copies_and_pickles_carry_the_weights_not_the_packed_copies():
+    m, x = mlp(), torch.randn(2, SHAPE.hidden_size)
+    with torch.no_grad():
+        want = m(x)
+    assert m._packed
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert not clone._packed
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), want, rtol=0, atol=0)
+
+
+def tiny_head():
+    target = tiny_llama(seed=0, dtype=torch.float32)
+    torch.manual_seed(1)
+    head = JetSpecHead(target, block_size=4)
+    ids = torch.randint(3, 64, (12,))
+    taps = Teacher(target, head.tap_layers)(ids[None]).taps[0]
+    return target, head, ids, taps
+
+
+def test_a_head_drafts_a_new_sequence_with_the_weights_a_fused_optimizer_step_wrote():
+    target, head, ids, taps = tiny_head()
+    before = head.draft_logits(ids[:9], taps[:8], round_index=0, depth=3)
+    opt = torch.optim.AdamW(head.net.parameters(), lr=0.1, fused=True)
+    for p in head.net.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # fused: the same storages, no version bump; the next sequence must still see the step
+    after = head.draft_logits(ids[:9], taps[:8], round_index=0, depth=3)
+    fresh = JetSpecHead(target, block_size=4)
+    fresh.load_state_dict(head.state_dict())
+    assert torch.equal(after, fresh.draft_logits(ids[:9], taps[:8], round_index=0, depth=3))
+    assert (after - before).abs().max() > 1e-3  # negative control: the step changed the drafts
+
+
+def test_a_head_built_in_inference_mode_drafts():
+    with torch.inference_mode():
+        _, head, ids, taps = tiny_head()
+        got = head.draft_logits(ids[:9], taps[:8], round_index=0, depth=3)
+    assert got.shape == (3, 64)
