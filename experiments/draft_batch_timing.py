@@ -19,7 +19,9 @@ target only supplies the taps:
   ``Drafter.draft_batch``). Round 0 fills the heads' context caches and is reported apart.
 
 Draft time depends on the shapes only, not on which tokens are drafted, so the proposals are
-not verified. Prints a markdown table (ms per round, the per-row loop vs the batched call) and
+not verified. Prints a markdown table (ms per round, the per-row loop vs the batched call), then
+one plain decoding step of the target (one row, ``TargetModel.step``) and each drafter's one-row
+round as a share of it (the drafting cost a speculative round adds, whatever its tau), and
 writes every measurement as JSON lines to ``--out`` if given. Wall-clock numbers: take them on a
 quiet machine. The test ``tests/evaluation/test_draft_timing.py`` runs the harness on a tiny target.
 """
@@ -40,7 +42,7 @@ from jetspec.core.config import check_at_least, read_tuple_fields
 from jetspec.core.interfaces import Drafter
 from jetspec.core.jsonl import write_jsonl
 from jetspec.core.prompts import builtin_prompts, chat_ids
-from jetspec.core.target import Teacher
+from jetspec.core.target import TargetModel, Teacher
 from jetspec.core.types import DraftInput
 from jetspec.evaluation.drafter_specs import make_drafter
 
@@ -135,6 +137,29 @@ def time_draft_rounds(drafter: Drafter, model, tokenizer, cfg: DraftTimingConfig
     return out
 
 
+@torch.no_grad()
+def plain_step_ms(model, tokenizer, steps: int = 16, repeats: int = 3) -> float:
+    """Median ms of one plain decoding step (one row, one token; the engine ``TargetModel`` picks)
+    after the first built-in prompt: the cost every speculative round is compared with."""
+    seq = row_sequences(tokenizer, 1, len(chat_ids(tokenizer, builtin_prompts()[0]["prompt"])) + steps)[0]
+    target, times = TargetModel(model), []
+    for _ in range(repeats):
+        target.prefill(seq[:-steps])
+        for token in seq[-steps:].tolist():
+            t0 = time.perf_counter()
+            target.step(token)
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def cost_lines(rows: list[dict], step_ms: float) -> str:
+    """The plain step and each drafter's one-row round (the batched call at B = 1) as a share of it."""
+    ones = [r for r in rows if r["batch"] == 1 and r["mode"] == "batched"]
+    return "\n".join([f"plain decoding step (1 row): {step_ms:.2f} ms"] +
+                     [f"{r['drafter']}: one-row draft round {r['ms_per_round']:.2f} ms = "
+                      f"{r['ms_per_round'] / step_ms:.3f} of a plain step" for r in ones])
+
+
 def speedup_table(rows: list[dict]) -> str:
     """A markdown table: per drafter and batch size, ms per round batched vs per row, and the ratio."""
     key = {(r["drafter"], r["batch"], r["mode"]): r for r in rows}
@@ -165,8 +190,11 @@ def main() -> None:
     for spec in args.drafters.split(","):
         rows += time_draft_rounds(make_drafter(spec, model), model, tokenizer, cfg, label=spec)
     print(speedup_table(rows))
+    step_ms = plain_step_ms(model, tokenizer, repeats=cfg.repeats)
+    print(cost_lines(rows, step_ms))
     if args.out:
-        write_jsonl(args.out, rows)
+        write_jsonl(args.out, rows + [{"drafter": "plain step", "batch": 1, "ms_per_round": step_ms,
+                                       "threads": torch.get_num_threads()}])
 
 
 if __name__ == "__main__":

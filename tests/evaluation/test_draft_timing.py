@@ -17,7 +17,8 @@ from jetspec.core.interfaces import Drafter
 from jetspec.drafters import JetSpecHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from draft_batch_timing import DraftTimingConfig, row_sequences, speedup_table, time_draft_rounds  # noqa: E402
+from draft_batch_timing import (  # noqa: E402
+    DraftTimingConfig, cost_lines, plain_step_ms, row_sequences, speedup_table, time_draft_rounds)
 
 
 class Recorder(JetSpecHead):
@@ -50,6 +51,11 @@ def test_both_modes_draft_the_same_rounds():
     assert len({t for row, t, _ in batched[:3]}) == 3  # the rows' lengths differ
     table = speedup_table(rows)
     assert table.count("| jetspec |") == 2 and "x |" in table
+    step = plain_step_ms(model, tok, steps=2, repeats=1)
+    lines = cost_lines(rows, step).splitlines()
+    assert step > 0 and len(lines) == 2 and lines[1].startswith("jetspec: one-row draft round")
+    share = rows[0]["ms_per_round"] / step  # the B = 1 batched row over the plain step
+    assert lines[1].endswith(f"= {share:.3f} of a plain step")
 
 
 def test_config_errors_and_sequences():
