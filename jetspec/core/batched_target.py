@@ -58,13 +58,15 @@ class BatchedTarget:
     def batch(self) -> int:
         return self.valid.shape[0]
 
-    def _forward(self, ids: Int[Tensor, "B N"], positions: Int[Tensor, "B N"],
-                 visible: Bool[Tensor, "B N T"]) -> tuple[Float[Tensor, "B N V"], Optional[Float[Tensor, "B N F"]]]:
-        """One forward of N new columns per row against the cache, appending them."""
+    def _forward(self, ids: Int[Tensor, "B N"], positions: Int[Tensor, "B N"], visible: Bool[Tensor, "B N T"],
+                 logits: bool = True) -> tuple[Optional[Float[Tensor, "B N V"]], Optional[Float[Tensor, "B N F"]]]:
+        """One forward of N new columns per row against the cache, appending them (``logits=False``: the
+        fast engine skips the lm_head, as ``TargetModel._forward``)."""
         t = self.target
         dev = t.device
         if t._fast is not None:
-            return t._fast.forward_rows(self.cache, ids.to(dev), positions.to(dev), visible, t.tap_layers)
+            return t._fast.forward_rows(self.cache, ids.to(dev), positions.to(dev), visible, t.tap_layers,
+                                        logits=logits)
         if t.sliding:  # windows by position: a cached column's position is its rank among the row's valid ones
             k_pos = torch.cat([self.valid.long().cumsum(1) - 1, positions], dim=1)
             mask = hf_masks(visible.to(dev), positions, k_pos, t.windows, t.dtype)
@@ -95,7 +97,7 @@ class BatchedTarget:
             causal = torch.ones(n - 1, n - 1, dtype=torch.bool).tril()
             # a pad query sees only itself (a query seeing nothing would give NaN)
             visible = (causal & valid[:, None, :]) | torch.eye(n - 1, dtype=torch.bool)
-            _, taps = self._forward(ctx, positions, visible)
+            _, taps = self._forward(ctx, positions, visible, logits=False)
         self.valid = valid
         return None if taps is None else [taps[r, valid[r].to(taps.device)] for r in range(b)]
 

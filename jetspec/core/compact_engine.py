@@ -279,39 +279,41 @@ class CompactEngine:
 
     @torch.no_grad()
     def __call__(self, cache: KVBuffer, ids: Int[Tensor, " N"], positions: Int[Tensor, " N"],
-                 ancestor: Optional[Bool[Tensor, "N N"]], tap_layers: Sequence[int] = ()
-                 ) -> tuple[Float[Tensor, "N V"], Optional[Float[Tensor, "N F"]]]:
+                 ancestor: Optional[Bool[Tensor, "N N"]], tap_layers: Sequence[int] = (), logits: bool = True
+                 ) -> tuple[Optional[Float[Tensor, "N V"]], Optional[Float[Tensor, "N F"]]]:
         """Forward ``ids`` at ``positions`` against the ``cache.length`` cached rows and append them.
 
         ``ancestor[i, j]``: row i may see row j of this forward (every cached row is visible).
         None means causal: allowed for a single row, or for a prefill into an empty cache, which then
         runs SDPA's causal kernel instead of building a ``[g * N, N]`` mask. Returns the logits and,
         if ``tap_layers`` is not empty, the outputs of those decoder layers concatenated
-        (F = len(tap_layers) * H).
+        (F = len(tap_layers) * H). ``logits=False`` skips the final norm and lm_head (None instead):
+        a prefill needs only the cache and the taps, and the lm_head is a fifth of SmolLM2's weights.
         """
         n = ids.shape[0]
         if ancestor is None and n != 1 and cache.length != 0:
             raise ValueError("a forward over several rows after cached rows needs their ancestor (visibility) mask")
         cache.reserve(n)
         mask = self.mask(ancestor, cache.length) if ancestor is not None else None
-        logits, taps = self._layers(cache, ids[None], positions[None], mask, tap_layers)
-        return logits[0], None if taps is None else taps[0]
+        out, taps = self._layers(cache, ids[None], positions[None], mask, tap_layers, logits)
+        return None if out is None else out[0], None if taps is None else taps[0]
 
     @torch.no_grad()
     def forward_rows(self, cache: "RowsKVBuffer", ids: Int[Tensor, "B N"], positions: Int[Tensor, "B N"],
-                     visible: Bool[Tensor, "B N T"], tap_layers: Sequence[int] = ()
-                     ) -> tuple[Float[Tensor, "B N V"], Optional[Float[Tensor, "B N F"]]]:
+                     visible: Bool[Tensor, "B N T"], tap_layers: Sequence[int] = (), logits: bool = True
+                     ) -> tuple[Optional[Float[Tensor, "B N V"]], Optional[Float[Tensor, "B N F"]]]:
         """The batched forward (docs/design.md §6.9): row b's N new rows at ``positions[b]`` against
         the ``cache.length`` cached columns; ``visible[b, i, j]`` says whether row b's query i sees
         key column j (the cached columns, then this forward's N). Every query must see at least
-        itself: a query that sees nothing gives NaN, and NaN keys poison even masked scores."""
+        itself: a query that sees nothing gives NaN, and NaN keys poison even masked scores.
+        ``logits=False``: no lm_head, None instead (as ``__call__``)."""
         cache.reserve(ids.shape[1])
         group = self.heads // self.kv_heads
         mask = additive_mask(visible.to(self.device), self.dtype).repeat(1, group, 1)[:, None]  # [B, 1, g*N, T]
-        return self._layers(cache, ids, positions, mask, tap_layers)
+        return self._layers(cache, ids, positions, mask, tap_layers, logits)
 
-    def _layers(self, cache, ids: Tensor, positions: Tensor, mask: Optional[Tensor], tap_layers: Sequence[int]
-                ) -> tuple[Tensor, Optional[Tensor]]:
+    def _layers(self, cache, ids: Tensor, positions: Tensor, mask: Optional[Tensor], tap_layers: Sequence[int],
+                logits: bool = True) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """Embedding, decoder layers and head over ids [B, N]; both caches take [B, h_kv, N, K] writes."""
         x = self.decoder.embed_tokens(ids)  # (B, N, H)
         cos, sin = self.decoder.rotary_emb(x, positions)  # (B, N, K) each
@@ -325,8 +327,8 @@ class CompactEngine:
             if i in tap_layers:
                 taps[i] = x
         cache.advance(ids.shape[1])
-        logits = self.lm_head(self.decoder.norm(x))
-        return logits, (torch.cat([taps[i] for i in tap_layers], dim=-1) if tap_layers else None)
+        out = self.lm_head(self.decoder.norm(x)) if logits else None
+        return out, (torch.cat([taps[i] for i in tap_layers], dim=-1) if tap_layers else None)
 
     def _attention(self, i: int, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor, cache,
                    mask: Optional[Tensor]) -> Float[Tensor, "B N H"]:

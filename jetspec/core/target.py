@@ -53,7 +53,7 @@ ENGINES = ("auto", "fast", "hf")
 
 @dataclass
 class TargetOutput:
-    logits: Float[Tensor, "N V"]  # next-token logits after each node's path
+    logits: Optional[Float[Tensor, "N V"]]  # next-token logits after each node's path (None: not asked for)
     taps: Optional[Float[Tensor, "N F"]]  # tapped layer outputs, concatenated: F = k * H
 
 
@@ -169,11 +169,12 @@ class TargetModel:
         return attention_backend(self.model, self.attn_backend)
 
     @torch.no_grad()
-    def _forward(self, ids: Tensor, positions: Tensor, ancestor: Optional[Tensor]) -> TargetOutput:
+    def _forward(self, ids: Tensor, positions: Tensor, ancestor: Optional[Tensor], logits: bool = True) -> TargetOutput:
         """One forward over ``ids`` against the cache, appending their rows. ``ancestor``: which rows
-        of this forward each row sees (None: a single row, or a causal prefill from an empty cache)."""
+        of this forward each row sees (None: a single row, or a causal prefill from an empty cache).
+        ``logits=False`` (a prefill): the fast engine skips the lm_head and returns None logits."""
         if self._fast is not None:
-            logits, taps = self._fast(self.cache, ids, positions, ancestor, self.tap_layers)
+            logits, taps = self._fast(self.cache, ids, positions, ancestor, self.tap_layers, logits=logits)
             return TargetOutput(logits=logits, taps=taps)
         p = self.cache_length
         if self.sliding:  # every forward gets its windows by position (docs/design.md §6.10)
@@ -206,7 +207,7 @@ class TargetModel:
             if not self.tap_layers:
                 return None
             return torch.zeros(0, len(self.tap_layers) * self.hidden_size, dtype=self.dtype, device=self.device)
-        out = self._forward(ctx, torch.arange(ctx.numel(), device=self.device), None)
+        out = self._forward(ctx, torch.arange(ctx.numel(), device=self.device), None, logits=False)
         return out.taps
 
     def verify(self, tree: DraftTree) -> TargetOutput:

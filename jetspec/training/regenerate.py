@@ -9,11 +9,14 @@ for hours unattended:
 
 * batched plain decoding on jetspec's own engine (``autoregressive_generate`` over a
   ``TargetModel``) with *left* padding: one forward per step covers every running row, and a row
-  that reached its EOS leaves the batch instead of riding along as padding;
+  that reached its EOS leaves the batch instead of riding along as padding. The prefill is what
+  still pays for padding (every row is padded to the batch's longest prompt), so the pending rows
+  are taken ``LENGTH_WINDOW`` batches at a time and each window is batched in order of prompt
+  length (``length_windows``): a batch's prompts are of similar length;
 * resumable: every output row carries the ``id`` of its prompt (its position in the prompt list),
   rows whose id is already in the output file are skipped (repeated prompt texts each keep their
-  row), and each finished batch is appended and flushed at once, so an interrupted job loses at
-  most one batch;
+  row), and each finished window is appended in id order and flushed at once, so the file keeps
+  the prompts' order and an interrupted job loses at most one window;
 * reproducible when sampling: each row draws from a generator of its own, seeded from ``seed``
   and the row's id, so an interrupted and resumed job writes the same rows as an uninterrupted
   one, however it is batched (bit for bit when padding does not change a row's logits, as in
@@ -47,6 +50,8 @@ from jetspec.core.jsonl import jsonl_line, read_jsonl, write_jsonl
 from jetspec.core.prompts import chat_ids, eos_ids
 from jetspec.core.sampling import SamplingConfig
 from jetspec.core.target import TargetModel
+
+LENGTH_WINDOW = 8  # batches whose rows are sorted by prompt length together (a window is written before the next)
 
 
 def read_done(out_path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
@@ -178,19 +183,34 @@ def regenerate(model, tokenizer, prompts: Iterable, out_path: str | os.PathLike,
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, unit="row", desc="regenerate", dynamic_ncols=True)
     with open(out_path, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i: i + batch_size]
-            for row in _answer(target, tokenizer, batch, max_new_tokens, temperature, top_p, seed):
+        for window in length_windows(todo, tokenizer, batch_size):
+            answered = []
+            for batch in window:
+                answered += _answer(target, tokenizer, batch, max_new_tokens, temperature, top_p, seed)
+                stats["new_tokens"] += sum(len(r["input_ids"]) - r["response_start"] for r in answered[-len(batch):])
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(time.perf_counter() - t0, 1e-9):.0f}")
+            for row in sorted(answered, key=lambda r: r["id"]):
                 f.write(jsonl_line(row))
-                stats["new_tokens"] += len(row["input_ids"]) - row["response_start"]
             f.flush()
-            stats["rows_written"] += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(time.perf_counter() - t0, 1e-9):.0f}")
+            stats["rows_written"] += len(answered)
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
     stats["tokens_per_s"] = stats["new_tokens"] / max(stats["seconds"], 1e-9)
     return stats
+
+
+def length_windows(rows: list[dict], tokenizer, batch_size: int, window: int = LENGTH_WINDOW) -> list[list[list[dict]]]:
+    """``rows`` in windows of ``window`` batches of ``batch_size`` rows, in the given order; inside a
+    window the batches take its rows in order of prompt length (chat template applied; ties keep the
+    given order), so that left padding to a batch's longest prompt costs little in the prefill.
+    Every row lands in exactly one batch of the window its position falls in."""
+    span = batch_size * window
+    windows = []
+    for start in range(0, len(rows), span):
+        chunk = sorted(rows[start: start + span], key=lambda r: len(chat_ids(tokenizer, r["prompt"])))
+        windows.append([chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)])
+    return windows
 
 
 def _answer(target: TargetModel, tokenizer, batch: list[dict], max_new_tokens: int, temperature: float,

@@ -120,6 +120,40 @@ def test_float32_fast_engine_greedy_equals_hugging_face():
     torch.testing.assert_close(target.step(int(ids[0, -1])), model(ids).logits[0, -1], atol=1e-4, rtol=1e-4)
 
 
+class CountingHead:
+    """Stands in for the fast engine's lm_head product and counts the rows it scored."""
+
+    def __init__(self, head) -> None:
+        self.head, self.rows = head, 0
+
+    def __call__(self, x):
+        self.rows += x.numel() // x.shape[-1]
+        return self.head(x)
+
+
+def test_a_prefill_skips_the_lm_head_and_decoding_is_unchanged():
+    from jetspec.core.batched_target import BatchedTarget
+
+    model = tiny_model("llama", seed=4)
+    ids = torch.randint(0, 64, (12,), generator=torch.Generator().manual_seed(0))
+    target = TargetModel(model, freeze=False)
+    target.set_taps([0, 1])
+    target.prefill(ids[:1])  # packs the engine, which later calls reuse
+    counter = CountingHead(target._fast.lm_head)
+    target._fast.lm_head = counter
+    taps = target.prefill(ids)
+    assert counter.rows == 0 and taps.shape == (11, 2 * model.config.hidden_size)
+    logits = target.step(int(ids[-1]))
+    assert counter.rows == 1
+    torch.testing.assert_close(logits, model(ids[None]).logits[0, -1], rtol=1e-10, atol=1e-10)
+    batched = BatchedTarget(target)
+    batched.prefill(torch.stack([ids, ids.flip(0)]), torch.ones(2, 12, dtype=torch.bool))
+    assert counter.rows == 1  # the two rows' 22 cached tokens were never scored
+    rows = batched.step(torch.stack([ids[-1], ids[0]]))
+    assert counter.rows == 3
+    torch.testing.assert_close(rows[0], logits, rtol=1e-10, atol=1e-10)
+
+
 def test_unsupported_models_fall_back_with_a_reason():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -19,6 +19,7 @@ from jetspec.core.jsonl import read_jsonl
 from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.training.regenerate import (
     cut_response,
+    length_windows,
     distillation_rows,
     read_done,
     read_regenerated,
@@ -60,6 +61,24 @@ def test_batched_rows_equal_one_by_one_greedy(tiny, tmp_path):
         ref = autoregressive_generate(model, torch.tensor([p_ids]), max_new_tokens=8, eos_token_id=EOS)
         assert resp == ref.sequences[0, len(p_ids):].tolist()
         assert row["response"] == tok.decode(resp, skip_special_tokens=True)
+
+
+def test_length_windows_batch_similar_prompts_and_keep_every_row_in_its_window(tiny):
+    _, tok = tiny
+    rows = [{"id": i, "prompt": p} for i, p in enumerate(PROMPTS * 3)]  # 18 rows, prompts of 1-7 words
+    windows = length_windows(rows, tok, batch_size=2, window=3)
+    assert [len(w) for w in windows] == [3, 3, 3] and all(len(b) == 2 for w in windows for b in w)
+    for k, w in enumerate(windows):
+        ids = [r["id"] for b in w for r in b]
+        assert sorted(ids) == list(range(6 * k, 6 * k + 6))  # a window holds its own span, each row once
+        lengths = [len(chat_ids(tok, r["prompt"])) for b in w for r in b]
+        assert lengths == sorted(lengths)
+
+    def padding(batches):  # prefill columns spent on left padding
+        return sum(len(b) * max(n) - sum(n) for b in batches for n in [[len(chat_ids(tok, r["prompt"])) for r in b]])
+
+    in_order = [rows[i: i + 2] for i in range(0, len(rows), 2)]
+    assert padding([b for w in windows for b in w]) < padding(in_order)  # what the sorting is for
 
 
 def test_resume_skips_done_rows_and_repairs_a_cut_line(tiny, tmp_path):
