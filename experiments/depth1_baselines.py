@@ -16,8 +16,11 @@ it is the target's next token. Two cheap baselines say how hard that is, on the 
   cross-entropy on the first ``--probe-rows`` training rows. ``raw`` feeds the layer outputs
   unnormalised and concatenated, as a head's fuse layer reads them.
 
-The report gives top-1 accuracy of each. A head's depth-1 agreement that is no better than these
-says that its extra machinery (attention over the whole context, a decoder layer) is not yet used.
+``--heads name=folder,...`` adds trained parallel heads, scored on the same positions: the top-1
+of their depth-1 distribution after every committed prefix of each reference (one round per token,
+through the head's context cache). The report gives top-1 accuracy of each. A head no better than
+these baselines is not yet using its extra machinery (attention over the whole context, a decoder
+layer).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from jetspec import load_target
 from jetspec.core.jsonl import read_jsonl
 from jetspec.core.target import Teacher
+from jetspec.drafters.parallel_head import ParallelHead
 
 
 def ngram_accuracy(train: list[dict], refs: list[dict]) -> dict[str, float]:
@@ -116,6 +120,21 @@ def probe_accuracy(model, train: list[dict], refs: list[dict], layer_sets: dict[
     return out
 
 
+@torch.no_grad()
+def head_accuracy(head: ParallelHead, model, refs: list[dict]) -> float:
+    """Top-1 of a parallel head's depth-1 guess after every committed prefix of the references' answers."""
+    teacher = Teacher(model, head.tap_layers)
+    hits = n = 0
+    for r in tqdm(refs, desc="head depth 1", leave=False):
+        ids, s = torch.tensor(r["input_ids"]), int(r["response_start"])
+        taps = teacher(ids[None]).taps[0]
+        for k, i in enumerate(range(max(1, s), len(ids) - 1)):  # anchor ids[i], guess ids[i + 1]
+            logits = head.draft_logits(ids[: i + 1], taps[:i], round_index=k, depth=1)
+            hits += int(head.to_target_ids(logits[0].argmax()[None])[0]) == int(ids[i + 1])
+            n += 1
+    return hits / max(n, 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, help="training rows (jetspec regenerate rows, input_ids + response_start)")
@@ -129,6 +148,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heads", default="", metavar="NAME=FOLDER,...", help="trained parallel heads to score too")
     p.add_argument("--out", default=None, help="Markdown file for the table")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -143,6 +163,9 @@ def main() -> None:
            **{f"linear probe: {k}": v for k, v in probe_accuracy(model, train[: a.probe_rows], refs, sets,
                                                                  a.draft_vocab, a.epochs, a.lr, a.max_length,
                                                                  a.seed).items()}}
+    for spec in filter(None, a.heads.split(",")):
+        name, folder = spec.split("=", 1)
+        acc[f"head: {name}"] = head_accuracy(ParallelHead.from_pretrained(folder, target=model), model, refs)
     lines = [f"Depth-1 top-1 accuracy on {len(refs)} held-out references; tables from {len(train):,} training "
              f"rows, probes from the first {a.probe_rows:,} ({a.epochs} epochs, draft vocabulary {a.draft_vocab:,}).",
              "", "| baseline | top-1 |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in acc.items()]

@@ -14,7 +14,9 @@ import torch
 from conftest import tiny_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from depth1_baselines import ngram_accuracy, probe_accuracy  # noqa: E402
+from depth1_baselines import head_accuracy, ngram_accuracy, probe_accuracy  # noqa: E402
+
+from jetspec.drafters import JetSpecHead  # noqa: E402
 
 
 def test_ngram_tables_count_followers_and_back_off():
@@ -42,3 +44,20 @@ def test_a_probe_that_reads_the_layers_beats_the_anchor_alone():
     acc = probe_accuracy(model, rows[:50], rows[50:], {"anchor": ([], False), "layers": ([0, 1], False)},
                          draft_vocab=64, epochs=30, lr=1e-2, max_length=32, seed=0)
     assert acc["layers"] > acc["anchor"] + 0.2
+
+
+def test_a_heads_depth_1_accuracy_is_its_argmax_after_every_prefix():
+    from jetspec.core.target import Teacher
+
+    model = tiny_llama(seed=0, dtype=torch.float32)
+    torch.manual_seed(0)
+    head = JetSpecHead(model, block_size=3)
+    teacher = Teacher(model, head.tap_layers)
+    ids = list(range(3, 8))  # response_start 4: the first anchor is ids[4]
+    for step in range(6):  # a reference whose next token is the head's own guess 3 times, then not
+        taps = teacher(torch.tensor(ids)[None]).taps[0]
+        head.reset_cache()
+        guess = int(head.to_target_ids(head.draft_logits(torch.tensor(ids), taps[:-1], depth=1)[0].argmax()[None])[0])
+        ids.append(guess if step < 3 else (guess + 1) % 64)
+    # cached rounds (one per token) must guess what a fresh cache guessed for each prefix
+    assert head_accuracy(head, model, [{"input_ids": ids, "response_start": 4}]) == 3 / 6
