@@ -145,19 +145,26 @@ def point(a, name: str, flags: list[str], rows: int, data: Path) -> dict:
 
 
 def pairs(points: list[dict], budgets: list[int]) -> list[dict]:
-    """Every variant minus the first (the baseline) at each size both have: the mean per-prompt
-    difference of tau with its 95% interval over prompts, and the prompts better / worse."""
-    base = {p["rows"]: p for p in points if p["variant"] == points[0]["variant"]}
+    """Every variant minus the first (the baseline) at each size both have, and a variant with epochs
+    of its own minus the baseline point of as many steps on other rows (steps against rows): the mean
+    per-prompt difference of tau with its 95% interval over prompts, and the prompts better / worse."""
+    first = [p for p in points if p["variant"] == points[0]["variant"]]
+    base, by_steps = {p["rows"]: p for p in first}, {p["steps"]: p for p in first}
     out = []
     for p in points:
-        q = base.get(p["rows"])
-        if q is None or p is q:
-            continue
-        for b in budgets:
-            diffs = [x - y for x, y in zip(p["tau"][b]["per_prompt"], q["tau"][b]["per_prompt"])]
-            mean, half = mean_ci(diffs)
-            out.append({"pair": f"{p['variant']} - {q['variant']}", "rows": p["rows"], "budget": b, "mean": mean,
-                        "ci": half, "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
+        matches = [base.get(p["rows"])]
+        if p["epochs"] != points[0]["epochs"] and by_steps.get(p["steps"]) not in (None, matches[0]):
+            matches.append(by_steps[p["steps"]])
+        for q in matches:
+            if q is None or q is p:
+                continue
+            label = f"{p['variant']} - {q['variant']}" if q["rows"] == p["rows"] else (
+                f"{p['variant']} ({p['rows']:,} rows) - {q['variant']} ({q['rows']:,} rows), {p['steps']:,} steps each")
+            for b in budgets:
+                diffs = [x - y for x, y in zip(p["tau"][b]["per_prompt"], q["tau"][b]["per_prompt"])]
+                mean, half = mean_ci(diffs)
+                out.append({"pair": label, "rows": p["rows"], "budget": b, "mean": mean, "ci": half,
+                            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)})
     return out
 
 

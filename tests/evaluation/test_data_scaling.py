@@ -133,6 +133,25 @@ def test_report_pools_tau_with_an_interval_over_prompts_and_the_losses_at_the_en
     assert len(rep["pairs"]) == 2  # budgets 16 and 64; no pair at 4 rows, where dflash has no point
 
 
+def test_a_variant_with_its_own_epochs_is_paired_with_the_baseline_of_as_many_steps(tmp_path):
+    a = args(tmp_path)
+    write(Path(a.refs), [{}] * 4)
+    data = ds.prefix_files(write(tmp_path / "regen.jsonl", regen_rows(range(8))), [4, 8], Path(a.out))
+    losses = [2.0] * 300
+    fake_point(a, "jetspec", 4, [1.0] * 4, {16: 1.0, 64: 1.0}, losses, 2.0)
+    fake_point(a, "jetspec", 8, [1.5, 1.5, 1.5, 1.5], {16: 1.5, 64: 1.5}, losses, 2.0)
+    fake_point(args(tmp_path, epochs=4.0), "jetspec-e4", 4, [1.6, 1.5, 1.7, 1.4], {16: 1.55, 64: 1.55}, losses, 2.0)
+    rep = ds.report(a, [("jetspec", [], 4, data[4]), ("jetspec", [], 8, data[8]),
+                        ("jetspec-e4", ["--epochs=4"], 4, data[4])])
+    assert ds.steps_for(4, 4.0, 4, 0.02) == ds.steps_for(8, 2.0, 4, 0.02)  # 4 rows x 4 epochs = 8 rows x 2
+    labels = [d["pair"] for d in rep["pairs"] if d["budget"] == 16]
+    assert labels == ["jetspec-e4 - jetspec", "jetspec-e4 (4 rows) - jetspec (8 rows), 4 steps each"]
+    by_steps = next(d for d in rep["pairs"] if d["budget"] == 16 and "steps each" in d["pair"])
+    assert by_steps["mean"] == pytest.approx(0.05) and (by_steps["better"], by_steps["worse"]) == (2, 1)
+    same_rows = next(d for d in rep["pairs"] if d["budget"] == 16 and d["pair"] == "jetspec-e4 - jetspec")
+    assert same_rows["mean"] == pytest.approx(0.55) and same_rows["better"] == 4
+
+
 def test_report_refuses_a_point_that_did_not_reach_its_steps(tmp_path):
     a = args(tmp_path)
     write(Path(a.refs), [{}] * 4)
