@@ -171,7 +171,8 @@ def pairs(points: list[dict], budgets: list[int]) -> list[dict]:
 def markdown(rep: dict) -> str:
     budgets = rep["budgets"]
     lines = [f"Replay tau (greedy, best-first trees of width 4) on {rep['refs']} held-out references after "
-             f"{rep['epochs']:g} epochs (unless the row says) over the first N target-written rows; +- is the 95% Student-t "
+             f"{rep['epochs']:g} epochs (unless the row says) over the first N target-written rows; "
+             "+- is the 95% Student-t "
              "half-width over prompts (of the per-prompt tau). The last validation (2% of the rows held "
              "out; at step `val step`) gives the validation loss and the depth-1 top-1 agreement; the "
              "training loss is the mean over the 200 steps before it.", "",
@@ -182,7 +183,8 @@ def markdown(rep: dict) -> str:
     for p in rep["points"]:
         taus = " | ".join(f"{p['tau'][b]['pooled']:.3f} +- {p['tau'][b]['prompt_ci']:.3f}" for b in budgets)
         sets = ", ".join(f"{s} {v:.2f}" for s, v in p["tau"][budgets[0]]["sets"].items())
-        lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['epochs']:g} | {p['steps']:,} | {taus} | "
+        lines.append(f"| {p['variant']} | {p['rows']:,} | {p['response_tokens']:,} | {p['epochs']:g} | "
+                     f"{p['steps']:,} | {taus} | "
                      f"{sets} | {p['val_step']} | {fmt(p['train_loss'])} | {fmt(p['val_loss'])} | "
                      f"{fmt(p['val_agree_d1'])} |")
     if rep["pairs"]:

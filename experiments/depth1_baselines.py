@@ -101,7 +101,8 @@ def probe_accuracy(model, train: list[dict], refs: list[dict], layer_sets: dict[
     lm_full = model.get_output_embeddings().weight.detach()
     gain = model.get_decoder().norm.weight.detach()
     h = emb.shape[1]
-    vocab = torch.bincount(ytr, minlength=lm_full.shape[0]).topk(min(draft_vocab, lm_full.shape[0])).indices.sort().values
+    counts = torch.bincount(ytr, minlength=lm_full.shape[0])
+    vocab = counts.topk(min(draft_vocab, lm_full.shape[0])).indices.sort().values
     remap = torch.full((lm_full.shape[0],), -1)
     remap[vocab] = torch.arange(len(vocab))
     keep = remap[ytr] >= 0  # a target outside the draft vocabulary cannot be learned (as in the heads)
@@ -113,7 +114,8 @@ def probe_accuracy(model, train: list[dict], refs: list[dict], layer_sets: dict[
 
     out = {}
     for name, (cols, raw) in layer_sets.items():
-        proj = train_probe(features(xtr, atr, cols, raw)[keep], remap[ytr][keep], lm_full[vocab], gain, epochs, lr, seed)
+        x = features(xtr, atr, cols, raw)[keep]
+        proj = train_probe(x, remap[ytr][keep], lm_full[vocab], gain, epochs, lr, seed)
         with torch.no_grad():
             pred = vocab[((F.rms_norm(proj(features(xdv, adv, cols, raw)), (h,)) * gain) @ lm_full[vocab].T).argmax(-1)]
         out[name] = (pred == ydv).float().mean().item()
@@ -141,7 +143,8 @@ def main() -> None:
     p.add_argument("--refs", required=True, help="held-out references (jetspec references)")
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--probe-rows", type=int, default=300, help="training rows the probes learn from")
-    p.add_argument("--layers", default="1,8,14,21,27", help="the head's tapped layers (the default of a 30-layer target)")
+    p.add_argument("--layers", default="1,8,14,21,27",
+                   help="the head's tapped layers (the default of a 30-layer target)")
     p.add_argument("--draft-vocab", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -18,7 +18,13 @@ from jetspec.drafters import JetSpecHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 from draft_batch_timing import (  # noqa: E402
-    DraftTimingConfig, cost_lines, plain_step_ms, row_sequences, speedup_table, time_draft_rounds)
+    DraftTimingConfig,
+    cost_lines,
+    plain_step_ms,
+    row_sequences,
+    speedup_table,
+    time_draft_rounds,
+)
 
 
 class Recorder(JetSpecHead):

@@ -19,8 +19,8 @@ from jetspec.core.jsonl import read_jsonl
 from jetspec.core.prompts import chat_ids, prompt_of, read_prompts, write_jsonl
 from jetspec.training.regenerate import (
     cut_response,
-    length_windows,
     distillation_rows,
+    length_windows,
     read_done,
     read_regenerated,
     regenerate,
