@@ -205,8 +205,10 @@ def report(a, jobs: list[tuple[str, list[str], int, Path]]) -> dict:
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     (out / "report.md").write_text(markdown(rep))
     names = dict.fromkeys(p["variant"] for p in points)
+    # the baseline at every budget, each lever at the first only (more groups than colours would repeat them)
     groups = {f"{n} @ {b}": [(f"{p['rows']:,}", p["tau"][b]["pooled"], p["tau"][b]["prompt_ci"])
-                             for p in points if p["variant"] == n] for n in names for b in budgets}
+                             for p in points if p["variant"] == n]
+              for n in names for b in (budgets if n == points[0]["variant"] else budgets[:1])}
     img = Path(a.img_dir)
     plot_ablation(groups, "target-written rows", "replay tau", f"Data scaling ({a.epochs:g} epochs)",
                   img / "data_scaling.png")
