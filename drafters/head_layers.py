@@ -143,9 +143,9 @@ class PackedLinears(nn.Module):
     def linears(self, x: Float[Tensor, "*B I"], *names: str) -> tuple[Tensor, ...]:
         """``x`` through the Linear children ``names`` (looked up now, so a replaced child is seen)."""
         mods = [getattr(self, n) for n in names]
-        if not self._packable(x, mods):
-            return tuple(m(x) for m in mods)
         params = [p for m in mods for p in (m.weight, m.bias) if p is not None]
+        if not self._packable(x, mods, params):
+            return tuple(m(x) for m in mods)
         identity = WeightsIdentity(params, "auto")
         cached = self._packed.get(names)
         if cached is None or cached[0] != identity:
@@ -153,8 +153,7 @@ class PackedLinears(nn.Module):
         return cached[1].split(cached[1](x))
 
     @staticmethod
-    def _packable(x: Tensor, mods: list[nn.Module]) -> bool:
-        params = [p for m in mods for p in (m.weight, m.bias) if p is not None]
+    def _packable(x: Tensor, mods: list[nn.Module], params: list[Tensor]) -> bool:
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return False
         plain = all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in mods)
