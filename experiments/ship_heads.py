@@ -5,9 +5,14 @@
 
 Reads ``RUN/head`` (written by ``jetspec train``; RUN is ``RUNS/<head>`` unless ``--run`` names
 another folder), the Lightning CSV log (``RUN/logs/version_*/metrics.csv``), the replay tau curve
-(``RUN/tau_curve.jsonl``, if any) and the training command (``RUN/cmd.txt`` or ``RUNS/<head>.cmd``);
-copies the head folders to ``jetspec/assets/heads/<head>``, draws the loss curves and writes
+(``RUN/tau_curve.jsonl``, if any) and the training command (``RUN/cmd.txt``, ``RUN.cmd.txt`` beside
+the folder as ``experiments/data_scaling.py`` writes it, or ``RUNS/<head>.cmd``); copies the head
+folders to ``jetspec/assets/heads/<head>``, draws the loss curves and writes
 ``jetspec/assets/heads/MODEL_CARD.md`` (data, sizes, steps, seeds, loss curves, commit).
+
+A head of ``--heads`` whose run folder is not on this machine keeps its shipped files and its
+section of the current model card (``### <head>``) unchanged, so heads can be reshipped one at a
+time; the loss-curve plot then shows the reshipped heads only and says so.
 """
 
 from __future__ import annotations
@@ -42,61 +47,90 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def main() -> None:
+def card_sections(card: str) -> dict[str, str]:
+    """The ``### <head>`` sections of a model card, by head name (up to the next heading or figure)."""
+    sections, name, lines = {}, None, []
+    for line in card.splitlines(keepends=True):
+        if line.startswith("### ") or line.startswith("## ") or line.startswith("!["):
+            if name:
+                sections[name] = "".join(lines).rstrip() + "\n"
+            name, lines = (line[4:].strip(), [line]) if line.startswith("### ") else (None, [])
+        elif name:
+            lines.append(line)
+    if name:
+        sections[name] = "".join(lines).rstrip() + "\n"
+    return sections
+
+
+def command_of(run: Path, runs: Path, name: str) -> str:
+    for path in (run / "cmd.txt", run.parent / f"{run.name}.cmd.txt", runs / f"{name}.cmd"):
+        if path.exists():
+            return path.read_text().strip()
+    return "(not recorded)"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/heads")
     ap.add_argument("--heads", default="jetspec,dflash,eagle")
     ap.add_argument("--run", action="append", default=[], metavar="HEAD=FOLDER",
                     help="take this head from FOLDER instead of RUNS/HEAD")
-    args = ap.parse_args()
+    ap.add_argument("--dest", default=str(DEST), help="the shipped heads' folder (default: the package's)")
+    args = ap.parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = Path(args.runs)
-    DEST.mkdir(parents=True, exist_ok=True)
+    runs, dest = Path(args.runs), Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    lines = []
+    lines, kept = [], []
+    old_card = dest / "MODEL_CARD.md"
+    previous = card_sections(old_card.read_text()) if old_card.exists() else {}
     chosen = dict(spec.split("=", 1) for spec in args.run)
     for name in args.heads.split(","):
         run = Path(chosen[name]) if name in chosen else runs / name
         src = run / "head"
         if not src.is_dir():
-            print(f"skip {name}: no {src}")
+            if name not in previous or not (dest / name).is_dir():
+                raise SystemExit(f"--heads {name}: no {src} and no shipped head to keep")
+            print(f"keep the shipped {name}: no {src}")
+            lines.append(previous[name])
+            kept.append(name)
             continue
-        shutil.rmtree(DEST / name, ignore_errors=True)
-        shutil.copytree(src, DEST / name)
-        seal_head_folder(DEST / name)  # heads saved before checksums existed get their integrity record
-        size = sum(p.stat().st_size for p in (DEST / name).iterdir()) / 2**20
+        shutil.rmtree(dest / name, ignore_errors=True)
+        shutil.copytree(src, dest / name)
+        seal_head_folder(dest / name)  # heads saved before checksums existed get their integrity record
+        size = sum(p.stat().st_size for p in (dest / name).iterdir()) / 2**20
         rows = read_metrics(run)
         xs, ys = series(rows, "train/loss")
         if xs:
             ax.plot(xs, ys, label=name)
         val = {k: v for r in rows for k, v in r.items() if k.startswith("val/") and v}
-        cmd_file = run / "cmd.txt" if (run / "cmd.txt").exists() else runs / f"{name}.cmd"
-        cmd = cmd_file.read_text().strip() if cmd_file.exists() else "(not recorded)"
+        cmd = command_of(run, runs, name)
         curve = []
         if (run / "tau_curve.jsonl").exists():
             curve = [json.loads(x) for x in (run / "tau_curve.jsonl").read_text().splitlines() if x.strip()]
         taus = {k: v for k, v in (curve[-1] if curve else {}).items() if k.startswith("tau_b")}
-        cfg = json.loads((DEST / name / "config.json").read_text())
+        cfg = json.loads((dest / name / "config.json").read_text())
         steps = max(xs) + 1 if xs else "?"
         lines.append(f"### {name}\n\n- files: `jetspec/assets/heads/{name}/` ({size:.1f} MiB, fp16 safetensors)\n"
                      f"- steps logged: {steps}; final train loss: {ys[-1] if ys else float('nan'):.3f}\n"
                      f"- last validation metrics: {json.dumps(val) if val else '(none logged)'}\n"
                      f"- replay tau on held-out references at the end: {json.dumps(taus) if taus else '(not run)'}\n"
                      f"- config: `{json.dumps(cfg)[:600]}`\n- command:\n\n```\n{cmd}\n```\n")
-    ax.set(xlabel="step", ylabel="train loss (forward KL, top-64)", title="SmolLM2 head training")
+    title = "SmolLM2 head training" + (f" (not shown: {', '.join(kept)}, kept from before)" if kept else "")
+    ax.set(xlabel="step", ylabel="train loss (forward KL, top-64)", title=title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(DEST / "loss_curves.png", dpi=90)
+    fig.savefig(dest / "loss_curves.png", dpi=90)
     card = (Path(__file__).parent / "model_card_template.md").read_text()
     text = card.replace("{{COMMIT}}", commit).replace("{{HEADS}}", "\n".join(lines))
-    (DEST / "MODEL_CARD.md").write_text(text)
-    print(f"wrote {DEST / 'MODEL_CARD.md'}")
+    (dest / "MODEL_CARD.md").write_text(text)
+    print(f"wrote {dest / 'MODEL_CARD.md'}")
 
 
 if __name__ == "__main__":

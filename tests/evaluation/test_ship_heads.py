@@ -1,0 +1,95 @@
+"""experiments/ship_heads.py: reshipping one head keeps the others and their model-card sections.
+
+A head trained this round is copied, sealed and described from its run (metrics, replay tau, the
+command written beside the run folder); a head whose run is not on this machine keeps its files and
+its section byte for byte. The negative control: a head with neither a run nor shipped files is an
+error naming the flag, not a card without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from ship_heads import card_sections, main  # noqa: E402
+
+from jetspec.drafters import JetSpecHead  # noqa: E402
+from jetspec.drafters.head_format import read_config, verify_integrity  # noqa: E402
+
+OLD_CARD = """# Heads
+
+## Runs (commit abc)
+
+### jetspec
+
+- old jetspec text
+
+### eagle
+
+- eagle text that must survive
+- command:
+
+```
+jetspec train --head eagle
+```
+
+
+![loss curves](loss_curves.png)
+
+## Limits
+"""
+
+
+def test_card_sections_split_at_headings_and_figures():
+    sections = card_sections(OLD_CARD)
+    assert list(sections) == ["jetspec", "eagle"]
+    assert sections["jetspec"] == "### jetspec\n\n- old jetspec text\n"
+    assert sections["eagle"].endswith("jetspec train --head eagle\n```\n")
+    assert "loss curves" not in sections["eagle"] and "Limits" not in sections["eagle"]
+
+
+def write_run(run: Path) -> None:
+    torch.manual_seed(0)
+    JetSpecHead(tiny_model("llama", seed=0), block_size=4).save_pretrained(run / "head")
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "logs" / "version_0" / "metrics.csv").write_text(
+        "step,train/loss,val/agree_d1\n0,5.0,\n9,4.25,\n9,,0.5\n")
+    (run / "tau_curve.jsonl").write_text(json.dumps({"step": 10, "tau_b16": 1.9, "taus_b16": [1.9]}) + "\n")
+    run.parent.joinpath(f"{run.name}.cmd.txt").write_text("jetspec train --head jetspec --num-layers 2\n")
+
+
+def test_reshipping_one_head_keeps_the_other(tmp_path):
+    dest = tmp_path / "heads"
+    (dest / "eagle").mkdir(parents=True)
+    (dest / "eagle" / "model.safetensors").write_bytes(b"untouched")
+    (dest / "MODEL_CARD.md").write_text(OLD_CARD)
+    write_run(tmp_path / "runs" / "jetspec-l2")
+
+    main(["--runs", str(tmp_path / "runs"), "--heads", "jetspec,eagle", "--run",
+          f"jetspec={tmp_path / 'runs' / 'jetspec-l2'}", "--dest", str(dest)])
+
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert card_sections(OLD_CARD)["eagle"] in card  # the kept head's section, unchanged
+    assert "old jetspec text" not in card
+    new = card_sections(card)["jetspec"]
+    assert "steps logged: 10; final train loss: 4.250" in new
+    assert '"val/agree_d1": "0.5"' in new and '{"tau_b16": 1.9}' in new  # per-prompt taus left out
+    assert "jetspec train --head jetspec --num-layers 2" in new  # the command beside the run folder
+    assert (dest / "eagle" / "model.safetensors").read_bytes() == b"untouched"
+    meta = read_config(dest / "jetspec")
+    verify_integrity(dest / "jetspec", meta, (dest / "jetspec" / "model.safetensors").read_bytes())
+    assert (dest / "loss_curves.png").stat().st_size > 0
+
+
+def test_a_head_with_no_run_and_nothing_shipped_is_an_error(tmp_path):
+    dest = tmp_path / "heads"
+    dest.mkdir()
+    (dest / "MODEL_CARD.md").write_text(OLD_CARD)
+    with pytest.raises(SystemExit, match="--heads dflash: no .*dflash/head and no shipped head to keep"):
+        main(["--runs", str(tmp_path / "runs"), "--heads", "dflash", "--dest", str(dest)])
