@@ -1,7 +1,7 @@
 """Copy trained SmolLM2 heads into the package and write their model card.
 
-    python experiments/ship_heads.py --runs runs/heads --heads jetspec,dflash,eagle \
-        --run jetspec=runs/compare/jetspec-s0 --run dflash=runs/compare/dflash-s0
+    python experiments/ship_heads.py --heads jetspec,dflash,eagle \
+        --run jetspec=runs/curve/jetspec-l2g3-n4624 --run dflash=runs/curve/dflash-l2g3-n4624
 
 Reads ``RUN/head`` (written by ``jetspec train``; RUN is ``RUNS/<head>`` unless ``--run`` names
 another folder), the Lightning CSV log (``RUN/logs/version_*/metrics.csv``), the replay tau curve
@@ -64,8 +64,8 @@ def card_sections(card: str) -> dict[str, str]:
 
 def command_of(run: Path, runs: Path, name: str) -> str:
     for path in (run / "cmd.txt", run.parent / f"{run.name}.cmd.txt", runs / f"{name}.cmd"):
-        if path.exists():
-            return path.read_text().strip()
+        if path.exists():  # the checkout's absolute path says nothing to a reader of the card
+            return path.read_text().strip().replace(f"{ROOT}/", "")
     return "(not recorded)"
 
 
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> None:
             curve = [json.loads(x) for x in (run / "tau_curve.jsonl").read_text().splitlines() if x.strip()]
         taus = {k: v for k, v in (curve[-1] if curve else {}).items() if k.startswith("tau_b")}
         cfg = json.loads((dest / name / "config.json").read_text())
-        steps = max(xs) + 1 if xs else "?"
+        steps = max([x + 1 for x in xs] + [int(c["step"]) for c in curve if "step" in c], default="?")
         lines.append(f"### {name}\n\n- files: `jetspec/assets/heads/{name}/` ({size:.1f} MiB, fp16 safetensors)\n"
-                     f"- steps logged: {steps}; final train loss: {ys[-1] if ys else float('nan'):.3f}\n"
+                     f"- steps: {steps}; last logged train loss: {ys[-1] if ys else float('nan'):.3f}\n"
                      f"- last validation metrics: {json.dumps(val) if val else '(none logged)'}\n"
                      f"- replay tau on held-out references at the end: {json.dumps(taus) if taus else '(not run)'}\n"
                      f"- config: `{json.dumps(cfg)[:600]}`\n- command:\n\n```\n{cmd}\n```\n")

@@ -136,6 +136,22 @@ def test_benchmarks_writes_the_markdown(target_dir, tmp_path):
     assert "| ngram | 4 |" in per_set and "math tau" in per_set
     assert (tmp_path / "raw" / "t0" / "results.json").is_file()
 
+    # --render-only: an included section changed; the decode sections come back byte for byte from
+    # results.json, no decoding (the target folder is not even needed), the new section at the end
+    extra.write_text("## Included section\n\nrewritten\n")
+    again = tmp_path / "B2.md"
+    swap = {str(target_dir): "/no/such/target", str(out_md): str(again)}
+    render_argv = [swap.get(a, a) for a in argv] + ["--render-only"]
+    assert main(render_argv) == 0
+    before, after = text.split("## Included section")[0], again.read_text().split("## Included section")[0]
+    for old, new in swap.items():  # the command line says what was asked, the rest is the run's
+        before = before.replace(f" {old} ", f" {new} ")
+    assert after == before
+    assert again.read_text().rstrip().endswith("rewritten") and "--render-only" not in after
+    with pytest.raises(SystemExit, match=f"--render-only: no {tmp_path / 'elsewhere' / 't0' / 'results.json'}"):
+        main(render_argv[:render_argv.index("--out") + 1] + [str(tmp_path / "elsewhere")]
+             + render_argv[render_argv.index("--out") + 2:])
+
 
 @pytest.mark.parametrize("text, error", [
     ("", "no references"),

@@ -5,7 +5,7 @@
 # forward) and tokens/s change with the tree budget for the three learned heads shipped with
 # jetspec (JetSpec causal parallel, DFlash-style bidirectional, EAGLE-style autoregressive), on
 # this machine. The paper's claim: at equal budget the causal head's trees accept longer prefixes,
-# and the gap grows with the budget. Our heads are tiny and trained for minutes on a CPU (see
+# and the gap grows with the budget. Our heads are small and trained for under an hour on a CPU (see
 # `jetspec/assets/heads/MODEL_CARD.md`), so read the numbers as a measurement, not a replication.
 # The last row merges the JetSpec head's tree with prompt lookup under the same budget.
 

@@ -16,8 +16,8 @@
 #
 # Sign convention (`jetspec/evaluation/faithfulness.py`): gap = draft score - target joint log-prob
 # = log q(branch) - log p(branch | prefix), in nats. Positive: the drafter is surer of the branch than
-# the target. Our heads are tiny and briefly trained: read the numbers as a measurement, not a
-# replication (docs/results/paper_faithfulness.md places them beside the paper's).
+# the target. Our heads are small and trained for under an hour on a CPU: read the numbers as a
+# measurement, not a replication (docs/results/paper_faithfulness.md places them beside the paper's).
 
 # %%
 import json

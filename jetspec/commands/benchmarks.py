@@ -5,10 +5,12 @@ Examples::
     jetspec benchmarks                 # the full run (hours on a 2-core CPU)
     jetspec benchmarks --quick         # a reduced run: a few prompts, short answers
     jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md
+    jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md --render-only
 
 One ``jetspec bench`` run per temperature on the dev prompts of ``jetspec prepare-data`` (built if
 missing), rendered by ``jetspec.evaluation.benchmarks_md.render``; ``--include`` appends Markdown sections written
-by other commands. Every flag is generated from a field of ``jetspec.evaluation.benchmarks_md.BenchmarksConfig``.
+by other commands; ``--render-only`` rewrites the file from an earlier run's results (same ``--out``)
+after an included section changed, without decoding again. Every flag is generated from a field of ``jetspec.evaluation.benchmarks_md.BenchmarksConfig``.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.core.loading import load_target
-    from jetspec.evaluation.benchmarks_md import BenchmarksConfig, dev_prompts, render, run_benchmarks
+    from jetspec.evaluation.benchmarks_md import (BenchmarksConfig, dev_prompts, load_results, render,
+                                                  run_benchmarks)
     from jetspec.evaluation.threads import choose_threads
 
     args.include = tuple(args.include or ())  # argparse collects the repeated flag in a list (None: not given)
     try:
         cfg = config_from_args(BenchmarksConfig, args)
+        if cfg.render_only:
+            Path(cfg.write).write_text(render(load_results(cfg), cfg))
+            print(f"wrote {cfg.write} from {cfg.out}/")
+            return 0
         prompts = dev_prompts(Path(cfg.data), cfg.effective_limit())  # before the target: fail fast
         threads = choose_threads(cfg.threads) if cfg.threads is not None else None
     except ValueError as err:

@@ -15,6 +15,7 @@ folder per temperature, with plots.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -88,6 +89,9 @@ class BenchmarksConfig:
     include: tuple[str, ...] = ()
     """Append this Markdown file (e.g. a `jetspec replay-table --md` or `jetspec roofline --out` report);
     repeatable."""
+    render_only: bool = False
+    """Decode nothing: rewrite the Markdown from the results.json files an earlier run with the same
+    --out and --temperatures left (e.g. after an --include file changed)."""
 
     def __post_init__(self) -> None:
         read_tuple_fields(self)
@@ -113,7 +117,7 @@ class BenchmarksConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             flag = f"--{f.name.replace('_', '-')}"
-            if value == f.default:
+            if value == f.default or f.name == "render_only":  # the command of the run, not of a re-render
                 continue
             if isinstance(value, bool):
                 parts.append(flag)
@@ -160,6 +164,18 @@ def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[li
     return {t: run_bench(cfg.bench_config(t), model=model, tokenizer=tokenizer, prompts=prompts,
                          threads_reason=threads_reason)
             for t in cfg.temperatures}
+
+
+def load_results(cfg: BenchmarksConfig) -> dict[float, dict]:
+    """The ``results.json`` of an earlier run, one per temperature of ``cfg`` (``--render-only``)."""
+    results = {}
+    for t in cfg.temperatures:
+        path = Path(cfg.bench_config(t).out) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"--render-only: no {path}; run `jetspec benchmarks` with --out {cfg.out} "
+                             f"and --temperatures {t:g} first")
+        results[t] = json.loads(path.read_text())
+    return results
 
 
 def per_set_table(rows: list[dict]) -> str:

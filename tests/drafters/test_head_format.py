@@ -131,12 +131,14 @@ def test_shipped_heads_are_sealed_and_their_weights_unchanged(kind):
     assert hashlib.sha256(weights).hexdigest() == SHIPPED_WEIGHTS_SHA256[kind]
 
 
-# sha256 of the shipped model.safetensors files as committed before the integrity record existed
-# (so sealing provably changed config.json only, and the heads draft the same tokens).
+# sha256 of the shipped model.safetensors files as training wrote them, before experiments/ship_heads.py
+# sealed the folders (so sealing provably changed config.json only, and the heads draft the same tokens):
+# eagle as committed before the integrity record existed, jetspec and dflash as `jetspec train` saved the
+# fourth round's runs (runs/curve/{jetspec,dflash}-l2g3-n4624/head/model.safetensors).
 SHIPPED_WEIGHTS_SHA256 = {
-    "dflash": "df48a543e4baf4e1c23523d021e2c7d112906b61559967e6a17f4654bf538fb6",
+    "dflash": "20d59576ec1f773a444a807a54ef72855b09b45322b0e048d943a640ae83d526",
     "eagle": "1316b304b0bacb134c98e04e2d37f83d7f7be274725f2ce3ca68fdb81084db01",
-    "jetspec": "8885bbc539c7b4e6f478d8f0ae4ec21b93051fbe652bde895d59a19ea26f8318",
+    "jetspec": "6335714284b6c2d0696ccb7123979c1b3022e8ded26789c1bfe54981e840612b",
 }
 
 

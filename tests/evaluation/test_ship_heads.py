@@ -60,8 +60,9 @@ def write_run(run: Path) -> None:
     (run / "logs" / "version_0").mkdir(parents=True)
     (run / "logs" / "version_0" / "metrics.csv").write_text(
         "step,train/loss,val/agree_d1\n0,5.0,\n9,4.25,\n9,,0.5\n")
-    (run / "tau_curve.jsonl").write_text(json.dumps({"step": 10, "tau_b16": 1.9, "taus_b16": [1.9]}) + "\n")
-    run.parent.joinpath(f"{run.name}.cmd.txt").write_text("jetspec train --head jetspec --num-layers 2\n")
+    (run / "tau_curve.jsonl").write_text(json.dumps({"step": 12, "tau_b16": 1.9, "taus_b16": [1.9]}) + "\n")
+    root = Path(__file__).resolve().parents[2]  # data_scaling.py writes absolute interpreter paths
+    run.parent.joinpath(f"{run.name}.cmd.txt").write_text(f"{root}/.venv/bin/python -m jetspec.cli train --num-layers 2\n")
 
 
 def test_reshipping_one_head_keeps_the_other(tmp_path):
@@ -78,9 +79,9 @@ def test_reshipping_one_head_keeps_the_other(tmp_path):
     assert card_sections(OLD_CARD)["eagle"] in card  # the kept head's section, unchanged
     assert "old jetspec text" not in card
     new = card_sections(card)["jetspec"]
-    assert "steps logged: 10; final train loss: 4.250" in new
+    assert "steps: 12; last logged train loss: 4.250" in new  # the last step replayed, not logged
     assert '"val/agree_d1": "0.5"' in new and '{"tau_b16": 1.9}' in new  # per-prompt taus left out
-    assert "jetspec train --head jetspec --num-layers 2" in new  # the command beside the run folder
+    assert "```\n.venv/bin/python -m jetspec.cli train --num-layers 2\n```" in new  # beside the run, made relative
     assert (dest / "eagle" / "model.safetensors").read_bytes() == b"untouched"
     meta = read_config(dest / "jetspec")
     verify_integrity(dest / "jetspec", meta, (dest / "jetspec" / "model.safetensors").read_bytes())
