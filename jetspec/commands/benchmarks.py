@@ -8,9 +8,10 @@ Examples::
     jetspec benchmarks --temperatures 0 --budgets 16 --include docs/results/roofline.md --render-only
 
 One ``jetspec bench`` run per temperature on the dev prompts of ``jetspec prepare-data`` (built if
-missing), rendered by ``jetspec.evaluation.benchmarks_md.render``; ``--include`` appends Markdown sections written
-by other commands; ``--render-only`` rewrites the file from an earlier run's results (same ``--out``)
-after an included section changed, without decoding again. Every flag is generated from a field of ``jetspec.evaluation.benchmarks_md.BenchmarksConfig``.
+missing), rendered by ``jetspec.evaluation.benchmarks_md.render``; ``--include`` appends Markdown
+sections written by other commands; ``--render-only`` rewrites the file from an earlier run's
+results (same ``--out``) after an included section changed, without decoding again. Every flag is
+generated from a field of ``jetspec.evaluation.benchmarks_md.BenchmarksConfig``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jetspec.commands.flags import config_from_args
     from jetspec.core.loading import load_target
-    from jetspec.evaluation.benchmarks_md import (BenchmarksConfig, dev_prompts, load_results, render,
-                                                  run_benchmarks)
+    from jetspec.evaluation.benchmarks_md import BenchmarksConfig, dev_prompts, load_results, render, run_benchmarks
     from jetspec.evaluation.threads import choose_threads
 
     args.include = tuple(args.include or ())  # argparse collects the repeated flag in a list (None: not given)

@@ -60,9 +60,11 @@ def write_run(run: Path) -> None:
     (run / "logs" / "version_0").mkdir(parents=True)
     (run / "logs" / "version_0" / "metrics.csv").write_text(
         "step,train/loss,val/agree_d1\n0,5.0,\n9,4.25,\n9,,0.5\n")
-    (run / "tau_curve.jsonl").write_text(json.dumps({"step": 12, "tau_b16": 1.9, "taus_b16": [1.9]}) + "\n")
+    last = {"step": 12, "tau_b16": 1.9, "taus_b16": [1.9]}
+    (run / "tau_curve.jsonl").write_text(json.dumps(last) + "\n")
     root = Path(__file__).resolve().parents[2]  # data_scaling.py writes absolute interpreter paths
-    run.parent.joinpath(f"{run.name}.cmd.txt").write_text(f"{root}/.venv/bin/python -m jetspec.cli train --num-layers 2\n")
+    command = f"{root}/.venv/bin/python -m jetspec.cli train --num-layers 2\n"
+    run.parent.joinpath(f"{run.name}.cmd.txt").write_text(command)
 
 
 def test_reshipping_one_head_keeps_the_other(tmp_path):
