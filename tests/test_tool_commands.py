@@ -114,7 +114,7 @@ def test_references_then_replay_table(target_dir, tmp_path):
         main(["replay-table", "--refs", str(refs), "--drafters", "ngram", "--budgets", "0"])
 
 
-def test_benchmarks_writes_the_markdown(target_dir, tmp_path):
+def test_benchmarks_writes_the_markdown(target_dir, tmp_path, monkeypatch):
     data = tmp_path / "data"
     for i, s in enumerate(("math", "code", "chat")):
         write_jsonl(data / f"dev_{s}.jsonl", [{"prompt": _sentence(10 * i + j)} for j in range(2)])
@@ -137,20 +137,37 @@ def test_benchmarks_writes_the_markdown(target_dir, tmp_path):
     assert (tmp_path / "raw" / "t0" / "results.json").is_file()
 
     # --render-only: an included section changed; the decode sections come back byte for byte from
-    # results.json, no decoding (the target folder is not even needed), the new section at the end
+    # results.json with no decoding (loading a target or decoding would raise), the new section at the end
+    import jetspec.core.loading
+    import jetspec.evaluation.benchmarks_md
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("--render-only decoded")
+
+    monkeypatch.setattr(jetspec.core.loading, "load_target", no_decoding)
+    monkeypatch.setattr(jetspec.evaluation.benchmarks_md, "run_benchmarks", no_decoding)
     extra.write_text("## Included section\n\nrewritten\n")
     again = tmp_path / "B2.md"
-    swap = {str(target_dir): "/no/such/target", str(out_md): str(again)}
-    render_argv = [swap.get(a, a) for a in argv] + ["--render-only"]
+    render_argv = [str(again) if a == str(out_md) else a for a in argv] + ["--render-only"]
     assert main(render_argv) == 0
     before, after = text.split("## Included section")[0], again.read_text().split("## Included section")[0]
-    for old, new in swap.items():  # the command line says what was asked, the rest is the run's
-        before = before.replace(f" {old} ", f" {new} ")
-    assert after == before
+    assert after == before.replace(f"--write {out_md}", f"--write {again}")  # the run's command line
     assert again.read_text().rstrip().endswith("rewritten") and "--render-only" not in after
-    with pytest.raises(SystemExit, match=f"--render-only: no {tmp_path / 'elsewhere' / 't0' / 'results.json'}"):
-        main(render_argv[:render_argv.index("--out") + 1] + [str(tmp_path / "elsewhere")]
-             + render_argv[render_argv.index("--out") + 2:])
+
+    def flag(name, value):
+        return render_argv[:render_argv.index(name) + 1] + [value] + render_argv[render_argv.index(name) + 2:]
+
+    with pytest.raises(SystemExit, match=r"written with other flags: --budgets \(the run: \[4\], asked: \[8\]\)"):
+        main(flag("--budgets", "8"))  # the report would name flags the run did not use
+    elsewhere = tmp_path / "elsewhere" / "t0" / "results.json"
+    with pytest.raises(SystemExit, match=re.escape(f"--render-only: no {elsewhere}")):
+        main(flag("--out", str(tmp_path / "elsewhere")))
+    (tmp_path / "broken" / "t0").mkdir(parents=True)
+    (tmp_path / "broken" / "t0" / "results.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'broken' / 't0' / 'results.json'} is not")):
+        main(flag("--out", str(tmp_path / "broken")))
+    with pytest.raises(SystemExit, match=re.escape(f"--include {tmp_path / 'nope.md'}: no such file")):
+        main(flag("--include", str(tmp_path / "nope.md")))
 
 
 @pytest.mark.parametrize("text, error", [

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     args.include = tuple(args.include or ())  # argparse collects the repeated flag in a list (None: not given)
     try:
         cfg = config_from_args(BenchmarksConfig, args)
+        missing = [path for path in cfg.include if not Path(path).is_file()]
+        if missing:  # before hours of decoding, not after
+            raise ValueError(f"--include {', '.join(missing)}: no such file")
         if cfg.render_only:
             Path(cfg.write).write_text(render(load_results(cfg), cfg))
             print(f"wrote {cfg.write} from {cfg.out}/")

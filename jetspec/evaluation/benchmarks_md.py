@@ -167,14 +167,27 @@ def run_benchmarks(cfg: BenchmarksConfig, model, tokenizer, prompts: Optional[li
 
 
 def load_results(cfg: BenchmarksConfig) -> dict[float, dict]:
-    """The ``results.json`` of an earlier run, one per temperature of ``cfg`` (``--render-only``)."""
+    """The ``results.json`` of an earlier run, one per temperature of ``cfg`` (``--render-only``).
+
+    The run must be the one ``cfg`` describes: the report's command line and setup come from ``cfg``,
+    its tables from the files, so a flag that differs from the run's is refused by name.
+    """
     results = {}
     for t in cfg.temperatures:
         path = Path(cfg.bench_config(t).out) / "results.json"
         if not path.is_file():
-            raise ValueError(f"--render-only: no {path}; run `jetspec benchmarks` with --out {cfg.out} "
-                             f"and --temperatures {t:g} first")
-        results[t] = json.loads(path.read_text())
+            raise ValueError(f"--render-only: no {path}; pass the --out and --temperatures of the earlier run")
+        try:
+            res = json.loads(path.read_text())
+            ran = res["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"--render-only: {path} is not a results file of `jetspec benchmarks` ({err})") from None
+        asked = json.loads(json.dumps(dataclasses.asdict(cfg.bench_config(t))))  # tuples as lists, like the file
+        differ = [f"--{k.replace('_', '-')} (the run: {ran.get(k)!r}, asked: {v!r})" for k, v in asked.items()
+                  if k in ran and ran[k] != v]
+        if differ:
+            raise ValueError(f"--render-only: {path} was written with other flags: " + "; ".join(differ))
+        results[t] = res
     return results
 
 

@@ -90,6 +90,38 @@ def test_reshipping_one_head_keeps_the_other(tmp_path):
     assert (dest / "loss_curves.png").stat().st_size > 0
 
 
+def test_a_subset_of_heads_keeps_the_others_sections(tmp_path):
+    dest = tmp_path / "heads"
+    (dest / "eagle").mkdir(parents=True)
+    (dest / "jetspec").mkdir()
+    (dest / "MODEL_CARD.md").write_text(OLD_CARD)
+    write_run(tmp_path / "runs" / "jetspec-l2")
+    main(["--heads", "jetspec", "--run", f"jetspec={tmp_path / 'runs' / 'jetspec-l2'}", "--dest", str(dest)])
+    sections = card_sections((dest / "MODEL_CARD.md").read_text())
+    assert list(sections) == ["jetspec", "eagle"] and sections["eagle"] == card_sections(OLD_CARD)["eagle"]
+    assert sections["jetspec"].startswith("### jetspec\n\n- shipped on top of commit ")
+
+
+def test_a_named_run_without_a_head_is_an_error_and_changes_nothing(tmp_path):
+    """A typo or an unfinished run must not quietly keep the old head; nor may a later head's error
+    leave an earlier head copied under an old card."""
+    dest = tmp_path / "heads"
+    (dest / "eagle").mkdir(parents=True)
+    (dest / "jetspec").mkdir()
+    (dest / "jetspec" / "model.safetensors").write_bytes(b"old")
+    (dest / "MODEL_CARD.md").write_text(OLD_CARD)
+    write_run(tmp_path / "runs" / "jetspec-l2")
+    (tmp_path / "runs" / "unfinished").mkdir()
+    with pytest.raises(SystemExit, match="--run jetspec=.*unfinished: no .*unfinished/head"):
+        main(["--heads", "jetspec,eagle", "--run", f"jetspec={tmp_path / 'runs' / 'unfinished'}",
+              "--dest", str(dest)])
+    with pytest.raises(SystemExit, match="--heads dflash: no "):  # jetspec is fine, dflash is not
+        main(["--runs", str(tmp_path / "runs"), "--heads", "jetspec,dflash", "--run",
+              f"jetspec={tmp_path / 'runs' / 'jetspec-l2'}", "--dest", str(dest)])
+    assert (dest / "jetspec" / "model.safetensors").read_bytes() == b"old"
+    assert (dest / "MODEL_CARD.md").read_text() == OLD_CARD
+
+
 def test_a_head_with_no_run_and_nothing_shipped_is_an_error(tmp_path):
     dest = tmp_path / "heads"
     dest.mkdir()
