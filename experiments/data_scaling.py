@@ -31,7 +31,6 @@ is each run's replay tau during training against the training tokens seen.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_heads import add_run_flags, parse_variant, run_commands  # noqa: E402  (a script beside this one)
+from ship_heads import read_metrics  # noqa: E402  (the Lightning CSV logs of a run)
 
 from jetspec.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from jetspec.core.replay import mean_ci  # noqa: E402
@@ -109,10 +109,7 @@ def run_all(a, jobs: list[tuple[str, list[str], int, Path]], extra: list[str]) -
 def losses_at_end(run: Path, window: int = 200) -> dict:
     """The last validation (loss and depth-1 top-1 agreement) and the mean training loss over the
     ``window`` steps before it, so the two losses compare the head at the same point (CSV logs)."""
-    rows = []
-    for path in sorted(run.glob("logs/version_*/metrics.csv")):
-        with open(path) as f:
-            rows += list(csv.DictReader(f))
+    rows = read_metrics(run)
     val = [(int(r["step"]), float(r["val/loss"]), float(r.get("val/agree_d1") or "nan"))
            for r in rows if r.get("val/loss")]
     if not val:

@@ -25,6 +25,7 @@ import subprocess
 from pathlib import Path
 
 from jetspec.drafters.head_format import seal_head_folder
+from jetspec.training.callbacks import load_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "jetspec" / "assets" / "heads"
@@ -105,9 +106,7 @@ def ship_one(name: str, run: Path, runs: Path, dest: Path, commit: str, ax) -> s
     if xs:
         ax.plot(xs, ys, label=name)
     val = {k: v for r in rows for k, v in r.items() if k.startswith("val/") and v}
-    curve = []
-    if (run / "tau_curve.jsonl").exists():
-        curve = [json.loads(x) for x in (run / "tau_curve.jsonl").read_text().splitlines() if x.strip()]
+    curve = load_curve(run / "tau_curve.jsonl") if (run / "tau_curve.jsonl").exists() else []
     taus = {k: v for k, v in (curve[-1] if curve else {}).items() if k.startswith("tau_b")}
     cfg = json.loads((dest / name / "config.json").read_text())
     steps = max([x + 1 for x in xs] + [int(c["step"]) for c in curve if "step" in c], default="?")
